@@ -1,0 +1,55 @@
+"""Model cost: parameters and multiply-accumulates (MACs), counted from the layers that do the work.
+
+MACs count conv, grouped/depthwise conv, transposed conv and linear layers (bias, BatchNorm and
+activations are not multiply-accumulates and are left out, as FlopCounterMode does). A transposed conv
+multiplies every *input* element by its kernel slice: MACs = B * C_in * H_in * W_in * (C_out/groups) * k².
+Profilers such as thop count it over the output instead, which over-counts strided transposed convs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
+    if isinstance(module, nn.Conv2d):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        return out.numel() * (module.in_channels // module.groups) * k
+    if isinstance(module, nn.ConvTranspose2d):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        return inp.numel() * (module.out_channels // module.groups) * k
+    if isinstance(module, nn.Linear):
+        return out.numel() * module.in_features
+    return 0
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on a zero input of `input_shape` (B, C, H, W).
+
+    Runs the model once on the CPU (meta tensors do not run BatchNorm in eval everywhere) in eval mode.
+    """
+    total = 0
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        total += _layer_macs(module, args[0], out)
+
+    kinds = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else "cpu"
+        model(torch.zeros(input_shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total

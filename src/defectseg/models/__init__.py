@@ -1,0 +1,124 @@
+"""Model registry: `create_model(name, in_channels=1, num_classes=1, **options)` and `list_models()`.
+
+Every segmenter returns logits (B, num_classes, H, W); classifiers return (B, num_classes). Each model
+has `size_multiple` (inputs must be multiples of it) and an `encoder` module (frozen in transfer learning).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .cheapnet import VARIANTS as CHEAPNET_VARIANTS, CheapNet, unwrap_authors_checkpoint
+from .classifier import MobileNetV2Classifier, VGGClassifier
+from .layers import adapt_stem_weight
+from .mobile_unet import MobileUNet, timm_to_torchvision_mobilenetv2
+from .unet import ENCODERS, PLAIN_VARIANTS, EncoderUNet, UNet
+
+# name -> (builder, default options, task). Variants are rows, not subclasses.
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
+    "cheapnet": (CheapNet, {"width": 32, "conv": "depthwise"}, "segment"),
+    **{name: (CheapNet, {"width": g, "conv": "depthwise"}, "segment") for name, g in CHEAPNET_VARIANTS.items()},
+    "mobile-unet": (MobileUNet, {}, "segment"),
+    **{name: (UNet, {"widths": w, "batch_norm": bn}, "segment") for name, (w, bn) in PLAIN_VARIANTS.items()},
+    **{name: (EncoderUNet, {"encoder": name}, "segment") for name in ENCODERS},
+    "classifier-vgg": (VGGClassifier, {}, "classify"),
+    "classifier-mobilenetv2": (MobileNetV2Classifier, {}, "classify"),
+}
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Registered model names, optionally only those of one task ('segment' or 'classify')."""
+    return [n for n, (_, _, t) in _REGISTRY.items() if task is None or t == task]
+
+
+def model_task(name: str) -> str:
+    """'segment' or 'classify'."""
+    _check_name(name)
+    return _REGISTRY[name][2]
+
+
+def _check_name(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+
+def create_model(name: str, in_channels: int = 1, num_classes: int = 1, **options: Any) -> nn.Module:
+    """Build a registered model. Options override the variant's defaults (e.g. width=8, downsamples=3)."""
+    _check_name(name)
+    builder, defaults, _ = _REGISTRY[name]
+    kwargs = {**defaults, **options}
+    try:
+        model = builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad option for model {name!r}: {exc}") from exc
+    model.registry_name = name
+    return model
+
+
+def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file saved with torch.save, loaded safely (weights_only=True)."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"weights file {path} does not exist; give the path of a saved state dict") from None
+    except Exception as exc:  # pickle errors, truncated zip, foreign objects
+        raise ValueError(f"cannot read weights file {path}: {exc}. Save it with torch.save(state_dict, path).") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    for key in ("state_dict", "model"):
+        if key in state and isinstance(state[key], dict):
+            state = state[key]
+    return unwrap_authors_checkpoint(state)
+
+
+def load_encoder_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load encoder weights (torchvision key naming, or timm's for MobileNetV2) from a file into `model.encoder`.
+
+    Strict on the encoder: a missing or unexpected key raises a ValueError listing them. The classifier head
+    of a full ImageNet checkpoint is ignored. A 3-channel stem is fitted to the model's input channels.
+    Returns the keys loaded.
+    """
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or not hasattr(encoder, "stem_key"):
+        raise ValueError(f"model {getattr(model, 'registry_name', type(model).__name__)} has no pretrainable "
+                         "encoder; use mobile-unet, unet-vgg16, unet-resnet18, unet-mobilenetv1 or classifier-mobilenetv2")
+    state = load_checkpoint_state(path)
+    if any(k.startswith(("conv_stem.", "blocks.")) for k in state):
+        state = timm_to_torchvision_mobilenetv2(state)
+    state = {k: v for k, v in state.items() if not k.startswith(encoder.head_prefixes)}
+    own = encoder.state_dict()
+    # Fewer downsamplings keep only the shallow stages: deeper pretrained keys are expected extras.
+    deeper = {k for k in state if k not in own and _is_deeper_stage(k, own)}
+    state = {k: v for k, v in state.items() if k not in deeper}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the {type(encoder).__name__} encoder: "
+                         f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+                         f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+    stem = encoder.stem_key
+    state[stem] = adapt_stem_weight(state[stem], own[stem].shape[1])
+    bad = [k for k in own if state[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(f"{path}: shape mismatch for {bad[:5]}: file {[tuple(state[k].shape) for k in bad[:5]]} "
+                         f"vs model {[tuple(own[k].shape) for k in bad[:5]]}")
+    encoder.load_state_dict(state, strict=True)
+    return sorted(state)
+
+
+def _is_deeper_stage(key: str, own: dict) -> bool:
+    """True when `key` belongs to a layer the (truncated) encoder does not have at all."""
+    prefix = ".".join(key.split(".")[:2])
+    top = key.split(".")[0]
+    if top.startswith("layer"):  # ResNet stages
+        return not any(k.startswith(top + ".") for k in own)
+    if top == "features":
+        return not any(k.startswith(prefix + ".") for k in own)
+    return False
+
+
+__all__ = ["create_model", "list_models", "model_task", "load_encoder_weights", "load_checkpoint_state",
+           "CheapNet", "MobileUNet", "UNet", "EncoderUNet", "VGGClassifier", "MobileNetV2Classifier"]
