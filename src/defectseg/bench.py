@@ -47,7 +47,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else "cpu"
-        model(torch.zeros(input_shape, device=device))
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        model(torch.zeros(input_shape, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()

@@ -91,7 +91,9 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> list[str]:
     state = {k: v for k, v in state.items() if not k.startswith(encoder.head_prefixes)}
     own = encoder.state_dict()
     # Fewer downsamplings keep only the shallow stages: deeper pretrained keys are expected extras.
-    deeper = {k for k in state if k not in own and _is_deeper_stage(k, own)}
+    # A full-depth encoder has no such stages, so there every foreign key stays an error.
+    truncated = getattr(encoder, "downsamples", 5) < 5
+    deeper = {k for k in state if k not in own and truncated and _is_deeper_stage(k, own)}
     state = {k: v for k, v in state.items() if k not in deeper}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -110,13 +112,19 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> list[str]:
 
 
 def _is_deeper_stage(key: str, own: dict) -> bool:
-    """True when `key` belongs to a layer the (truncated) encoder does not have at all."""
-    prefix = ".".join(key.split(".")[:2])
-    top = key.split(".")[0]
-    if top.startswith("layer"):  # ResNet stages
-        return not any(k.startswith(top + ".") for k in own)
-    if top == "features":
-        return not any(k.startswith(prefix + ".") for k in own)
+    """True when `key` belongs to a layer after the last one the truncated encoder keeps.
+
+    Compares layer indices rather than prefixes so that a key in the middle of the encoder that the
+    encoder lacks (e.g. a BatchNorm of vgg16_bn in a plain VGG16) is reported, not silently dropped.
+    """
+    parts = key.split(".")
+    top = parts[0]
+    if top.startswith("layer") and top[5:].isdigit():  # ResNet stages layer1..layer4
+        kept = [int(k.split(".")[0][5:]) for k in own if k.startswith("layer")]
+        return int(top[5:]) > max(kept, default=0)
+    if top == "features" and len(parts) > 1 and parts[1].isdigit():
+        kept = [int(k.split(".")[1]) for k in own if k.startswith("features.")]
+        return int(parts[1]) > max(kept, default=-1)
     return False
 
 

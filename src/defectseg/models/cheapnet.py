@@ -56,7 +56,7 @@ class CheapNet(nn.Module):
         return nn.ModuleList([self.encoder1, self.encoder2, self.encoder3, self.encoder4, self.bottleneck])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_multiple, "CheapNet")
+        check_input_size(x, self.size_multiple, getattr(self, "registry_name", "CheapNet"))
         e1 = self.encoder1(x)
         e2 = self.encoder2(e1)
         e3 = self.encoder3(e2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvBNAct
+from .layers import ConvBNAct, check_min_size
 from .mobile_unet import MobileNetV2Encoder
 
 # VGG-style classifier: two conv-BN-ReLU per stage, max-pool between stages.
@@ -15,7 +15,7 @@ VGG_WIDTHS = (32, 64, 128, 256)
 
 
 class VGGClassifier(nn.Module):
-    """forward: x (B, in_channels, H, W) -> logits (B, num_classes). Any H, W >= 8."""
+    """forward: x (B, in_channels, H, W) -> logits (B, num_classes). Any H, W >= 2**(len(widths)-1) (8)."""
 
     size_multiple = 1
 
@@ -32,12 +32,15 @@ class VGGClassifier(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                         nn.Linear(cin, num_classes))
+        # Each max-pool halves (floor) the size; below this the last pool has nothing left to pool.
+        self.min_size = 2 ** (len(widths) - 1)
 
     @property
     def encoder(self) -> nn.Module:
         return self.features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_min_size(x, self.min_size, getattr(self, "registry_name", "VGG classifier"))
         return self.classifier(self.features(x))
 
 
@@ -56,4 +59,6 @@ class MobileNetV2Classifier(nn.Module):
                                         nn.Linear(1280, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Stride-2 convs with padding take any size >= 1; only the batch layout can be wrong.
+        check_min_size(x, 1, getattr(self, "registry_name", "MobileNetV2 classifier"))
         return self.classifier(self.encoder.features(x))

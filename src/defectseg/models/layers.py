@@ -30,6 +30,24 @@ def check_input_size(x: torch.Tensor, multiple: int, model_name: str) -> None:
         )
 
 
+def check_min_size(x: torch.Tensor, min_size: int, model_name: str) -> None:
+    """Raise a ValueError naming the nearest valid size when H or W is below `min_size`.
+
+    For models that take any size from a minimum on (the classifiers: their max-pools need at least
+    one pixel left at the deepest stage). Skipped while tracing/compiling, like `check_input_size`.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"{model_name} expects a 4-D batch (B, C, H, W); got shape {tuple(x.shape)}")
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h < min_size or w < min_size:
+        raise ValueError(
+            f"{model_name} needs height and width of at least {min_size}; got {h}x{w}. "
+            f"Nearest valid size: {max(h, min_size)}x{max(w, min_size)} (resize or pad the image)."
+        )
+
+
 class ConvBNAct(nn.Sequential):
     """conv -> BatchNorm -> activation; a Sequential so state-dict keys read `<name>.0.weight` etc."""
 

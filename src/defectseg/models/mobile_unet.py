@@ -99,7 +99,7 @@ class MobileUNet(nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_multiple, "Mobile-UNet")
+        check_input_size(x, self.size_multiple, getattr(self, "registry_name", "Mobile-UNet"))
         return self.decode(self.encoder(x))[-1]
 
 

@@ -47,7 +47,7 @@ class UNet(nn.Module):
         return self.downs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_multiple, "U-Net")
+        check_input_size(x, self.size_multiple, getattr(self, "registry_name", "U-Net"))
         skips = []
         for i, stage in enumerate(self.downs):
             x = stage(x if i == 0 else self.pool(x))
@@ -221,7 +221,7 @@ class EncoderUNet(nn.Module):
         self.head = nn.Conv2d(cin, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, self.size_multiple, "encoder U-Net")
+        check_input_size(x, self.size_multiple, getattr(self, "registry_name", "encoder U-Net"))
         feats = self.encoder(x)
         y = feats[-1]
         for up, dec, skip in zip(self.ups, self.dec, feats[-2::-1]):
