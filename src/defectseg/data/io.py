@@ -1,0 +1,156 @@
+"""Decoding images and masks to uint8 arrays.
+
+`read_image(path, channels)` -> uint8 (H, W) gray or (H, W, 3) RGB. 16-bit images are scaled to 8 bits
+(x * 255 / 65535), palette images are converted to their colours, alpha is dropped.
+
+`read_mask(path, rule)` -> uint8 (H, W) class ids, with one of the mask rules:
+
+- ``"gt0"``:   defect (1) where the gray value is > 0 (KolektorSDD).
+- ``"gt127"``: defect (1) where the gray value is > 127 (DAGM 0/255, magnetic tile, MVTec).
+- ``"ids"``:   pixel values are class ids already (NEU-Seg 0..3). Palette masks use the palette index.
+- ``"auto"``:  ``"ids"`` when every value is <= 127 (0/1 or small class ids), else ``"gt127"``
+  (0/255 or JPEG-noisy binary masks). Used by the generic reader.
+
+Every failure is a ValueError naming the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MASK_RULES = ("gt0", "gt127", "ids", "auto")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm")
+
+Image.MAX_IMAGE_PIXELS = None  # industrial images can be large; a truncated file still fails on load()
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        im = Image.open(path)
+        im.load()  # force the full decode: truncated files raise here
+        return im
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
+                         "replace it, or remove the sample (or pass --skip-bad to skip it)") from None
+
+
+def _scale16(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if np.issubdtype(a.dtype, np.floating):
+        hi = 1.0 if a.size and float(np.nanmax(a)) <= 1.0 else 255.0
+        return np.clip(np.nan_to_num(a) * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)
+    # 16-bit (or 32-bit int holding 16-bit data): scale the 16-bit range to 8 bits
+    a = np.clip(a.astype(np.int64), 0, 65535)
+    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _to_array(im: Image.Image, path: Path) -> np.ndarray:
+    """Uint8 (H,W) or (H,W,3), keeping gray as gray and colour as RGB."""
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("1", "L"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    if mode == "LA":
+        return np.asarray(im.getchannel(0), dtype=np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _scale16(np.asarray(im))
+    if mode in ("RGB",):
+        return np.asarray(im, dtype=np.uint8)
+    if mode in ("RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "PA"):
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    raw = np.asarray(im)
+    if raw.ndim == 3 and raw.shape[2] >= 3:  # e.g. 48-bit RGB read as an array
+        return _scale16(raw[..., :3])
+    if raw.ndim == 2:
+        return _scale16(raw)
+    raise ValueError(f"{path}: unsupported image mode {mode!r}; convert it to 8-bit gray or RGB")
+
+
+def to_gray(a: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> gray uint8 (ITU-R 601 luma, like PIL's convert('L'))."""
+    if a.ndim == 2:
+        return a
+    r, g, b = (a[..., i].astype(np.uint32) for i in range(3))
+    return ((r * 299 + g * 587 + b * 114 + 500) // 1000).astype(np.uint8)
+
+
+def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
+    """Decode an image to uint8: (H, W) gray or (H, W, 3) RGB.
+
+    channels=None keeps gray as gray and colour as RGB; 1 converts to gray; 3 converts to RGB.
+    """
+    path = Path(path)
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    a = _to_array(_open(path), path)
+    if channels == 1 and a.ndim == 3:
+        a = to_gray(a)
+    elif channels == 3 and a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a)
+
+
+def read_mask(path: str | Path, rule: str) -> np.ndarray:
+    """Decode a mask to uint8 (H, W) class ids with `rule` in {"gt0", "gt127", "ids", "auto"}."""
+    path = Path(path)
+    if rule not in MASK_RULES:
+        raise ValueError(f"unknown mask rule {rule!r}; choose one of {MASK_RULES}")
+    im = _open(path)
+    if rule in ("ids", "auto") and im.mode in ("P", "PA"):
+        a = np.asarray(im.getchannel(0) if im.mode == "PA" else im)  # palette index = class id
+    elif rule in ("ids", "auto") and im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.int64)
+        if a.size and a.max() > 255:
+            raise ValueError(f"{path}: mask holds value {int(a.max())} > 255, which is no class id; "
+                             "save masks as 8-bit class ids (0 = background)")
+        a = a.astype(np.uint8)
+    else:
+        a = _to_array(im, path)
+        if a.ndim == 3:
+            if rule in ("ids", "auto") and not (np.array_equal(a[..., 0], a[..., 1])
+                                                 and np.array_equal(a[..., 0], a[..., 2])):
+                raise ValueError(f"{path}: colour mask cannot be read as class ids; save it as a gray or "
+                                 "palette PNG whose values are class ids (0 = background)")
+            a = a[..., 0] if rule in ("ids", "auto") else to_gray(a)
+    if rule == "auto":
+        rule = "ids" if (a.size == 0 or int(a.max()) <= 127) else "gt127"
+    if rule == "gt0":
+        return (a > 0).astype(np.uint8)
+    if rule == "gt127":
+        return (a > 127).astype(np.uint8)
+    return np.ascontiguousarray(a, dtype=np.uint8)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) from the header only (no full decode)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"{path}: cannot read image header ({exc})") from None
+    return h, w
+
+
+def write_png(path: str | Path, array: np.ndarray, compress: int = 1) -> None:
+    """Write a uint8 gray/RGB array as PNG (fast, low compression)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        raise ValueError(f"write_png expects uint8, got {a.dtype}")
+    Image.fromarray(a).save(path, format="PNG", compress_level=compress)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
