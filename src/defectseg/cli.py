@@ -1,2 +1,271 @@
+"""The `defectseg` command: demo, train, evaluate, predict, export, benchmark, data."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
-app = typer.Typer()
+from rich.console import Console
+from rich.table import Table
+
+from .data.cli import app as data_app
+
+app = typer.Typer(help="Find and localize surface defects in industrial images.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(data_app, name="data", help="Dataset tools: synthetic data, statistics.")
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """--set train.lr=0.001 --set model.options.width=8 -> nested dict (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    return table
+
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Option(None, help="Dataset folder."),
+    format: Optional[str] = typer.Option(None, "--format", help="Layout: auto, dagm, kolektor, magnetic-tile, neu-seg, mvtec, generic."),
+    model: Optional[str] = typer.Option(None, help="Model name (see `defectseg models`)."),
+    preset: Optional[str] = typer.Option(None, help="cheapnet-paper, mobile-unet-paper or cascade."),
+    config: Optional[Path] = typer.Option(None, help="YAML run config (sections data/model/train/infer)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue exactly from runs/<name>/last.pt."),
+    name: Optional[str] = typer.Option(None, help="Run name: the run folder is <out-dir>/<name>."),
+    out_dir: Optional[str] = typer.Option(None, help="Folder holding run folders (default runs)."),
+    task: Optional[str] = typer.Option(None, help="segment, or classify (a gate for the cascade)."),
+    epochs: Optional[int] = typer.Option(None),
+    iterations: Optional[int] = typer.Option(None, help="Train this many steps instead of epochs."),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    size: Optional[int] = typer.Option(None, help="Square training resolution."),
+    loss: Optional[str] = typer.Option(None, help="bce, dice, bce-dice, ce, focal."),
+    augment: Optional[str] = typer.Option(None, help="none, light, strong."),
+    split_file: Optional[str] = typer.Option(None, help="Reuse a split file (JSON lists train/val/test)."),
+    encoder_weights: Optional[str] = typer.Option(None, help="Local file with torchvision-named encoder weights."),
+    freeze_encoder_epochs: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+    seed: Optional[int] = typer.Option(None),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and list) unreadable or inconsistent samples."),
+    set_: list[str] = typer.Option([], "--set", help="Any config value: section.key=value (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch, no progress bar."),
+) -> None:
+    """Train a model; writes runs/<name>/ (config, split, metrics, best.pt, last.pt, curves, report)."""
+    from . import config as C
+    from .engine import TrainingError, train as run_train
+
+    try:
+        if resume is not None:
+            result = run_train(C.RunConfig(), resume=resume, quiet=quiet)
+        else:
+            overrides = {
+                "name": name, "out_dir": out_dir,
+                "data": {"root": data, "format": format, "size": size, "augment": augment,
+                         "split_file": split_file, "skip_bad": skip_bad or None},
+                "model": {"name": model, "encoder_weights": encoder_weights,
+                          "freeze_encoder_epochs": freeze_encoder_epochs},
+                "train": {"task": task, "epochs": epochs, "iterations": iterations, "batch_size": batch_size,
+                          "lr": lr, "loss": loss, "device": device, "seed": seed},
+            }
+            cfg = C.resolve(preset, config, overrides)
+            cfg = C.from_dict(C._deep_update(cfg.to_dict(), _parse_set(set_)))
+            if not cfg.data.root:
+                raise ValueError("no dataset: pass --data DIR (or data.root in --config)")
+            result = run_train(cfg, quiet=quiet)
+    except (ValueError, TrainingError) as exc:
+        _fail(exc)
+    console.print(_metrics_table(f"test metrics ({result.run_dir})", result.test_metrics))
+    console.print(f"run folder: {result.run_dir}  (report.md, best.pt, curves.png)")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., help="runs/<name>/best.pt"),
+    data: Optional[str] = typer.Option(None, help="Dataset folder (default: the one it was trained on)."),
+    split: str = typer.Option("test", help="train, val, test (from the run's split.json), or all."),
+    format: Optional[str] = typer.Option(None, "--format"),
+    split_file: Optional[str] = typer.Option(None, help="Use this split file instead of the run's."),
+    device: str = typer.Option("auto"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+) -> None:
+    """Evaluate a checkpoint: pixel, image-level and per-defect metrics over a whole split."""
+    from .engine import evaluate_checkpoint
+
+    try:
+        metrics = evaluate_checkpoint(checkpoint, data, split, format, device, split_file=split_file)
+    except ValueError as exc:
+        _fail(exc)
+    console.print(_metrics_table(f"{split} split: {checkpoint}", metrics))
+    if json_out:
+        json_out.write_text(json.dumps(metrics, indent=2))
+
+
+@app.command()
+def models() -> None:
+    """List the registered models with their parameter counts."""
+    from .bench import count_params
+    from .models import create_model, list_models, model_task
+
+    table = Table(title="models (1 input channel, 1 output)")
+    for col in ("name", "task", "params"):
+        table.add_column(col)
+    for n in list_models():
+        table.add_row(n, model_task(n), f"{count_params(create_model(n)):,}")
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), help="Where the data, run folder and predictions go."),
+    minutes: float = typer.Option(2.5, help="Training time budget on this machine."),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Generate synthetic DAGM-like data, train CheapNet-M, evaluate it, and predict a few images."""
+    from .demo import run_demo
+
+    try:
+        run_demo(out, minutes=minutes, device=device, quiet=quiet, console=console)
+    except ValueError as exc:
+        _fail(exc)
+
+
+# --- predict / export commands: below this line ---
+@app.command("predict")
+def predict_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (walked recursively for png, jpg, "
+                                                  "jpeg, bmp, tif, tiff)."),
+    checkpoint: Path = typer.Option(..., help="runs/<name>/best.pt, or a model.onnx written by `defectseg export`."),
+    out: Path = typer.Option(Path("predictions"), help="Output folder: masks, overlays, results.jsonl/csv."),
+    threshold: Optional[float] = typer.Option(None, help="Defect probability threshold (default: the checkpoint's)."),
+    min_area: Optional[int] = typer.Option(None, help="Drop defects smaller than this many pixels."),
+    batch_size: int = typer.Option(8, help="Images (or tiles) per forward pass."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    backend: str = typer.Option("auto", help="auto (by file suffix), torch or onnxruntime."),
+    dtype: Optional[str] = typer.Option(None, help="bf16 or fp16 autocast (torch backend on CUDA)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (CUDA)."),
+    tile: Optional[int] = typer.Option(None, help="Tile mode: native-resolution NxN windows (0: resize mode; "
+                                                  "default: the checkpoint's infer.tile, usually resize mode)."),
+    tile_overlap: Optional[int] = typer.Option(None, help="Overlap of tiles in pixels."),
+    gate: Optional[Path] = typer.Option(None, help="Classifier checkpoint (task classify): images it calls OK "
+                                                   "skip segmentation."),
+    gate_threshold: float = typer.Option(0.5, help="Gate probability below which an image is OK."),
+    reference: Optional[Path] = typer.Option(None, help="Defect-free reference image (reference-mode models)."),
+    no_overlays: bool = typer.Option(False, "--no-overlays", help="Write masks and results only."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
+) -> None:
+    """Find defects in images: writes <stem>_mask.png, <stem>_overlay.png, results.jsonl and results.csv.
+
+    Masks: 0/255 for binary models, class ids for multi-class ones.
+
+    results.jsonl: one object per image.
+
+    results.csv: one row per defect; an image without defects (or unreadable) gets one row, defect columns empty.
+
+    Unreadable images are reported and skipped; the exit code is 1 only when no image could be read.
+    """
+    import time
+
+    from .infer import Predictor, ResultWriter, find_images
+
+    try:
+        paths = find_images(inputs)
+        if not paths:
+            raise ValueError(f"no image files (png, jpg, jpeg, bmp, tif, tiff) in {', '.join(map(str, inputs))}")
+        predictor = Predictor.from_checkpoint(
+            checkpoint, device=device, backend=backend, dtype=dtype, channels_last=channels_last,
+            batch_size=batch_size, tile=tile, gate=gate, gate_threshold=gate_threshold, reference=reference,
+            threshold=threshold, min_area=min_area, tile_overlap=tile_overlap)
+    except ValueError as exc:
+        _fail(exc)
+    if not quiet:
+        console.print(f"predicting {len(paths)} images with {checkpoint} ({predictor.segmenter.backend}, "
+                      f"{predictor.mode} mode{', gate ' + str(gate) if gate else ''}) -> {out}")
+    t0 = time.perf_counter()
+    try:
+        with ResultWriter(out, overlays=not no_overlays) as writer:
+            for r in predictor.predict_paths(paths):
+                writer.write(r)
+                if r.error is not None:
+                    console.print(f"[yellow]skipped[/yellow] {r.path}: {r.error}")
+                elif not quiet:
+                    gp = "" if r.gate_probability is None else f"  gate {r.gate_probability:.3f}"
+                    console.print(f"{r.verdict}  {r.path}  {len(r.defects)} defects{gp}")
+    except ValueError as exc:
+        _fail(exc)
+    seconds = time.perf_counter() - t0
+    done = writer.n_images - writer.n_errors
+    console.print(f"{writer.n_images} images: {writer.n_ok} OK, {writer.n_ng} NG ({writer.n_defects} defects), "
+                  f"{writer.n_errors} unreadable; {seconds:.2f} s, {done / max(seconds, 1e-9):.1f} img/s "
+                  f"(reading and writing included)")
+    console.print(f"results: {out / 'results.jsonl'}, {out / 'results.csv'}")
+    if writer.n_errors:
+        console.print(f"[yellow]{writer.n_errors} unreadable images were skipped:[/yellow]")
+        for path, why in writer.errors:
+            console.print(f"  {path}: {why}")
+    if done == 0:
+        console.print("[red]error:[/red] no image could be read")
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., help="runs/<name>/best.pt"),
+    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out: Optional[Path] = typer.Option(None, help="Output file (default: the checkpoint path with .onnx)."),
+    dynamic: bool = typer.Option(True, "--dynamic/--static", help="Free batch/height/width, or fixed (1,C,N,N)."),
+    size: Optional[int] = typer.Option(None, help="Traced (static: fixed) input side (default: training size)."),
+) -> None:
+    """Export a checkpoint to ONNX with its config as metadata, then check ONNX Runtime against PyTorch."""
+    from .infer import export_checkpoint
+
+    try:
+        if format.lower() != "onnx":
+            raise ValueError(f"unknown export format {format!r}; use --format onnx")
+        report = export_checkpoint(checkpoint, out, dynamic=dynamic, size=size)
+    except ValueError as exc:
+        _fail(exc)
+    console.print(f"wrote {report.path} ({'dynamic' if report.dynamic else 'static'} input "
+                  f"{'(B, ' + str(report.input_shape[1]) + ', H, W)' if report.dynamic else report.input_shape})")
+    line = (f"parity: max |onnxruntime - torch| = {report.max_abs_diff:.3g} on a random {report.input_shape} input "
+            f"(logits up to {report.max_abs_logit:.3g})")
+    if report.ok:
+        console.print(line)
+    else:
+        console.print(f"[red]{line}: the exported graph disagrees with PyTorch[/red]")
+        raise typer.Exit(1)
+
+
+
+def main() -> None:  # pragma: no cover - console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
