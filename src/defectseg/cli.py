@@ -74,6 +74,7 @@ def train(
     seed: Optional[int] = typer.Option(None),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and list) unreadable or inconsistent samples."),
     set_: list[str] = typer.Option([], "--set", help="Any config value: section.key=value (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch, no progress bar."),
 ) -> None:
     """Train a model; writes runs/<name>/ (config, split, metrics, best.pt, last.pt, curves, report)."""
@@ -97,7 +98,7 @@ def train(
             cfg = C.from_dict(C._deep_update(cfg.to_dict(), _parse_set(set_)))
             if not cfg.data.root:
                 raise ValueError("no dataset: pass --data DIR (or data.root in --config)")
-            result = run_train(cfg, quiet=quiet)
+            result = run_train(cfg, quiet=quiet, overwrite=overwrite)
     except (ValueError, TrainingError) as exc:
         _fail(exc)
     console.print(_metrics_table(f"test metrics ({result.run_dir})", result.test_metrics))
@@ -261,6 +262,9 @@ def export_cmd(
         console.print(f"[red]{line}: the exported graph disagrees with PyTorch[/red]")
         raise typer.Exit(1)
 
+
+
+# --- benchmark command: below this line ---
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

@@ -57,7 +57,7 @@ class TrainConfig:
     batch_size: int = 16
     grad_clip: float | None = None
     amp: bool = True                     # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True           # on CUDA only
+    channels_last: bool = True           # NHWC activations: faster on CUDA and for CheapNet on the CPU
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     monitor: str = "defect_iou"          # validation metric that picks best.pt (higher is better)

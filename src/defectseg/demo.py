@@ -39,11 +39,8 @@ def run_demo(out: Path, minutes: float = 2.5, device: str = "auto", quiet: bool 
         "infer": {"threshold": 0.5, "min_area": 4},
     })
     run_dir = cfg.run_dir
-    if (run_dir / "last.pt").exists():  # a previous demo in the same folder: start afresh
-        for f in run_dir.iterdir():
-            f.unlink()
     console.print(f"[bold]2/4[/bold] training CheapNet-M ({cfg.train.epochs} epochs at {size}x{size})")
-    result = train(cfg, quiet=quiet)
+    result = train(cfg, quiet=quiet, overwrite=True)  # a rerun starts afresh
     m = result.test_metrics
     console.print(f"[bold]3/4[/bold] test split: defect IoU {m['defect_iou']:.3f}, mIoU {m['miou']:.3f}, "
                   f"image AUROC {m['image_auroc']:.3f}, defect AP@0.5 {m['region_ap50']:.3f}")

@@ -181,3 +181,53 @@ def validate(samples: Sequence[Sample], num_classes: int = 2, channels: int | No
         else:
             good.append(s)
     return good, bad
+
+
+class WithReference(Dataset):
+    """Reference (golden template) mode: each item's image gets a defect-free reference of the same
+    product concatenated on the channel axis (image first), so `image` becomes (2C, H, W).
+
+    references: one uint8 array per sample, (H, W) or (H, W, 3), already at the dataset's size.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, references: Sequence[np.ndarray]) -> None:
+        if len(references) != len(dataset):
+            raise ValueError(f"{len(references)} references for {len(dataset)} samples")
+        self.dataset, self.samples = dataset, dataset.samples
+        self.references = [torch.from_numpy(np.array(r)).unsqueeze(0) if r.ndim == 2 else
+                           torch.from_numpy(np.array(r)).permute(2, 0, 1).contiguous() for r in references]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[i]
+        ref = self.references[i]
+        if ref.shape != item["image"].shape:
+            raise ValueError(f"reference for {self.samples[i].image} has shape {tuple(ref.shape)}, the image "
+                             f"{tuple(item['image'].shape)}; give a reference with the image's channels")
+        item["image"] = torch.cat([item["image"], ref], 0)
+        return item
+
+
+def group_references(samples: Sequence[Sample], pool: Sequence[Sample], size: tuple[int, int],
+                     channels: int, reference: str | Path) -> list[np.ndarray]:
+    """A reference image per sample: the file `reference`, or with reference="group" the first defect-free
+    image (by key) of the sample's group in `pool` (the training split), all resized to `size`.
+    """
+    def load(path: Path) -> np.ndarray:
+        img = read_image(path, channels)
+        return resize_pair(img, np.zeros(img.shape[:2], np.uint8), size)[0]
+
+    if str(reference) != "group":
+        ref = load(Path(reference))
+        return [ref] * len(samples)
+    by_group: dict[str, np.ndarray] = {}
+    for s in sorted(pool, key=lambda s: s.key):
+        if s.defective is False and s.group not in by_group:
+            by_group[s.group] = load(s.image)
+    missing = sorted({s.group for s in samples} - set(by_group))
+    if missing:
+        raise ValueError(f"reference mode 'group' needs a defect-free training image in every group; none in "
+                         f"{missing}. Give a reference file instead (data.reference=PATH)")
+    return [by_group[s.group] for s in samples]

@@ -28,10 +28,12 @@ class CheapNet(nn.Module):
     size_multiple = 16
 
     def __init__(self, in_channels: int = 1, num_classes: int = 1, width: int = 32,
-                 conv: str = "depthwise") -> None:
+                 conv: str = "depthwise", head: str = "paper") -> None:
         super().__init__()
         if conv not in ("depthwise", "standard"):
             raise ValueError(f"conv must be 'depthwise' or 'standard', got {conv!r}")
+        if head not in ("paper", "linear"):
+            raise ValueError(f"head must be 'paper' (conv-BN-LeakyReLU, as the authors) or 'linear', got {head!r}")
         if width < 1:
             raise ValueError(f"width must be a positive integer, got {width}")
         g = width
@@ -48,7 +50,11 @@ class CheapNet(nn.Module):
         self.decoder2 = _block(nn.ConvTranspose2d(2 * g, g, 3, 2, 1, output_padding=1, groups=groups), g)
         self.decoder3 = _block(nn.ConvTranspose2d(2 * g, g, 3, 2, 1, output_padding=1, groups=groups), g)
         self.decoder4 = _block(nn.ConvTranspose2d(2 * g, g, 3, 2, 1, output_padding=1, groups=groups), g)
-        self.output = _block(nn.Conv2d(2 * g, num_classes, 1), num_classes)
+        # The authors end with conv -> BN -> LeakyReLU(0.2): BN pins the mean logit near 0 and the
+        # LeakyReLU scales negative logits by 0.2, so confident background (logit << 0) is slow to learn.
+        # head="linear" keeps only the 1x1 conv (2 fewer parameters per class); keys stay `output.0.*`.
+        out_conv = nn.Conv2d(2 * g, num_classes, 1)
+        self.output = _block(out_conv, num_classes) if head == "paper" else nn.Sequential(out_conv)
 
     @property
     def encoder(self) -> nn.ModuleList:
