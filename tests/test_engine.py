@@ -77,6 +77,12 @@ def test_cli_reports_bad_input(tmp_path):
     assert res.exit_code == 2 and "unknown preset" in res.output
 
 
+def test_metrics_csv_keeps_validation_columns_when_not_every_epoch_is_evaluated(tiny_data, tmp_path):
+    engine.train(_cfg(tiny_data, tmp_path, "ev", epochs=3, eval_every=2), quiet=True)
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "metrics.csv")))
+    assert [bool(r["val_defect_iou"]) for r in rows] == [False, True, True]  # epoch 2, and the last
+
+
 def test_resume_is_exact(tiny_data, tmp_path):
     straight = engine.train(_cfg(tiny_data, tmp_path, "straight"), quiet=True)
     engine.train(_cfg(tiny_data, tmp_path, "stopped"), quiet=True, stop_after_epoch=0)

@@ -70,6 +70,8 @@ def train(
     split_file: Optional[str] = typer.Option(None, help="Reuse a split file (JSON lists train/val/test)."),
     encoder_weights: Optional[str] = typer.Option(None, help="Local file with torchvision-named encoder weights."),
     freeze_encoder_epochs: Optional[int] = typer.Option(None),
+    reference: Optional[str] = typer.Option(None, help="Reference mode: a defect-free image file, or 'group' "
+                                            "(the first defect-free training image of each class)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     seed: Optional[int] = typer.Option(None),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and list) unreadable or inconsistent samples."),
@@ -88,7 +90,7 @@ def train(
             overrides = {
                 "name": name, "out_dir": out_dir,
                 "data": {"root": data, "format": format, "size": size, "augment": augment,
-                         "split_file": split_file, "skip_bad": skip_bad or None},
+                         "split_file": split_file, "skip_bad": skip_bad or None, "reference": reference},
                 "model": {"name": model, "encoder_weights": encoder_weights,
                           "freeze_encoder_epochs": freeze_encoder_epochs},
                 "train": {"task": task, "epochs": epochs, "iterations": iterations, "batch_size": batch_size,
@@ -144,7 +146,7 @@ def models() -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Where the data, run folder and predictions go."),
-    minutes: float = typer.Option(2.5, help="Training time budget on this machine."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 450: about 2.5 minutes on 2 cores)."),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -152,7 +154,7 @@ def demo(
     from .demo import run_demo
 
     try:
-        run_demo(out, minutes=minutes, device=device, quiet=quiet, console=console)
+        run_demo(out, device=device, quiet=quiet, console=console, iterations=steps)
     except ValueError as exc:
         _fail(exc)
 
@@ -265,6 +267,112 @@ def export_cmd(
 
 
 # --- benchmark command: below this line ---
+def _benchmark_command_line(ctx: typer.Context) -> str:
+    """The command as it would be typed to repeat this run: every option that differs from its default."""
+    import shlex
+
+    parts = ["defectseg", "benchmark"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or not param.opts:
+            continue
+        flag = max(param.opts, key=len)
+        if isinstance(value, bool):
+            parts.append(flag if value else (param.secondary_opts or [flag])[0])
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def _split_list(value: str, what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"--{what} is empty; give a comma-separated list")
+    return items
+
+
+def _int_list(value: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in _split_list(value, what)]
+    except ValueError:
+        raise ValueError(f"--{what} {value!r}: expected comma-separated integers, e.g. 1,64,256") from None
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    ctx: typer.Context,
+    models: str = typer.Option("cheapnet-s,cheapnet-m,mobile-unet",
+                               help="Comma-separated model names (see `defectseg models`)."),
+    size: int = typer.Option(512, help="Square input side (a multiple of each model's size_multiple)."),
+    channels: int = typer.Option(1, help="Input channels for every model (the paper's Mobile-UNet used 3)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    batch: str = typer.Option("1", help="Comma-separated batch sizes: 1 gives latency, larger ones throughput."),
+    dtype: str = typer.Option("fp32", help="Comma-separated: fp32, bf16, fp16 (autocast, as predict/train)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile (a row is skipped with a note if it "
+                                                          "fails)."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Capture one CUDA graph, time replays (CUDA)."),
+    backend: str = typer.Option("torch", help="torch, or onnxruntime (exported float32 graph)."),
+    train: bool = typer.Option(False, "--train", help="Time full training steps (augmentation, bce-dice, Adam)."),
+    ablation: Optional[str] = typer.Option(None, help="'cheapnet': sweep width G for depthwise and standard "
+                                                      "convs instead of --models."),
+    widths: str = typer.Option(",".join(map(str, (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))),
+                               help="Widths G for --ablation."),
+    convs: str = typer.Option("depthwise,standard", help="Conv kinds for --ablation."),
+    threads: Optional[int] = typer.Option(None, help="CPU intra-op threads (default: torch's current setting)."),
+    warmup: int = typer.Option(5, help="Untimed calls before timing."),
+    repeats: int = typer.Option(30, help="Timed calls per row (at most)."),
+    max_seconds: float = typer.Option(10.0, help="Stop repeating a row after this long (after 5 calls)."),
+    format: str = typer.Option("md", "--format", help="md, csv or json."),
+    out: Optional[Path] = typer.Option(None, help="Also write the table to this file."),
+    plot: Optional[Path] = typer.Option(None, help="PNG of throughput against MACs (or accuracy with --results)."),
+    results: Optional[Path] = typer.Option(None, help="JSON/CSV with a model column and an accuracy column."),
+    metric: Optional[str] = typer.Option(None, help="Accuracy column of --results (default: first known one)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-row progress lines."),
+) -> None:
+    """Params, MACs, latency (mean/median/p95), throughput and peak memory per model and setting.
+
+    Times are per batch (warm-up, then repeated calls; CUDA events on the GPU); img/s = batch / median time.
+    The table's header records the device, versions, threads, load average and this command.
+    """
+    from .bench import ablation_specs, bench_header, format_table, plot_throughput, run_benchmark
+
+    err = Console(stderr=True)
+    try:
+        if format not in ("md", "csv", "json"):
+            raise ValueError(f"unknown --format {format!r}; use md, csv or json")
+        if ablation is not None:
+            if ablation != "cheapnet":
+                raise ValueError(f"unknown --ablation {ablation!r}; the only sweep is 'cheapnet'")
+            specs: list = ablation_specs(_int_list(widths, "widths"), _split_list(convs, "convs"))
+        else:
+            specs = _split_list(models, "models")
+        if results is not None and plot is None:
+            raise ValueError("--results only feeds the plot; add --plot out.png")
+
+        def progress(row: dict) -> None:
+            if not quiet:
+                figure = "skipped" if row["median_ms"] is None else \
+                    f"median {row['median_ms']:.3g} ms, {row['img_per_s']:.1f} img/s"
+                err.print(f"{row['model']} {row['mode']} {row['backend']} {row['dtype']} b{row['batch']}: {figure}")
+
+        rows = run_benchmark(specs, size, channels, device, _int_list(batch, "batch"), _split_list(dtype, "dtype"),
+                             backend=backend, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,
+                             train=train, threads=threads, warmup=warmup, repeats=repeats, max_seconds=max_seconds,
+                             progress=progress)
+        header = bench_header(rows[0]["device"], _benchmark_command_line(ctx), threads)
+        text = format_table(rows, format, header)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        if plot is not None:
+            plot_throughput(rows, plot, results, metric)
+    except ValueError as exc:
+        _fail(exc)
+    typer.echo(text, nl=False)
+    if plot is not None and not quiet:
+        err.print(f"plot: {plot}")
+
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

@@ -60,7 +60,7 @@ class TrainConfig:
     channels_last: bool = True           # NHWC activations: faster on CUDA and for CheapNet on the CPU
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    monitor: str = "defect_iou"          # validation metric that picks best.pt (higher is better)
+    monitor: str = "miou"                # validation metric that picks best.pt (higher is better)
     eval_every: int = 1
 
 

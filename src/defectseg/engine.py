@@ -510,17 +510,19 @@ def eval_loader_full(ds, bs: int, cfg: C.RunConfig) -> DataLoader:
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    if not new:  # keep one header: columns of the first row decide
-        with open(path, newline="") as f:
-            header = next(csv.reader(f))
-    else:
-        header = list(row)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k, "") for k in header})
+    """Add a row; the header is the union of all rows' keys (validation columns appear at the first
+    evaluated epoch, which need not be the first), so the file is rewritten whole: it is small."""
+    rows: list[dict[str, Any]] = list(csv.DictReader(open(path, newline=""))) if path.exists() else []
+    rows.append(row)
+    header: list[str] = []
+    for r in rows:
+        header += [k for k in r if k not in header]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows({k: r.get(k, "") for k in header} for r in rows)
+    os.replace(tmp, path)
 
 
 def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[str, list[str]],

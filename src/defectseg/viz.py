@@ -27,7 +27,9 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
     for k in val_keys:
         vals = [float(r[k]) if r[k] not in ("", "nan") else np.nan for r in rows]
         ax2.plot(epochs, vals, label=k[4:])
-    ax2.set_xlabel("epoch"), ax2.set_title("validation"), ax2.set_ylim(0, 1), ax2.legend(fontsize=7)
+    ax2.set_xlabel("epoch"), ax2.set_title("validation"), ax2.set_ylim(0, 1)
+    if val_keys:
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
