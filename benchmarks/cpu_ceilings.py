@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 from defectseg.bench import count_macs
 from defectseg.models import create_model

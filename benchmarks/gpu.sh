@@ -3,11 +3,15 @@
 # when it was written); its figures go in docs/benchmarks.md once it has run.
 #
 # Usage: benchmarks/gpu.sh [SECTION ...]   sections: infer channels-last compile graphs ort ablation train plot
-#        (default: all of them, in that order; about 10-20 min in all; each section also fits one 10-min call).
+#        (default: all of them, in that order; not yet timed: run sections in separate calls where a call is
+#        limited to 10 minutes).
 # Logs and tables (md + json per section) go under $OUT (the device tool's output folder), else
 # benchmarks/results/gpu. PY picks the interpreter (default: python3, the device image's PyTorch), and the
 # package is imported from src/ (no install needed). Training needs kornia (the Augmenter's affine and blur):
 # if the image lacks it, carry wheels in wheels/ (pip download kornia kornia_rs -d wheels) and they are installed.
+# Smoke test on a CPU (checks the script, not the GPU): DEVICE=cpu SIZE=32 EXTRA="--warmup 1 --repeats 2
+# --max-seconds 1 --threads 1" PY=.venv/bin/python OUT=/tmp/gpu-smoke benchmarks/gpu.sh (the graphs section then
+# reports its expected failure: CUDA graphs need CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -18,24 +22,29 @@ SECTIONS=("$@")
 [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(infer channels-last compile graphs ort ablation train plot)
 
 ALL=cheapnet-s,cheapnet-m,cheapnet-l,mobile-unet,unet,unet-small,unet-vgg16,unet-resnet18,unet-mobilenetv1
-COMMON=(--size 512 --channels 1 --device cuda --warmup 10 --repeats 100 --max-seconds 3)
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-512}
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"  # appended last, so they override (e.g. fewer repeats for a smoke test)
+COMMON=(--size "$SIZE" --channels 1 --device "$DEVICE" --warmup 10 --repeats 100 --max-seconds 3)
 
 {
   echo "== $(date -u) $(hostname)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv || true
   "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda',
-torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"
+torch.version.cuda, 'cudnn', torch.backends.cudnn.version(),
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" || true
 } 2>&1 | tee -a "$LOG/env.log"
 
 if ! "$PY" -c "import kornia" 2>/dev/null && [[ -d wheels ]]; then
   "$PY" -m pip install --no-index --find-links wheels kornia >> "$LOG/env.log" 2>&1 || true
 fi
 
-bench() {  # bench NAME ARGS...: one table as md (printed) and json, stderr progress to NAME.log
+bench() {  # bench NAME ARGS...: one table as md (printed) and json; progress in NAME.log, output in NAME.out
   local name=$1; shift
   echo "== $name: $*" | tee -a "$LOG/commands.log"
-  "$PY" -m defectseg.cli benchmark "$@" --format json --out "$LOG/$name.json" -q > /dev/null 2> "$LOG/$name.log" \
-    || { echo "   FAILED (exit $?), see $LOG/$name.log"; tail -5 "$LOG/$name.log"; return 0; }
+  "$PY" -m defectseg.cli benchmark "$@" "${EXTRA_ARGS[@]}" --format json --out "$LOG/$name.json" -q \
+    > "$LOG/$name.out" 2> "$LOG/$name.log" \
+    || { echo "   FAILED (exit $?), see $LOG/$name.out"; tail -5 "$LOG/$name.out"; return 0; }
   "$PY" - "$LOG/$name.json" "$LOG/$name.md" <<'PYEOF'
 import json, sys
 from defectseg.bench import format_table
@@ -60,13 +69,14 @@ for section in "${SECTIONS[@]}"; do
     ort)  # the exported float32 graph through ONNX Runtime (CUDA provider if the build has it; see the note column)
       bench ort --models cheapnet-s,cheapnet-m,mobile-unet,unet-small --batch 1,64 --backend onnxruntime \
         "${COMMON[@]}" ;;
-    ablation)  # the paper's Table III: G = 2..1024, depthwise vs standard convs (large standard G may run out of memory)
+    ablation)  # the paper's Table III: G = 2..1024, depthwise vs standard (large standard G may run out of memory)
       bench ablation --ablation cheapnet --batch 1,64 --dtype fp32,bf16 "${COMMON[@]}" ;;
     train)  # full training steps: Augmenter("light") on device, bce-dice, Adam
       bench train --models cheapnet-s,cheapnet-m,mobile-unet,unet-small --train --batch 16,64 --dtype fp32,bf16 \
-        --size 512 --channels 1 --device cuda --warmup 5 --repeats 30 --max-seconds 5
+        --size "$SIZE" --channels 1 --device "$DEVICE" --warmup 5 --repeats 30 --max-seconds 5
       bench train-channels-last --models cheapnet-s,cheapnet-m,mobile-unet,unet-small --train --channels-last \
-        --batch 16,64 --dtype fp32,bf16 --size 512 --channels 1 --device cuda --warmup 5 --repeats 30 --max-seconds 5 ;;
+        --batch 16,64 --dtype fp32,bf16 --size "$SIZE" --channels 1 --device "$DEVICE" --warmup 5 --repeats 30 \
+        --max-seconds 5 ;;
     plot)  # throughput against MACs from the eager table
       "$PY" - "$LOG" <<'PYEOF'
 import json, sys

@@ -427,8 +427,8 @@ def macs_per_image(model: nn.Module, channels: int, size: int) -> int:
     """`count_macs` of a (1, channels, size, size) input, counted at a small size and scaled when that is exact.
 
     For a fully convolutional net whose every level divides exactly, MACs grow as size²; this is checked by
-    counting at s0 and 2*s0 (s0: the first multiple of size_multiple >= 64) and used only when size is a multiple of s0 and
-    macs(2*s0) == 4*macs(s0) (never for nets with linear heads). Saves a full-size CPU forward of huge models.
+    counting at s0 and 2*s0 (s0: the first multiple of size_multiple >= 64) and used only when size is a multiple
+    of s0 and macs(2*s0) == 4*macs(s0) (never for nets with linear heads). Saves a full-size CPU forward of huge models.
     """
     multiple = int(getattr(model, "size_multiple", 1))
     s0 = multiple * -(-64 // multiple)  # the smallest multiple of size_multiple >= 64
@@ -554,7 +554,7 @@ def bench_header(device: str | torch.device, command: str, threads: int | None =
         header["peak memory"] = "process peak RSS from /proc/self/status VmHWM, reset per row (includes the Python " \
                                 "and library footprint)"
     if hasattr(os, "getloadavg"):
-        header["load average (1/5/15 min)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        header["load average (1/5/15 min, at the end)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     header["timing"] = ("warm-up, then repeated calls; " + ("CUDA events" if dev.type == "cuda" else "host clock")
                         + "; ms per batch; img/s = batch / median")
     return header

@@ -271,10 +271,13 @@ def _benchmark_command_line(ctx: typer.Context) -> str:
     """The command as it would be typed to repeat this run: every option that differs from its default."""
     import shlex
 
+    # The settings every figure depends on are written even at their defaults; the rest only when changed.
+    always = {"size", "channels", "device", "batch", "dtype", "backend"} | (set() if ctx.params.get("ablation")
+                                                                           else {"models"})
     parts = ["defectseg", "benchmark"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if value is None or value == param.default or not param.opts:
+        if value is None or not param.opts or (value == param.default and param.name not in always):
             continue
         flag = max(param.opts, key=len)
         if isinstance(value, bool):
@@ -335,6 +338,8 @@ def benchmark_cmd(
     Times are per batch (warm-up, then repeated calls; CUDA events on the GPU); img/s = batch / median time.
     The table's header records the device, versions, threads, load average and this command.
     """
+    import os
+
     from .bench import ablation_specs, bench_header, format_table, plot_throughput, run_benchmark
 
     err = Console(stderr=True)
@@ -356,11 +361,14 @@ def benchmark_cmd(
                     f"median {row['median_ms']:.3g} ms, {row['img_per_s']:.1f} img/s"
                 err.print(f"{row['model']} {row['mode']} {row['backend']} {row['dtype']} b{row['batch']}: {figure}")
 
+        load_start = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else None
         rows = run_benchmark(specs, size, channels, device, _int_list(batch, "batch"), _split_list(dtype, "dtype"),
                              backend=backend, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,
                              train=train, threads=threads, warmup=warmup, repeats=repeats, max_seconds=max_seconds,
                              progress=progress)
         header = bench_header(rows[0]["device"], _benchmark_command_line(ctx), threads)
+        if load_start is not None:  # a shared machine shows up here: compare with "load average" (at the end)
+            header["load average at start"] = load_start
         text = format_table(rows, format, header)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

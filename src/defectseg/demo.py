@@ -18,6 +18,7 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False,
              console: Console | None = None, n_per_class: int | None = None, size: int | None = None,
              iterations: int | None = None) -> dict[str, float]:
     """Run the demo into `out`; returns the test metrics. Smaller settings exist for the tests."""
+    from .data import load_dataset
     from .data.synthetic import write_dagm
     from .engine import train
     from .infer import Predictor
@@ -49,8 +50,9 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False,
     pred_dir = out / "predictions"
     console.print(f"[bold]4/4[/bold] predicting test images into {pred_dir}")
     predictor = Predictor.from_checkpoint(result.best, device=device)
-    images = sorted((data_dir / "Class1" / "Test").glob("*.PNG"))[:4] + \
-        sorted((data_dir / "Class2" / "Test").glob("*.PNG"))[:4]
+    test = [smp for smp in load_dataset(data_dir, "dagm").samples if smp.split == "test"]
+    images = ([smp.image for smp in test if smp.defective][:4] +
+              [smp.image for smp in test if not smp.defective][:4])
     from .infer import write_results
 
     n_ng = write_results(predictor.predict_paths(images), pred_dir)
@@ -60,5 +62,6 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False,
     console.print(f"  report:       {run_dir / 'report.md'}")
     console.print(f"  curves:       {run_dir / 'curves.png'}")
     console.print(f"  checkpoint:   {result.best}")
-    console.print(f"  masks, overlays, results.jsonl: {pred_dir}  ({len(images)} images, {n_ng} NG)")
+    console.print(f"  masks, overlays, results.jsonl: {pred_dir}  ({len(images)} test images, half defective; "
+                  f"{n_ng} called NG)")
     return m

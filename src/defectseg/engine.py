@@ -472,7 +472,11 @@ def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = Fals
             if len(sets["val"]) and ((epoch + 1) % cfg.train.eval_every == 0 or is_last):
                 val = evaluate_model(model, eval_loader(sets["val"]), cfg, device, n_logits, task, world=world)
             row.update({f"val_{k}": v for k, v in val.items()})
-            score = val.get(monitor, -train_loss if not val else math.nan)
+            # Without a validation split, best.pt follows the training loss; on epochs that are not
+            # evaluated, nothing is compared.
+            score = val.get(monitor, math.nan) if len(sets["val"]) else -train_loss
+            if val and monitor not in val:
+                raise ValueError(f"monitor {monitor!r} is not a validation metric; choose one of {', '.join(val)}")
             improved = not math.isnan(score) and score > best
             if improved:
                 best, best_epoch = score, epoch + 1
