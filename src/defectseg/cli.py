@@ -146,7 +146,7 @@ def models() -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Where the data, run folder and predictions go."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default 450: about 2.5 minutes on 2 cores)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 400: about 2.5 minutes on 2 idle cores)."),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
