@@ -558,10 +558,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
     root = data or cfg.data.root
     spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad)
     split_path = Path(split_file) if split_file else Path(checkpoint).parent / "split.json"
-    if split_path.is_file() and (data is None or Path(data).resolve() == Path(cfg.data.root).resolve()):
-        split = load_split(split_path)
-    elif split_name == "all":
+    if split_name == "all":
         split = {"all": [s.key for s in spec.samples]}
+    elif split_path.is_file() and (data is None or Path(data).resolve() == Path(cfg.data.root).resolve()):
+        split = load_split(split_path)
     else:
         split = make_split(spec.samples, cfg.data.fractions, seed=cfg.train.seed)
     if split_name not in split:
