@@ -72,12 +72,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, C.RunConfig]:
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> tuple[nn.Module, C.RunConfig]:
     """Rebuild the model a checkpoint was trained with and load its weights (eval mode, CPU)."""
     cfg = C.from_dict(ckpt["config"])
-    model = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=ckpt["num_classes"],
-                         **cfg.model.options)
-    model.load_state_dict(ckpt["model"])
+    n_in = input_channels(cfg)
+    model = create_model(cfg.model.name, in_channels=n_in, num_classes=ckpt["num_classes"], **cfg.model.options)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise ValueError(f"{source}: the stored weights do not fit {cfg.model.name} with {n_in} input channels "
+                         f"and {ckpt['num_classes']} outputs ({str(exc)[:300]}); the checkpoint's config and "
+                         "weights disagree: re-train or re-save it") from exc
     return model.eval(), cfg
 
 

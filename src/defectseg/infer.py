@@ -133,23 +133,6 @@ class _Net:
         return self.fixed_hw or (self.config.data.size, self.config.data.size)
 
 
-def _layout(cfg: C.RunConfig, source: Path) -> tuple[int, bool]:
-    """(image channels, uses reference) of a config.
-
-    Reference mode: `data.channels` may count the image's own channels (1 or 3; the model takes twice as many)
-    or the model's input (2 or 6: image + reference), both spellings are in use.
-    """
-    c = cfg.data.channels
-    if not cfg.data.reference:
-        return c, False
-    if c in (1, 3):
-        return c, True
-    if c in (2, 6):
-        return c // 2, True
-    raise ValueError(f"{source}: data.channels={c} with data.reference set; reference mode needs 1 or 3 image "
-                     "channels (or 2 / 6 counting image and reference)")
-
-
 def _checkpoint_fields(d: dict[str, Any], source: Path) -> tuple[C.RunConfig, int, list[str], str]:
     missing = [k for k in ("config", "num_classes") if k not in d]
     if missing:
@@ -165,20 +148,11 @@ def _checkpoint_fields(d: dict[str, Any], source: Path) -> tuple[C.RunConfig, in
 def _torch_net(path: Path, device: str, dtype: str | None, channels_last: bool) -> _Net:
     import torch
 
-    from .engine import load_checkpoint, pick_device, to_input
-    from .models import create_model
+    from .engine import load_checkpoint, model_from_checkpoint, pick_device, to_input
 
     ckpt = load_checkpoint(path)
     cfg, num_classes, names, task = _checkpoint_fields(ckpt, path)
-    image_channels, uses_ref = _layout(cfg, path)
-    in_channels = image_channels * (2 if uses_ref else 1)
-    model = create_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, **cfg.model.options)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise ValueError(f"{path}: the stored weights do not fit {cfg.model.name} with {in_channels} input "
-                         f"channels and {num_classes} outputs ({str(exc)[:300]}); the checkpoint's config and "
-                         "weights disagree: re-train or re-save it") from exc
+    model, _ = model_from_checkpoint(ckpt, source=path)
     dev = pick_device(device)
     if dtype not in (None, "fp32", "bf16", "fp16"):
         raise ValueError(f"dtype {dtype!r} is not supported; use bf16, fp16 or leave it unset (float32)")
@@ -205,8 +179,8 @@ def _torch_net(path: Path, device: str, dtype: str | None, channels_last: bool) 
                 out = model(t)
         return out.float().cpu().numpy()
 
-    return _Net(logits, cfg, num_classes, names, task, int(getattr(model, "size_multiple", 1)), image_channels,
-                uses_ref, path, "torch")
+    return _Net(logits, cfg, num_classes, names, task, int(getattr(model, "size_multiple", 1)), cfg.data.channels,
+                bool(cfg.data.reference), path, "torch")
 
 
 def _onnx_providers(device: str) -> list[str]:
@@ -226,6 +200,7 @@ def _onnx_providers(device: str) -> list[str]:
 
 
 def _onnx_net(path: Path, device: str, dtype: str | None, channels_last: bool, threads: int | None) -> _Net:
+    from .engine import input_channels
     from .export import OnnxModel
 
     if dtype not in (None, "fp32"):
@@ -248,8 +223,8 @@ def _onnx_net(path: Path, device: str, dtype: str | None, channels_last: bool, t
     except (json.JSONDecodeError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: metadata '{ONNX_CONFIG_KEY}' is not a defectseg config ({exc}); re-export "
                          "it with `defectseg export`") from exc
-    image_channels, uses_ref = _layout(cfg, path)
-    in_channels = image_channels * (2 if uses_ref else 1)
+    image_channels, uses_ref = cfg.data.channels, bool(cfg.data.reference)
+    in_channels = input_channels(cfg)
     if om.input_channels != in_channels:
         raise ValueError(f"{path}: the graph takes {om.input_channels} channels but its config implies "
                          f"{in_channels}; re-export it with `defectseg export`")
@@ -840,7 +815,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dyn
     """
     import torch
 
-    from .engine import load_checkpoint, to_input
+    from .engine import load_checkpoint, model_from_checkpoint, to_input
     from .export import OnnxModel, export_onnx
 
     checkpoint = Path(checkpoint)
@@ -849,12 +824,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dyn
     net = _torch_net(checkpoint, "cpu", None, False)  # validates config/weights with clear errors
     ckpt = load_checkpoint(checkpoint)
     cfg = net.config
-    from .models import create_model
-
-    model = create_model(cfg.model.name, in_channels=net.input_channels, num_classes=net.num_classes,
-                         **cfg.model.options)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    model, _ = model_from_checkpoint(ckpt, source=checkpoint)
     side = size or cfg.data.size
     m = net.size_multiple
     if side < 1 or side % m:
