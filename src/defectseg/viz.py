@@ -24,9 +24,10 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [float(r["train_loss"]) for r in rows], label="train loss")
     ax1.set_xlabel("epoch"), ax1.set_title("loss"), ax1.legend()
-    for k in val_keys:
-        vals = [float(r[k]) if r[k] not in ("", "nan") else np.nan for r in rows]
-        ax2.plot(epochs, vals, label=k[4:])
+    for k in val_keys:  # only evaluated epochs (eval_every may skip some), so lines do not break
+        pts = [(e, float(r[k])) for e, r in zip(epochs, rows) if r.get(k) not in (None, "", "nan")]
+        if pts:
+            ax2.plot(*zip(*pts), marker=".", label=k[4:])
     ax2.set_xlabel("epoch"), ax2.set_title("validation"), ax2.set_ylim(0, 1)
     if val_keys:
         ax2.legend(fontsize=7)
