@@ -245,3 +245,27 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     single = engine.evaluate_checkpoint(run / "last.pt", split_name="val", device="cpu")
     for k in ("miou", "image_auroc", "pixel_acc"):
         assert float(rows[-1][f"val_{k}"]) == pytest.approx(single[k], abs=1e-6), k
+
+
+def test_cli_generic_layout_with_unlabeled_images(tmp_path):
+    import numpy as np
+
+    from defectseg.data.io import write_png
+
+    root = tmp_path / "generic"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        img = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+        write_png(root / "images" / f"p{i}.png", img)
+        if i % 2 == 0:  # odd images have no mask: defect-free only if the user says so
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:16, 8:16] = 255
+            write_png(root / "masks" / f"p{i}.png", mask)
+    args = ["train", "--data", str(root), "--model", "cheapnet-s", "--size", "32", "--epochs", "1",
+            "--batch-size", "4", "--out-dir", str(tmp_path / "runs"), "--device", "cpu", "--quiet"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "allow-unlabeled" in res.output
+    res = CliRunner().invoke(app, args + ["--allow-unlabeled"])
+    assert res.exit_code == 0, res.output

@@ -75,6 +75,8 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     seed: Optional[int] = typer.Option(None),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and list) unreadable or inconsistent samples."),
+    allow_unlabeled: bool = typer.Option(False, "--allow-unlabeled",
+                                         help="Generic layout: images without a mask are defect-free."),
     set_: list[str] = typer.Option([], "--set", help="Any config value: section.key=value (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch, no progress bar."),
@@ -90,7 +92,8 @@ def train(
             overrides = {
                 "name": name, "out_dir": out_dir,
                 "data": {"root": data, "format": format, "size": size, "augment": augment,
-                         "split_file": split_file, "skip_bad": skip_bad or None, "reference": reference},
+                         "split_file": split_file, "skip_bad": skip_bad or None, "reference": reference,
+                         "allow_unlabeled": allow_unlabeled or None},
                 "model": {"name": model, "encoder_weights": encoder_weights,
                           "freeze_encoder_epochs": freeze_encoder_epochs},
                 "train": {"task": task, "epochs": epochs, "iterations": iterations, "batch_size": batch_size,

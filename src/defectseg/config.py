@@ -23,6 +23,7 @@ class DataConfig:
     augment: str = "light"               # none | light | strong
     cache: bool = True
     skip_bad: bool = False
+    allow_unlabeled: bool = False        # generic layout: an image without a mask is defect-free
     defective_only: bool = False         # train on defective images only (the cascade's segmenter)
     reference: str | None = None         # reference mode: a defect-free image file, or "group"
     workers: int = 0

@@ -358,7 +358,8 @@ def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = Fals
         C.save_yaml(cfg, run_dir / "config.yaml")
     seed_everything(cfg.train.seed)
 
-    spec = load_dataset(cfg.data.root, cfg.data.format, skip_bad=cfg.data.skip_bad)
+    spec = load_dataset(cfg.data.root, cfg.data.format, skip_bad=cfg.data.skip_bad,
+                        allow_unlabeled=cfg.data.allow_unlabeled)
     split = prepare_split(cfg, spec, run_dir)
     if world.main:
         save_split(run_dir / "split.json", split, seed=cfg.train.seed, fractions=list(cfg.data.fractions),
@@ -561,7 +562,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     root = data or cfg.data.root
-    spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad)
+    spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad,
+                        allow_unlabeled=cfg.data.allow_unlabeled)
     split_path = Path(split_file) if split_file else Path(checkpoint).parent / "split.json"
     if split_name == "all":
         split = {"all": [s.key for s in spec.samples]}
