@@ -10,15 +10,6 @@ from defectseg.bench import count_macs, count_params
 from defectseg.models import create_model, list_models, model_task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for these tiny tensors (a busy 2-core machine makes OpenMP spin-waits costly)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _flops(model: nn.Module, shape: tuple[int, ...]) -> int:
     """Forward FLOPs as PyTorch's own counter sees them (2 per multiply-accumulate)."""
     model.eval()

@@ -54,19 +54,6 @@ SEGMENTERS = list_models("segment")
 CLASSIFIERS = list_models("classify")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module's tiny tensors on one intra-op thread, then restore the setting.
-
-    On a busy 2-core machine OpenMP's spin-waiting made first calls on new shapes 10-50x slower
-    (this file: 160 s with 2 threads under load, 15 s with 1); tiny tensors gain nothing from threads.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_registry_lists_every_model_once_with_a_pinned_count_and_sizes():
     names = list_models()
     assert len(names) == len(set(names))

@@ -167,21 +167,27 @@ def prepare_split(cfg: C.RunConfig, spec: DatasetSpec, run_dir: Path | None) -> 
     return make_split(spec.samples, cfg.data.fractions, seed=cfg.train.seed)
 
 
-def build_datasets(cfg: C.RunConfig, spec: DatasetSpec, split: dict[str, list[str]]
-                   ) -> dict[str, SegmentationDataset]:
+def split_dataset(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool
+                  ) -> SegmentationDataset | WithReference:
+    """One split's dataset at the training size; in reference mode each image gets its reference
+    (a file, or per group the first defect-free image of `pool`, the training samples)."""
     size = (cfg.data.size, cfg.data.size)
+    ds = SegmentationDataset(samples, size=size, channels=cfg.data.channels, cache=cache,
+                             num_classes=spec.num_classes, skip_bad=cfg.data.skip_bad)
+    if cfg.data.reference:
+        return WithReference(ds, group_references(ds.samples, pool, size, cfg.data.channels, cfg.data.reference))
+    return ds
+
+
+def build_datasets(cfg: C.RunConfig, spec: DatasetSpec, split: dict[str, list[str]]
+                   ) -> dict[str, SegmentationDataset | WithReference]:
+    pool = select(spec, split.get("train", []))
     out = {}
     for name in ("train", "val", "test"):
         samples = select(spec, split.get(name, []))
         if name == "train" and cfg.data.defective_only:
             samples = [s for s in samples if s.defective is not False]
-        out[name] = SegmentationDataset(samples, size=size, channels=cfg.data.channels, cache=cfg.data.cache,
-                                        num_classes=spec.num_classes, skip_bad=cfg.data.skip_bad)
-    if cfg.data.reference:
-        pool = select(spec, split.get("train", []))
-        for name, ds in out.items():
-            out[name] = WithReference(ds, group_references(ds.samples, pool, size, cfg.data.channels,
-                                                           cfg.data.reference))
+        out[name] = split_dataset(cfg, spec, samples, pool, cfg.data.cache)
     return out
 
 
@@ -409,8 +415,6 @@ def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = Fals
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         best, best_epoch = ckpt["best"], ckpt["best_epoch"]
 
-    eval_loader = lambda ds: DataLoader(Subset(ds, range(world.rank, len(ds), world.world)), batch_size=bs,
-                                        num_workers=cfg.data.workers)
     metrics_csv = run_dir / "metrics.csv"
     monitor = cfg.train.monitor if task == "segment" else "image_auroc"
     payload_base = {"config": cfg.to_dict(), "num_classes": n_logits, "class_names": spec.class_names,
@@ -476,7 +480,8 @@ def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = Fals
             val = {}
             is_last = epoch == epochs - 1 or (cfg.train.iterations and step >= cfg.train.iterations)
             if len(sets["val"]) and ((epoch + 1) % cfg.train.eval_every == 0 or is_last):
-                val = evaluate_model(model, eval_loader(sets["val"]), cfg, device, n_logits, task, world=world)
+                val = evaluate_model(model, eval_loader(sets["val"], bs, cfg, world), cfg, device, n_logits, task,
+                                     world=world)
             row.update({f"val_{k}": v for k, v in val.items()})
             # Without a validation split, best.pt follows the training loss; on epochs that are not
             # evaluated, nothing is compared.
@@ -504,7 +509,7 @@ def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = Fals
         best_model, _ = model_from_checkpoint(load_checkpoint(best_path))
         best_model.to(device)
         if len(sets["test"]):
-            test_metrics = evaluate_model(best_model, eval_loader_full(sets["test"], bs, cfg), cfg, device,
+            test_metrics = evaluate_model(best_model, eval_loader(sets["test"], bs, cfg), cfg, device,
                                           n_logits, task, regions=task == "segment")
         from .viz import plot_curves
 
@@ -515,8 +520,10 @@ def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = Fals
     return RunResult(run_dir, best_path, last_path, test_metrics, epochs_done, time.time() - t_start)
 
 
-def eval_loader_full(ds, bs: int, cfg: C.RunConfig) -> DataLoader:
-    return DataLoader(ds, batch_size=bs, num_workers=cfg.data.workers)
+def eval_loader(ds, bs: int, cfg: C.RunConfig, world: Dist = Dist()) -> DataLoader:
+    """In order, no padding; under DDP each rank takes every world-th sample (metrics are reduced after)."""
+    return DataLoader(Subset(ds, range(world.rank, len(ds), world.world)), batch_size=bs,
+                      num_workers=cfg.data.workers)
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
@@ -564,22 +571,20 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
     root = data or cfg.data.root
     spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad,
                         allow_unlabeled=cfg.data.allow_unlabeled)
-    split_path = Path(split_file) if split_file else Path(checkpoint).parent / "split.json"
+    run_split = Path(checkpoint).parent / "split.json"
     if split_name == "all":
         split = {"all": [s.key for s in spec.samples]}
-    elif split_path.is_file() and (data is None or Path(data).resolve() == Path(cfg.data.root).resolve()):
-        split = load_split(split_path)
+    elif split_file:
+        split = load_split(split_file)
+    elif run_split.is_file() and (data is None or Path(data).resolve() == Path(cfg.data.root).resolve()):
+        split = load_split(run_split)
     else:
         split = make_split(spec.samples, cfg.data.fractions, seed=cfg.train.seed)
     if split_name not in split:
         raise ValueError(f"split {split_name!r} not found; choose one of {', '.join(split)}")
     dev = pick_device(device)
-    ds = SegmentationDataset(select(spec, split[split_name]), size=(cfg.data.size, cfg.data.size),
-                             channels=cfg.data.channels, cache=False, num_classes=spec.num_classes,
-                             skip_bad=cfg.data.skip_bad)
-    if cfg.data.reference:
-        pool = select(spec, split["train"]) if "train" in split else spec.samples
-        ds = WithReference(ds, group_references(ds.samples, pool, ds.size, cfg.data.channels, cfg.data.reference))
+    pool = select(spec, split["train"]) if "train" in split else spec.samples
+    ds = split_dataset(cfg, spec, select(spec, split[split_name]), pool, cache=False)
     model.to(dev)
-    return evaluate_model(model, eval_loader_full(ds, batch_size or cfg.train.batch_size, cfg), cfg, dev,
+    return evaluate_model(model, eval_loader(ds, batch_size or cfg.train.batch_size, cfg), cfg, dev,
                           ckpt["num_classes"], ckpt.get("task", "segment"), regions=ckpt.get("task") != "classify")
