@@ -249,27 +249,31 @@ def evaluate_model(model: nn.Module, loader: DataLoader, cfg: C.RunConfig, devic
 
 
 # ----------------------------------------------------------------------------- training
+# Registries: the config checks its values against these names, and the CLI lists them.
+OPTIMIZERS: dict[str, Any] = {
+    "adam": lambda c, params: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda c, params: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda c, params: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+}
+# Schedulers step once per iteration; MultiStep milestones are given in epochs.
+SCHEDULES: dict[str, Any] = {
+    "none": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+    "multistep": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.MultiStepLR(
+        opt, [m * per_epoch for m in c.milestones], c.gamma),
+    "cosine": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total)),
+    "onecycle": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.OneCycleLR(opt, c.lr,
+                                                                                    total_steps=max(1, total)),
+}
+# Validation metrics that can pick best.pt (higher is better).
+MONITORS = ("miou", "defect_iou", "mean_dice", "macc", "pixel_acc", "image_auroc", "image_ap", "image_acc")
+
+
 def _optimizer(cfg: C.TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adam, adamw or sgd")
+    return OPTIMIZERS[cfg.optimizer](cfg, params)
 
 
 def _scheduler(cfg: C.TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int):
-    """Schedulers step once per iteration; MultiStep milestones are given in epochs."""
-    if cfg.schedule == "none":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    if cfg.schedule == "multistep":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, [m * steps_per_epoch for m in cfg.milestones], cfg.gamma)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total_steps))
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(1, total_steps))
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; use none, multistep, cosine or onecycle")
+    return SCHEDULES[cfg.schedule](cfg, opt, steps_per_epoch, total_steps)
 
 
 def _set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
