@@ -99,3 +99,18 @@ def test_infer_channels(tmp_path):
 def test_bad_channels():
     with pytest.raises(ValueError):
         SegmentationDataset([], channels=2)
+
+
+def test_reference_file_for_every_sample(tmp_path):
+    """Reference mode with a file (not "group"): every sample gets that image, resized or as read."""
+    from defectseg.data import group_references
+    from defectseg.data.io import write_png
+
+    ref = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
+    write_png(tmp_path / "ref.png", ref)
+    from defectseg.data import Sample
+
+    samples = [Sample(tmp_path / "a.png", None), Sample(tmp_path / "b.png", None)]
+    as_read = group_references(samples, [], None, 1, tmp_path / "ref.png")
+    assert len(as_read) == 2 and np.array_equal(as_read[0], ref)
+    assert group_references(samples, [], (6, 5), 1, str(tmp_path / "ref.png"))[1].shape == (6, 5)

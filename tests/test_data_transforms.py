@@ -1,10 +1,10 @@
-"""Augmentation keeps image and mask aligned; seeded; state resume; padding; normalisation."""
+"""Augmentation keeps image and mask aligned; seeded; state resume."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from defectseg.data import PRESETS, Augmenter, crop_to, normalize, pad_to_multiple
+from defectseg.data import PRESETS, Augmenter
 
 
 def blobs(b=6, h=48, w=48, seed=0) -> torch.Tensor:
@@ -85,24 +85,6 @@ def test_photometric_in_range_and_none_is_identity():
         Augmenter("wild")
     with pytest.raises(ValueError):
         Augmenter()(image, mask[:, :16])
-
-
-def test_pad_to_multiple_and_crop():
-    x = torch.rand(2, 1, 30, 45)
-    y, hw = pad_to_multiple(x, 16)
-    assert y.shape == (2, 1, 32, 48) and hw == (30, 45)
-    assert torch.equal(crop_to(y, hw), x) and y[..., 30:, :].abs().sum() == 0
-    m = torch.ones(2, 30, 45, dtype=torch.long)
-    pm, _ = pad_to_multiple(m, 32, value=255)
-    assert pm.shape == (2, 32, 64) and (pm[:, 30:] == 255).all() and (pm[:, :30, :45] == 1).all()
-    same, hw = pad_to_multiple(torch.rand(1, 1, 32, 32), 32)
-    assert same.shape == (1, 1, 32, 32) and hw == (32, 32)
-
-
-def test_normalize():
-    u = torch.tensor([[[[0, 255, 51]]]], dtype=torch.uint8)
-    f = normalize(u)
-    assert f.dtype == torch.float32 and torch.allclose(f, torch.tensor([[[[0.0, 1.0, 0.2]]]]))
 
 
 @pytest.mark.gpu

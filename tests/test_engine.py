@@ -98,7 +98,7 @@ def test_resume_is_exact(tiny_data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "stopped" / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     # and the weights really changed during training
-    assert not torch.equal(first["model"]["encoder1.0.weight"], b["model"]["encoder1.0.weight"])
+    assert not torch.equal(first["model"]["net.encoder1.0.weight"], b["model"]["net.encoder1.0.weight"])
 
 
 def test_nan_loss_stops_and_keeps_last_good(tiny_data, tmp_path, monkeypatch):
@@ -200,8 +200,12 @@ def test_frozen_encoder_does_not_move(tiny_data, tmp_path):
     trained = engine.load_checkpoint(engine.train(cfg, quiet=True).last)["model"]
     torch.manual_seed(cfg.train.seed)  # the engine builds the model right after seeding with this seed
     initial = engine.create_model("cheapnet-s", num_classes=1, head="linear").state_dict()
-    assert torch.equal(trained["encoder2.0.weight"], initial["encoder2.0.weight"])
-    assert not torch.equal(trained["decoder4.0.weight"], initial["decoder4.0.weight"])
+    assert torch.equal(trained["net.encoder2.0.weight"], initial["encoder2.0.weight"])
+    assert not torch.equal(trained["net.decoder4.0.weight"], initial["decoder4.0.weight"])
+    # BatchNorm of a frozen encoder stays in eval mode: its running statistics do not move either.
+    for k in ("encoder1.1.running_mean", "encoder3.1.running_var", "bottleneck.1.running_mean"):
+        assert torch.equal(trained[f"net.{k}"], initial[k]), k
+    assert not torch.equal(trained["net.decoder4.1.running_mean"], initial["decoder4.1.running_mean"])
 
 
 def test_reference_mode_trains_two_channel_model(tiny_data, tmp_path):
@@ -209,7 +213,7 @@ def test_reference_mode_trains_two_channel_model(tiny_data, tmp_path):
     cfg.data.reference = "group"
     res = engine.train(cfg, quiet=True)
     ck = engine.load_checkpoint(res.best)
-    assert ck["model"]["encoder1.0.weight"].shape[1] == 2
+    assert ck["model"]["net.encoder1.0.weight"].shape[1] == 2
     model, _ = engine.model_from_checkpoint(ck)
     assert model(torch.zeros(1, 2, 32, 32)).shape == (1, 1, 32, 32)
 
@@ -269,3 +273,59 @@ def test_cli_generic_layout_with_unlabeled_images(tmp_path):
     assert res.exit_code == 2 and "allow-unlabeled" in res.output
     res = CliRunner().invoke(app, args + ["--allow-unlabeled"])
     assert res.exit_code == 0, res.output
+
+
+def test_evaluate_reports_what_predict_delivers(tmp_path):
+    """evaluate's pixel and image figures are those of the masks and verdicts predict returns for the same
+    images: native sizes that differ from the training size, min_area filtering, one threshold rule."""
+    import numpy as np
+
+    from defectseg.data import load_dataset, read_mask
+    from defectseg.data.io import write_png
+    from defectseg.infer import Predictor
+    from defectseg.metrics import ConfusionMatrix
+
+    root = tmp_path / "generic"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    for i, (h, w) in enumerate([(40, 56), (72, 48), (33, 90), (64, 64), (50, 37), (81, 60)]):
+        img = rng.integers(90, 160, (h, w), dtype=np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        if i % 2 == 0:
+            y, x = rng.integers(0, h - 12), rng.integers(0, w - 12)
+            mask[y:y + 10, x:x + 12] = 255
+            img[mask > 0] = 30
+        write_png(root / "images" / f"p{i}.png", img)
+        write_png(root / "masks" / f"p{i}.png", mask)
+    cfg = C.resolve(overrides={"name": "agree", "out_dir": str(tmp_path), "data": {"root": str(root), "size": 32},
+                               "model": {"name": "cheapnet-s", "options": {"head": "linear"}},
+                               "train": {"epochs": 2, "batch_size": 2, "lr": 0.05, "device": "cpu"}})
+    best = engine.train(cfg, quiet=True).best
+    # A threshold inside the range of the model's probabilities, so masks are neither empty nor full.
+    samples = load_dataset(root).samples
+    images = [read_image_gray(s.image) for s in samples]
+    probs = np.concatenate([r.prob.ravel() for r in Predictor.from_checkpoint(best, device="cpu").predict_arrays(images)])
+    ck = engine.load_checkpoint(best)
+    ck["config"]["infer"].update(threshold=float(np.quantile(probs, 0.9)), min_area=5)
+    engine.save_checkpoint(best, ck)
+
+    reported = engine.evaluate_checkpoint(best, split_name="all", device="cpu")
+    results = Predictor.from_checkpoint(best, device="cpu").predict_arrays(images)
+    cm, truth = ConfusionMatrix(2), []
+    for s, r in zip(samples, results):
+        gt = (read_mask(s.mask, s.mask_rule) > 0).astype(np.int64)
+        cm.update(torch.from_numpy(r.mask.astype(np.int64))[None], torch.from_numpy(gt)[None])
+        truth.append(bool(gt.any()))
+    delivered = cm.compute()
+    assert 0 < delivered["matrix"][0][1] + delivered["matrix"][1][1]  # some defect pixels were predicted
+    assert reported["defect_iou"] == pytest.approx(delivered["defect_iou"], abs=1e-12)
+    assert reported["pixel_acc"] == pytest.approx(delivered["pixel_acc"], abs=1e-12)
+    verdicts = [r.verdict == "NG" for r in results]
+    assert reported["image_acc"] == pytest.approx(np.mean([v == t for v, t in zip(verdicts, truth)]))
+
+
+def read_image_gray(path):
+    from defectseg.data import read_image
+
+    return read_image(path, 1)

@@ -197,8 +197,11 @@ def test_unreadable_file_is_a_value_error(damage: str, tmp_path: Path) -> None:
 
 def test_call_rejects_wrong_arrays(tmp_path: Path) -> None:
     runner = OnnxModel(export_onnx(_model("cheapnet-s"), tmp_path / "m.onnx", input_shape=(1, 1, 32, 32)))
-    with pytest.raises(ValueError, match="float input"):
-        runner(np.zeros((1, 1, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="float or uint8 input"):
+        runner(np.zeros((1, 1, 32, 32), np.int32))
+    # uint8 pixels are cast to float32 (a graph from export_checkpoint takes raw pixel values)
+    pixels = np.random.default_rng(2).integers(0, 256, (1, 1, 32, 32), dtype=np.uint8)
+    assert np.array_equal(runner(pixels), runner(pixels.astype(np.float32)))
     with pytest.raises(ValueError, match="4-D"):
         runner(np.zeros((1, 32, 32), np.float32))
     # float64 is accepted and cast, matching the float32 result

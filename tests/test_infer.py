@@ -17,7 +17,8 @@ from defectseg import config as C
 from defectseg import engine
 from defectseg.data.dataset import resize_pair
 from defectseg.data.io import write_png
-from defectseg.infer import Predictor, Result, export_checkpoint
+from defectseg.export import export_checkpoint
+from defectseg.infer import Predictor, Result
 from defectseg.models import create_model
 
 BRIGHT = 200
@@ -119,7 +120,7 @@ def test_multiclass_box_class_and_probabilities(ckpt3: Path, tile) -> None:
 
 def test_resize_mode_feeds_exactly_the_training_input(ckpt: Path) -> None:
     """The batch the model sees equals SegmentationDataset's resize, and the logits equal
-    model(engine.to_input(...)) of that batch: preprocessing identical to training."""
+    model(...) of that batch: the checkpoint's model takes the raw pixels and normalises them itself."""
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (150, 90), dtype=np.uint8)
     pred = Predictor.from_checkpoint(ckpt, device="cpu")
@@ -132,7 +133,7 @@ def test_resize_mode_feeds_exactly_the_training_input(ckpt: Path) -> None:
 
     model, cfg = engine.model_from_checkpoint(engine.load_checkpoint(ckpt))
     with torch.no_grad():
-        logits = model(engine.to_input(torch.from_numpy(want)[None, None], cfg.data))
+        logits = model(torch.from_numpy(want)[None, None])
     prob64 = torch.sigmoid(logits)[0, 0].numpy()
     # back to native size: bilinear (the image was shrunk in one side, grown in the other)
     import cv2
@@ -339,6 +340,48 @@ def test_onnx_backend_matches_torch(ckpt: Path, onnx_dir: Path, tile) -> None:
         np.testing.assert_allclose(a.prob, b.prob, atol=1e-5)
 
 
+def test_onnx_file_normalises_by_itself(ckpt: Path, onnx_dir: Path) -> None:
+    """The exported graph takes raw pixel values: ONNX Runtime fed uint8 pixels (and only those) gives the
+    checkpoint model's logits to 1e-4; a graph from before (normalisation outside) is refused by name."""
+    import json
+
+    import onnx
+
+    from defectseg.export import ONNX_CONFIG_KEY, OnnxModel
+
+    pixels = np.random.default_rng(5).integers(0, 256, (2, 1, 48, 64), dtype=np.uint8)
+    model, _ = engine.model_from_checkpoint(engine.load_checkpoint(ckpt))
+    with torch.no_grad():
+        want = model(torch.from_numpy(pixels)).numpy()
+    got = OnnxModel(onnx_dir / "model.onnx")(pixels)
+    assert np.abs(got - want).max() <= 1e-4
+    proto = onnx.load(str(onnx_dir / "model.onnx"))
+    entry = next(p for p in proto.metadata_props if p.key == ONNX_CONFIG_KEY)
+    entry.value = json.dumps({**json.loads(entry.value), "format": "defectseg-onnx-v1"})
+    onnx.save(proto, str(onnx_dir / "v1.onnx"))
+    with pytest.raises(ValueError, match="defectseg-onnx-v1.*re-export"):
+        Predictor.from_checkpoint(onnx_dir / "v1.onnx")
+
+
+def test_version_1_checkpoint_with_bare_network_weights_loads(ckpt: Path, tmp_path: Path) -> None:
+    """Checkpoints written before the model carried its normalisation (format v1: the bare network's
+    weights) load and predict exactly as those of today."""
+    ck = engine.load_checkpoint(ckpt)
+    state = engine.model_from_checkpoint(ck)[0].state_dict()
+    assert {"scale", "shift"} <= set(state) and all(k.startswith("net.") for k in state if k not in ("scale", "shift"))
+    engine.save_checkpoint(tmp_path / "v2.pt", {**ck, "model": state})
+    v1 = {**ck, "format": "defectseg-checkpoint-v1",
+          "model": {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}}
+    torch.save(v1, tmp_path / "v1.pt")
+    img = np.random.default_rng(6).integers(0, 256, (40, 52), dtype=np.uint8)
+    a = Predictor.from_checkpoint(tmp_path / "v2.pt", device="cpu").predict(img)
+    b = Predictor.from_checkpoint(tmp_path / "v1.pt", device="cpu").predict(img)
+    np.testing.assert_array_equal(a.prob, b.prob)
+    torch.save({**ck, "format": "defectseg-checkpoint-v9"}, tmp_path / "v9.pt")
+    with pytest.raises(ValueError, match="v9.*upgrade"):
+        Predictor.from_checkpoint(tmp_path / "v9.pt")
+
+
 def test_static_onnx_runs_batches_through_its_fixed_shape(ckpt: Path, onnx_dir: Path) -> None:
     pt = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=3)
     ox = Predictor.from_checkpoint(onnx_dir / "static.onnx", device="cpu", batch_size=3)
@@ -382,7 +425,8 @@ def test_result_json_record(ckpt: Path) -> None:
 
 def test_writer_multiclass_mask_ids_and_folder_walk(ckpt3: Path, tmp_path: Path) -> None:
     from defectseg.data.io import read_image
-    from defectseg.infer import find_images, write_results
+    from defectseg.data.io import find_images
+    from defectseg.infer import write_results
 
     src = tmp_path / "in"
     (src / "a").mkdir(parents=True)
@@ -391,7 +435,7 @@ def test_writer_multiclass_mask_ids_and_folder_walk(ckpt3: Path, tmp_path: Path)
     write_png(src / "b.png", _scene(30, 40, (20, 10, 30, 20)))
     write_png(src / ".hidden" / "c.png", _scene(30, 40, (0, 0, 5, 5)))
     (src / "d.txt").write_text("x")
-    paths = find_images([src])
+    paths, _ = find_images([src], recursive=True)
     assert paths == [src / "a" / "x.TIF", src / "b.png"]
     pred = Predictor.from_checkpoint(ckpt3, device="cpu")
     pred.segmenter.logits = bright_detector(num_classes=3, cls=2)

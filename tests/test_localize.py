@@ -10,9 +10,8 @@ from defectseg.localize import (
     RegionMetrics,
     box_iou,
     defects_from_mask,
+    PostProcess,
     find_defects,
-    scale_defects,
-    verdict,
 )
 
 
@@ -58,12 +57,13 @@ def test_ring_area_excludes_hole_and_box_covers_ring() -> None:
 
 def test_empty_map_gives_no_records_and_ok_verdict() -> None:
     prob = np.full((5, 5), 0.2, np.float32)
-    assert find_defects(prob) == []
-    assert verdict([]) == "OK"
+    empty = PostProcess()(prob)
+    assert empty.defects == [] and empty.verdict == "OK" and not empty.mask.any()
+    assert empty.score == pytest.approx(0.2)
     assert defects_from_mask(np.zeros((5, 5), np.uint8)) == []
     prob[2, 3] = 0.6
-    found = find_defects(prob)
-    assert verdict(found) == "NG"
+    found = PostProcess()(prob)
+    assert found.verdict == "NG" and found.score == pytest.approx(0.6) and found.mask[2, 3] == 1
 
 
 def test_threshold_is_inclusive() -> None:
@@ -149,28 +149,34 @@ def test_defects_from_mask_per_class_with_score_one_and_ignore_index() -> None:
 # ---------------------------------------------------------------- scaling
 
 
-def test_scale_defects_undoes_padding_and_2x_downscale() -> None:
-    # Original 40x30 (W x H) image, downscaled 2x to 20x15, padded by 2 left and 1 top to 24x16.
-    # A frame box at x 5..9, y 3..6 lies at ((5-2)*2, (3-1)*2, (9-2)*2, (6-1)*2) = (6, 4, 14, 10).
-    frame = [{"x1": 5, "y1": 3, "x2": 9, "y2": 6, "area": 7, "score": 0.9, "class": 2}]
-    (d,) = scale_defects(frame, 2, 2, offset_x=-2 * 2, offset_y=-1 * 2)
-    assert box(d) == (6, 4, 14, 10)
-    assert d["area"] == 28 and d["score"] == 0.9 and d["class"] == 2
-    assert frame[0]["x1"] == 5  # input untouched
-    # A box found in the padding only is dropped once clipped to the original image.
-    pad = [{"x1": 0, "y1": 0, "x2": 2, "y2": 1, "area": 2, "score": 0.5, "class": 1}]
-    assert scale_defects(pad, 2, 2, -4, -2, image_size=(30, 40)) == []
+def test_mask_holds_exactly_the_pixels_of_the_records() -> None:
+    """One pass decides both: components below min_area leave the records and the mask together."""
+    prob = np.zeros((10, 12), np.float32)
+    prob[1:4, 1:4] = 0.9   # 9 pixels: kept
+    prob[6, 6:8] = 0.8     # 2 pixels: below min_area 3
+    prob[8, 10] = 0.55     # 1 pixel: below min_area 3
+    det = PostProcess(threshold=0.5, min_area=3)(prob)
+    assert [box(d) for d in det.defects] == [(1, 1, 4, 4)]
+    want = np.zeros((10, 12), np.uint8)
+    want[1:4, 1:4] = 1
+    np.testing.assert_array_equal(det.mask, want)
+    assert det.verdict == "NG" and det.score == pytest.approx(0.9)
+    # Only small components: no record, an empty mask, an OK verdict; the score still ranks the image.
+    small = PostProcess(threshold=0.5, min_area=3)(np.where(want == 1, 0, prob))
+    assert small.defects == [] and not small.mask.any() and small.verdict == "OK"
+    assert small.score == pytest.approx(0.8)
 
 
-def test_scale_defects_tile_offset_and_outward_rounding() -> None:
-    tile = [{"x1": 1, "y1": 2, "x2": 3, "y2": 4, "area": 4, "score": 0.7, "class": 1}]
-    (d,) = scale_defects(tile, 1, 1, offset_x=64, offset_y=128)
-    assert box(d) == (65, 130, 67, 132) and d["area"] == 4
-    # scale 1.5: x 1.5..4.5 -> floor/ceil outwards 1..5; y 3..6 exact; area 4 * 2.25 = 9
-    (d,) = scale_defects(tile, 1.5, 1.5)
-    assert box(d) == (1, 3, 5, 6) and d["area"] == 9
-    with pytest.raises(ValueError, match="positive"):
-        scale_defects(tile, 0, 1)
+def test_multiclass_mask_and_score() -> None:
+    prob = np.zeros((3, 4, 4), np.float32)
+    prob[0] = 1.0
+    prob[:, 1, 1] = (0.2, 0.7, 0.1)  # class 1
+    prob[:, 2, 3] = (0.4, 0.1, 0.5)  # class 2, defect probability 0.6
+    det = PostProcess(threshold=0.5)(prob)
+    assert det.mask[1, 1] == 1 and det.mask[2, 3] == 2 and det.mask.sum() == 3
+    assert det.score == pytest.approx(0.8)
+    # threshold 0.7: only pixels with 1 - p(background) >= 0.7 stay
+    assert [d["class"] for d in PostProcess(threshold=0.7)(prob).defects] == [1]
 
 
 # ---------------------------------------------------------------- box IoU

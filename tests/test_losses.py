@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from defectseg.data import IGNORE_INDEX
 from defectseg.losses import (
     LOSSES,
+    BCELoss,
     CELoss,
     bce_dice_loss,
     bce_loss,
@@ -17,6 +19,7 @@ from defectseg.losses import (
     ce_loss,
     dice_loss,
     focal_loss,
+    register_loss,
 )
 
 LN3 = math.log(3.0)
@@ -273,7 +276,7 @@ def test_build_loss_matches_functions() -> None:
         "ce": ce_loss(logits, target),
         "focal": focal_loss(logits, target),
     }
-    assert set(expected) == LOSSES
+    assert LOSSES == tuple(sorted(expected))
     for name, value in expected.items():
         module = build_loss(name)
         assert isinstance(module, torch.nn.Module)
@@ -295,6 +298,13 @@ def test_build_loss_class_weights_are_buffers() -> None:
     assert module(logits, target).item() == pytest.approx(ce_loss(logits, target, weight=w).item(), rel=1e-6)
     w[0] = 100.0  # the module keeps its own copy
     assert module.weight[0].item() == 0.5
+
+
+def test_registry() -> None:
+    assert build_loss("bce").ignore_index == IGNORE_INDEX == 255
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("bce")(BCELoss)
+    assert LOSSES == ("bce", "bce-dice", "ce", "dice", "focal")
 
 
 def test_build_loss_errors() -> None:

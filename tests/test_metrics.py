@@ -15,12 +15,8 @@ from defectseg.metrics import (
     auroc_score,
     average_precision_score,
     average_ranks,
-    defect_probability,
-    image_scores,
-    probs_to_pred,
 )
 
-LN3 = math.log(3.0)
 
 
 def approx_nan(values, expected) -> None:
@@ -114,7 +110,7 @@ def test_state_dict_reset_and_errors() -> None:
         cm.update(torch.tensor([[[0, 3]]]), torch.tensor([[[0, 1]]]))
     with pytest.raises(ValueError, match="same"):
         cm.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="probs_to_pred"):
+    with pytest.raises(ValueError, match="integer class ids"):
         cm.update(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="3x3"):
         ConfusionMatrix(3).load_state_dict(other.state_dict())
@@ -165,25 +161,6 @@ def test_pixel_metrics_match_torchmetrics() -> None:
 # ---------------------------------------------------------------------------------------------- logits helpers
 
 
-def test_probs_to_pred_defect_probability_image_scores() -> None:
-    one = torch.tensor([[[[0.0, LN3], [-LN3, 0.1]]], [[[-5.0, -5.0], [-5.0, -5.0]]]])  # sigmoid .5 .75 .25 .525
-    assert probs_to_pred(one).tolist() == [[[0, 1], [0, 1]], [[0, 0], [0, 0]]]  # 0.5 is not > 0.5
-    assert probs_to_pred(one, threshold=0.7).tolist() == [[[0, 1], [0, 0]], [[0, 0], [0, 0]]]
-    assert torch.allclose(defect_probability(one)[0], torch.tensor([[0.5, 0.75], [0.25, 0.52497918]]))
-    assert torch.allclose(image_scores(one), torch.tensor([0.75, torch.sigmoid(torch.tensor(-5.0)).item()]))
-    # N logits: argmax; defect probability = 1 - p(background).
-    multi = torch.tensor([[[[math.log(2.0), 0.0]], [[0.0, 0.0]], [[0.0, 1.0]]]])  # pixel 0 softmax (.5,.25,.25)
-    assert probs_to_pred(multi).tolist() == [[[0, 2]]]
-    p = defect_probability(multi)
-    assert p[0, 0, 0].item() == pytest.approx(0.5)
-    assert p[0, 0, 1].item() == pytest.approx(1 - 1 / (2 + math.e))
-    assert image_scores(multi).tolist() == pytest.approx([1 - 1 / (2 + math.e)])
-    with pytest.raises(ValueError, match="threshold"):
-        probs_to_pred(one, threshold=1.5)
-    with pytest.raises(ValueError, match="B, C, H, W"):
-        image_scores(torch.zeros(2, 4, 4))
-
-
 # ---------------------------------------------------------------------------------------------- image level
 
 
@@ -202,6 +179,17 @@ def test_image_level_by_hand() -> None:
     # Thresholds .9: P 1, R 1/3; .8: P 2/3, R 2/3; .3: P 1/2, R 2/3; .1: P 3/5, R 1.
     assert r["ap"] == pytest.approx(1 / 3 * 1 + 1 / 3 * 2 / 3 + 0 * 1 / 2 + 1 / 3 * 3 / 5)
     assert il.compute(threshold=0.85)["tp"] == 1
+
+
+def test_image_level_uses_the_decisions_it_is_given() -> None:
+    """Evaluation passes the verdicts (any defect record): they, not a score threshold, decide accuracy."""
+    il = ImageLevel()
+    il.update([0.9, 0.6, 0.2], [True, False, True], predicted=[False, True, True])
+    r = il.compute(threshold=0.5)
+    assert (r["tp"], r["fp"], r["tn"], r["fn"]) == (1, 1, 0, 1)
+    assert r["auroc"] == pytest.approx(0.5)  # the ranking still uses the scores: (.9,.6) 1, (.2,.6) 0
+    with pytest.raises(ValueError, match="one decision per image"):
+        il.update([0.5], [True], predicted=[True, False])
 
 
 def test_image_level_single_class_and_empty_are_nan() -> None:
@@ -308,4 +296,3 @@ def test_confusion_matrix_on_cuda_matches_cpu() -> None:
         torch.use_deterministic_algorithms(previous)
     assert gpu.matrix.device.type == "cuda" and gpu.matrix.dtype == torch.int64
     assert gpu.compute()["matrix"] == cpu.compute()["matrix"]
-    assert image_scores(torch.zeros(2, 1, 4, 4, device="cuda")).device.type == "cuda"

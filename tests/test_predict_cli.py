@@ -60,8 +60,15 @@ def test_predict_writes_masks_overlays_jsonl_csv_and_skips_bad_files(trained, tm
     good = (images / "img0.PNG").read_bytes()
     (images / "broken.png").write_bytes(good[: len(good) // 3])  # truncated PNG
     out = tmp_path / "out"
-    res = _invoke(["predict", images, "--checkpoint", trained["seg"], "--out", out, "--threshold", "0.5",
-                   "--device", "cpu", "--batch-size", "2"])
+    (images / "img0_label.png").write_bytes(good)  # a mask file beside the images: not predicted
+    shallow = _invoke(["predict", images, "--checkpoint", trained["seg"], "--out", tmp_path / "shallow",
+                       "--device", "cpu", "-q"])
+    assert shallow.exit_code == 0, shallow.output
+    assert [Path(r["path"]).name for r in _jsonl(tmp_path / "shallow" / "results.jsonl")] == \
+        ["broken.png", "img0.PNG", "img1.PNG", "img2.PNG", "img3.PNG"]  # sub-folders only with --recursive
+    assert "skipped 3 entries" in shallow.output and "pass --recursive" in shallow.output
+    res = _invoke(["predict", images, "--recursive", "--checkpoint", trained["seg"], "--out", out, "--threshold",
+                   "0.5", "--device", "cpu", "--batch-size", "2"])
     assert res.exit_code == 0, res.output
     recs = _jsonl(out / "results.jsonl")
     names = [Path(r["path"]).name for r in recs]

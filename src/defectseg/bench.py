@@ -361,16 +361,16 @@ def time_onnxruntime(model: nn.Module, input_shape: tuple[int, int, int, int], d
 
 
 def _training_batch(input_shape: tuple[int, int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic batch: images (B, C, H, W) in [0, 1] and masks (B, H, W) 0/1 with one defect square each."""
+    """A synthetic batch: images uint8 (B, C, H, W) and masks (B, H, W) 0/1 with one darker defect square each."""
     b, c, h, w = input_shape
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(input_shape, generator=gen)
+    images = torch.randint(64, 256, input_shape, generator=gen, dtype=torch.uint8)
     masks = torch.zeros(b, h, w, dtype=torch.long)
     for i in range(b):
         y, x = torch.randint(0, max(1, h // 2), (1,), generator=gen).item(), \
             torch.randint(0, max(1, w // 2), (1,), generator=gen).item()
         masks[i, y:y + max(1, h // 4), x:x + max(1, w // 4)] = 1
-        images[i, :, y:y + max(1, h // 4), x:x + max(1, w // 4)] *= 0.5
+        images[i, :, y:y + max(1, h // 4), x:x + max(1, w // 4)] //= 2
     return images.to(device), masks.to(device)
 
 
@@ -378,49 +378,40 @@ def time_training(model: nn.Module, input_shape: tuple[int, int, int, int], devi
                   dtype: str = "fp32", *, channels_last: bool = False, compile: bool = False, warmup: int = 3,
                   repeats: int = 20, max_seconds: float = 10.0, min_repeats: int = 5, lr: float = 1e-3
                   ) -> dict[str, Any]:
-    """Time full training steps on a synthetic batch: images (B, C, H, W), masks (B, H, W).
+    """Time the engine's training step (`engine.TrainStep`) on a synthetic batch: images (B, C, H, W) uint8,
+    masks (B, H, W).
 
-    One step = on-device `Augmenter("light")` on image and mask, normalisation, forward under autocast (`dtype`),
-    `build_loss("bce-dice")`, backward and an Adam step, as the engine does (data loading excluded). The model is
-    trained in place. Returns the same keys as `time_inference`; img_per_s = B / median step time.
+    One step = on-device `Augmenter("light")` on image and mask, the model with its normalisation
+    (`PixelModel`), `build_loss("bce-dice")`, backward and an Adam step: the very step training runs (data
+    loading excluded), under autocast to `dtype` on CUDA. The model is trained in place. Returns the
+    same keys as `time_inference`; img_per_s = B / median step time.
     """
     from .data.transforms import Augmenter
+    from .engine import TrainStep
     from .losses import build_loss
+    from .models import PixelModel
 
     dev = torch.device(device)
     parse_dtype(dtype)
-    model = model.to(dev).train()
+    model = PixelModel(model).to(dev).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     images, masks = _training_batch(input_shape, dev)
-    augment = Augmenter("light", seed=0)
-    loss_fn = build_loss("bce-dice").to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compile else model
+    forward: nn.Module = torch.compile(model) if compile else model
+    step = TrainStep(forward, build_loss("bce-dice").to(dev), torch.optim.Adam(model.parameters(), lr=lr),
+                     Augmenter("light", seed=0), amp=None if dtype == "fp32" else DTYPES[dtype],
+                     channels_last=channels_last)
     source = _reset_peak_memory(dev)
-
-    def step() -> None:
-        x, m = augment(images, masks)
-        x = (x - 0.5) / 0.25
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(dev, dtype):
-            logits = forward(x)
-        loss = loss_fn(logits.float(), m)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     if compile:
         try:
-            step()
+            step(images, masks)
         except Exception as exc:  # see time_inference
             return {"mean_ms": None, "median_ms": None, "p95_ms": None, "img_per_s": None, "repeats": 0,
                     "peak_mem_mb": None, "mem_source": source,
                     "note": f"skipped: torch.compile failed ({type(exc).__name__})"}
-    times = _timed(step, dev, warmup, repeats, max_seconds, min_repeats)
+    times = _timed(lambda: step(images, masks), dev, warmup, repeats, max_seconds, min_repeats)
     return {**_stats(times, input_shape[0]), "peak_mem_mb": _peak_memory_mb(dev, source), "mem_source": source,
-            "note": "train step: Augmenter(light) + bce-dice + Adam"}
+            "note": "engine.TrainStep: Augmenter(light) + bce-dice + Adam"}
 
 
 def macs_per_image(model: nn.Module, channels: int, size: int) -> int:

@@ -5,9 +5,15 @@ written to the run folder and stored inside every checkpoint, so `evaluate` and 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import difflib
+import importlib
+import math
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -17,7 +23,7 @@ class DataConfig:
     root: str = ""
     format: str = "auto"
     size: int = 256                      # square training resolution (images resized to size x size)
-    channels: int = 1                    # 1 gray, 3 RGB (2 in reference mode: image + reference)
+    channels: int = 1                    # 1 gray, 3 RGB (the model gets twice as many in reference mode)
     split_file: str | None = None        # reuse a split (e.g. magnetic-tile/split-70-15-15.json)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: str = "light"               # none | light | strong
@@ -118,26 +124,284 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if key not in base:
-            raise ValueError(f"unknown config key {where}{key!r}; known keys: {', '.join(base)}")
-        if isinstance(base[key], dict) and isinstance(value, dict) and key not in ("options", "loss_options"):
-            out[key] = _merge(base[key], value, f"{where}{key}.")
+# ----------------------------------------------------------------------------- checking
+# Every value is checked when the config is built, so a typo in --set or a YAML file fails at once with the key,
+# the bad value and what is expected, instead of a traceback deep in training (or after the first epoch).
+# Types come from the dataclass annotations; the allowed names come from the registries (imported lazily:
+# the engine, losses and data modules import this one).
+
+_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "infer": InferConfig}
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # PyYAML reads "1e-3" as a string
+
+
+# Keys whose values name registered things: key -> (module, attribute). An attribute may be a dict, tuple, list
+# or set of names, or a function returning them; they are looked up only when needed.
+_REGISTRIES: dict[str, tuple[str, str]] = {
+    "data.format": (".data.formats", "FORMATS"),
+    "data.augment": (".data.transforms", "PRESETS"),
+    "model.name": (".models", "list_models"),
+    "train.loss": (".losses", "LOSSES"),
+    "train.optimizer": (".engine", "OPTIMIZERS"),
+    "train.schedule": (".engine", "SCHEDULES"),
+    "train.monitor": (".engine", "MONITORS"),
+}
+_ENUMS: dict[str, list[str]] = {"train.task": ["segment", "classify"], "infer.score": ["mean", "max"]}
+
+
+def _registry_choices() -> dict[str, Any]:
+    """Key -> function returning its allowed names (so a registry is imported only when its key is given)."""
+    def lookup(key: str) -> list[str]:
+        module, attr = _REGISTRIES[key]
+        names = getattr(importlib.import_module(module, __package__), attr)
+        names = _names(names() if callable(names) else names)
+        return ["auto", *names] if key == "data.format" else names
+
+    table: dict[str, Any] = {k: (lambda k=k: lookup(k)) for k in _REGISTRIES}
+    table.update({k: (lambda v=v: list(v)) for k, v in _ENUMS.items()})
+    return table
+
+
+def _names(registry: Any) -> list[str]:
+    # dicts, tuples and lists keep their (meaningful) order; a set has none, so it is sorted
+    return sorted(registry) if isinstance(registry, (set, frozenset)) else list(registry)
+
+
+def choices(key: str) -> list[str]:
+    """Allowed names for a key with a fixed set of values, e.g. choices("train.loss") -> ["bce", ...].
+
+    Keys: data.format, data.augment, model.name, train.loss, train.optimizer, train.schedule, train.monitor,
+    train.task, infer.score. The names come from the registries, so CLI help and checks never go stale.
+    """
+    table = _registry_choices()
+    if key not in table:
+        raise ValueError(f"no list of choices for {key!r}; keys with choices: {', '.join(table)}")
+    return table[key]()
+
+
+# Other fixed values (not names of registered things): key -> (allowed values, how to say them).
+_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "train.class_weights": ((None, "median-frequency"), "null or 'median-frequency'"),
+    "data.channels": ((1, 3), "1 (gray) or 3 (RGB)"),
+    "infer.connectivity": ((4, 8), "4 or 8"),
+}
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+# Ranges: key -> (test on a non-None value, what is expected).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: v.strip() not in ("", ".", ".."), "a non-empty run name (it names the run folder)"),
+    "data.size": (lambda v: v >= 1, ">= 1"),
+    "data.workers": (lambda v: v >= 0, ">= 0"),
+    "data.std": (lambda v: v > 0, "> 0 (images are divided by it)"),
+    "data.fractions": (lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
+                       "three non-negative fractions (train, val, test) summing to 1"),
+    "model.num_classes": (lambda v: v >= 1, "null (derived) or >= 1"),
+    "model.freeze_encoder_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.lr": (lambda v: v > 0, "> 0"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.momentum": (lambda v: v >= 0, ">= 0"),
+    "train.milestones": (lambda v: all(m >= 0 for m in v), "epochs >= 0"),
+    "train.gamma": (lambda v: v > 0, "> 0"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.iterations": (lambda v: v >= 1, "null or >= 1"),
+    "train.batch_size": (lambda v: v >= 1, ">= 1"),
+    "train.grad_clip": (lambda v: v > 0, "null or > 0"),
+    "train.eval_every": (lambda v: v >= 1, ">= 1"),
+    "infer.threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "infer.min_area": (lambda v: v >= 0, ">= 0"),
+    "infer.tile": (lambda v: v >= 1, "null or >= 1"),
+    "infer.tile_overlap": (lambda v: v >= 0, ">= 0"),
+}
+
+
+class _Bad(Exception):
+    """A value that does not fit its annotation; the message says what was expected."""
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _expected(tp: Any) -> str:
+    if tp is Any:
+        return "anything"
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(_expected(a) for a in inner) + " or null"
+    if origin is list:
+        return f"a list of {_plural(args[0])}"
+    if origin is tuple:
+        return f"a list of {len(args)} {_plural(args[0])}"
+    if origin is dict:
+        return "a mapping (key: value)"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _plural(tp: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings"}.get(tp, _expected(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """value as type tp, converting only where nothing is lost (int -> float, list -> tuple); else _Bad."""
+    if tp is Any:
+        return value
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a)
+            except _Bad:
+                pass
+        raise _Bad(_expected(tp))
+    if origin is list or origin is tuple:
+        if not isinstance(value, (list, tuple)) or (origin is tuple and len(value) != len(args)):
+            raise _Bad(_expected(tp))
+        elem = args if origin is tuple else (args[0],) * len(value)
+        try:
+            items = [_coerce(v, t) for v, t in zip(value, elem)]
+        except _Bad:
+            raise _Bad(_expected(tp)) from None
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise _Bad("a mapping with string keys (key: value)")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+        elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # an annotation this checker does not know: accept rather than block a valid config
+        return value
+    raise _Bad(_expected(tp))
+
+
+def _hint(value: Any, allowed: list[str]) -> str:
+    """' (did you mean ...?)' for a close name, or the one name the value abbreviates ('median')."""
+    text, names = str(value), [str(a) for a in allowed]
+    close = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
+    if not close and text:
+        close = [n for n in names if n.lower().startswith(text.lower())]
+    return f" (did you mean {close[0]!r}?)" if len(close) == 1 else ""
+
+
+def _check_value(key: str, value: Any, registry: dict[str, Any]) -> str | None:
+    """Problem with an already-typed value (choices and ranges), or None."""
+    if key in registry:
+        allowed = registry[key]()
+        if value not in allowed:
+            return (f"{key}: unknown value {value!r}; choose one of: {', '.join(allowed)}"
+                    f"{_hint(value, allowed)}")
+    if key in _FIXED:
+        allowed_values, say = _FIXED[key]
+        if value not in allowed_values:
+            return f"{key}: expected {say}, got {_show(value)}{_hint(value, [a for a in allowed_values if a])}"
+    if key == "train.device" and not _DEVICE.fullmatch(value):
+        return (f"{key}: expected auto, cpu, cuda or cuda:N (N a GPU index >= 0), got {_show(value)}"
+                f"{_hint(value, ['auto', 'cpu', 'cuda'])}")
+    if key in _RANGES and value is not None:
+        test, say = _RANGES[key]
+        if not test(value):
+            return f"{key}: expected {say}, got {value!r}"
+    return None
+
+
+def _unknown_key(key: str, where: str, known: list[str]) -> str:
+    hint = _hint(key, known)
+    return f"unknown config key {where + key!r}{hint}; known keys{' in ' + where[:-1] if where else ''}: " \
+           f"{', '.join(known)}"
+
+
+def _check(d: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Merge d over the defaults and check every value: (typed flat sections, one line per problem)."""
+    errors: list[str] = []
+    defaults = RunConfig().to_dict()
+    top_known = list(defaults)
+    full: dict[str, Any] = {}
+    for key, value in d.items():
+        if key not in defaults:
+            errors.append(_unknown_key(str(key), "", top_known))
+        elif key in _SECTIONS:
+            if value is None:  # `train:` with every key commented out
+                continue
+            if not isinstance(value, Mapping):
+                errors.append(f"{key}: expected a mapping of {key} keys (e.g. {key}.{next(iter(defaults[key]))}), "
+                              f"got {_show(value)}")
+                continue
+            section = full.setdefault(key, {})
+            for k, v in value.items():
+                if k not in defaults[key]:
+                    errors.append(_unknown_key(str(k), f"{key}.", list(defaults[key])))
+                else:
+                    section[k] = v
         else:
-            out[key] = value
-    return out
+            full[key] = value
+    registry = _registry_choices()
+    typed: dict[str, Any] = {}
+    for section, cls in [(None, RunConfig), *_SECTIONS.items()]:
+        hints = get_type_hints(cls)
+        given = full if section is None else full.get(section, {})
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            if section is None and f.name in _SECTIONS:
+                continue
+            key = f.name if section is None else f"{section}.{f.name}"
+            if f.name not in given:
+                out[f.name] = (defaults if section is None else defaults[section])[f.name]
+                out[f.name] = _coerce(out[f.name], hints[f.name])  # defaults are valid: only list -> tuple
+                continue
+            value = given[f.name]
+            try:
+                value = _coerce(value, hints[f.name])
+            except _Bad as exc:
+                errors.append(f"{key}: expected {exc}, got {_show(value)}")
+                continue
+            problem = _check_value(key, value, registry)
+            if problem:
+                errors.append(problem)
+            out[f.name] = value
+        if section is None:
+            typed.update(out)
+        else:
+            typed[section] = out
+    return typed, errors
 
 
-def from_dict(d: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from a (possibly partial) nested dict; unknown keys are a ValueError."""
-    full = _merge(RunConfig().to_dict(), d, "")
-    data = dict(full["data"])
-    data["fractions"] = tuple(data["fractions"])
-    return RunConfig(name=full["name"], out_dir=full["out_dir"], data=DataConfig(**data),
-                     model=ModelConfig(**full["model"]), train=TrainConfig(**full["train"]),
-                     infer=InferConfig(**full["infer"]))
+def from_dict(d: Mapping[str, Any]) -> RunConfig:
+    """Build a RunConfig from a (possibly partial) nested dict, checking every value.
+
+    Raises one ValueError listing every problem (one line each): unknown keys, sections that are not
+    mappings, values of the wrong type, names not in their registry (with a close match), values out of range.
+    Lossless conversions are made: an integer for a float (lr: 1 -> 1.0), a list for a tuple (fractions).
+    """
+    if not isinstance(d, Mapping):
+        raise ValueError(f"a config must be a mapping of sections (data, model, train, infer), got {_show(d)}")
+    typed, errors = _check(d)
+    if errors:
+        if len(errors) == 1:
+            raise ValueError(errors[0])
+        raise ValueError(f"{len(errors)} problems in the config:\n" + "\n".join(f"  {e}" for e in errors))
+    return RunConfig(name=typed["name"], out_dir=typed["out_dir"],
+                     **{s: cls(**typed[s]) for s, cls in _SECTIONS.items()})
 
 
 def resolve(preset: str | None = None, config_file: str | Path | None = None,
@@ -179,6 +443,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(d, dict):
         raise ValueError(f"config file {path} must hold a mapping of sections (data, model, train, infer)")
+    for section in _SECTIONS:
+        if section in d and d[section] is None:  # `train:` with every key commented out: nothing to set
+            del d[section]
+        elif section in d and not isinstance(d[section], dict):
+            raise ValueError(f"config file {path}: section {section!r} must be a mapping of {section} keys "
+                             f"(indented `key: value` lines under `{section}:`), got {_show(d[section])}")
     return d
 
 
@@ -187,4 +457,4 @@ def save_yaml(cfg: RunConfig, path: str | Path) -> None:
 
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "InferConfig", "RunConfig", "PRESETS",
-           "resolve", "from_dict", "load_yaml", "save_yaml"]
+           "resolve", "from_dict", "load_yaml", "save_yaml", "choices"]

@@ -2,7 +2,14 @@
 
 A run folder `runs/<name>/` holds config.yaml, split.json, metrics.csv (one row per epoch), best.pt and
 last.pt, curves.png and report.md. Checkpoints are plain dicts of tensors and Python values, written
-atomically and read with `torch.load(weights_only=True)`; they carry the resolved config.
+atomically and read with `torch.load(weights_only=True)`; they carry the resolved config and the weights of
+the `PixelModel` (raw pixels in, logits out: the normalisation is part of the weights).
+
+The trainer reads top to bottom: `Trainer.__init__` sets up (run folder, data, model, optimiser), `run` loops
+over epochs of `train_epoch` (each batch one `TrainStep`), `validate`, `checkpoint`, and `finish` evaluates
+best.pt on the test split and writes the report. Evaluation (`evaluate_model`) runs every image through the
+Predictor and its one post-processing step at the image's native size, so validation, test and `evaluate`
+report what `predict` delivers.
 
 Exact resume: every source of randomness is derived from (seed, epoch) at the start of each epoch
 (shuffling, augmentation, dropout), and checkpoints are taken at epoch ends, so a run stopped after
@@ -16,10 +23,9 @@ import os
 import random
 import time
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,15 +35,18 @@ from torch.utils.data import DataLoader, Subset
 
 from . import config as C
 from .data import DatasetSpec, SegmentationDataset, WithReference, group_references, load_dataset
+from .data.io import IGNORE_INDEX
 from .data.splits import load_split, make_split, save_split, select
 from .data.stats import class_pixel_counts, median_frequency_weights
 from .data.transforms import Augmenter
+from .localize import RegionMetrics, defects_from_mask
 from .losses import build_loss
-from .metrics import ConfusionMatrix, ImageLevel, defect_probability, image_scores, probs_to_pred
-from .models import create_model, load_encoder_weights, model_task
+from .metrics import ConfusionMatrix, ImageLevel
+from .models import PixelModel, create_model, load_encoder_weights, model_task
 
-CHECKPOINT_FORMAT = "defectseg-checkpoint-v1"
-IGNORE_INDEX = 255
+# v2 stores the PixelModel's weights (keys "net.*" plus the normalisation buffers); v1 stored the bare network's.
+CHECKPOINT_FORMAT = "defectseg-checkpoint-v2"
+READABLE_FORMATS = ("defectseg-checkpoint-v1", CHECKPOINT_FORMAT)
 
 
 class TrainingError(RuntimeError):
@@ -65,24 +74,42 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); "
                          "the file is corrupt or not a torch checkpoint: use a best.pt/last.pt written by "
                          "`defectseg train`") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt is None or not str(fmt).startswith("defectseg-checkpoint"):
         raise ValueError(f"{path} is not a defectseg checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
                          "to use bare weights, load them into a model with load_encoder_weights or "
                          "model.load_state_dict")
+    if fmt not in READABLE_FORMATS:
+        raise ValueError(f"{path} is a {fmt} checkpoint, written by a newer defectseg; this version reads "
+                         f"{', '.join(READABLE_FORMATS)}: upgrade defectseg")
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> tuple[nn.Module, C.RunConfig]:
+def build_model(cfg: C.RunConfig, num_classes: int) -> PixelModel:
+    """The configured network wrapped with its normalisation: raw pixel values in, logits out."""
+    net = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=num_classes,
+                       **cfg.model.options)
+    return PixelModel(net, cfg.data.mean, cfg.data.std)
+
+
+def _load_weights(model: PixelModel, state: dict[str, torch.Tensor]) -> None:
+    """Load a PixelModel state dict, or a bare network's (format v1, or written by hand) with the model's
+    own normalisation (from the config)."""
+    if not any(k.startswith("net.") for k in state):
+        state = {**{f"net.{k}": v for k, v in state.items()}, "scale": model.scale, "shift": model.shift}
+    model.load_state_dict(state)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> tuple[PixelModel, C.RunConfig]:
     """Rebuild the model a checkpoint was trained with and load its weights (eval mode, CPU)."""
     cfg = C.from_dict(ckpt["config"])
-    n_in = input_channels(cfg)
-    model = create_model(cfg.model.name, in_channels=n_in, num_classes=ckpt["num_classes"], **cfg.model.options)
+    model = build_model(cfg, ckpt["num_classes"])
     try:
-        model.load_state_dict(ckpt["model"])
+        _load_weights(model, ckpt["model"])
     except (RuntimeError, KeyError) as exc:
-        raise ValueError(f"{source}: the stored weights do not fit {cfg.model.name} with {n_in} input channels "
-                         f"and {ckpt['num_classes']} outputs ({str(exc)[:300]}); the checkpoint's config and "
-                         "weights disagree: re-train or re-save it") from exc
+        raise ValueError(f"{source}: the stored weights do not fit {cfg.model.name} with {input_channels(cfg)} "
+                         f"input channels and {ckpt['num_classes']} outputs ({str(exc)[:300]}); the checkpoint's "
+                         "config and weights disagree: re-train or re-save it") from exc
     return model.eval(), cfg
 
 
@@ -145,15 +172,14 @@ def num_logits(cfg: C.RunConfig, class_names: list[str]) -> int:
     return 1 if n == 2 and cfg.train.loss != "ce" else n
 
 
-def to_input(images: torch.Tensor, cfg: C.DataConfig) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> normalised float: (x/255 - mean) / std. The Predictor does the same."""
-    return (images.float() / 255.0 - cfg.mean) / cfg.std
+def input_channels(cfg: C.RunConfig) -> int:
+    """Model input channels: the image's, doubled in reference mode (image + reference)."""
+    return cfg.data.channels * (2 if cfg.data.reference else 1)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype` on CUDA; a no-op context for None or on the CPU."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None and device.type == "cuda")
 
 
 # ----------------------------------------------------------------------------- data
@@ -167,9 +193,22 @@ def prepare_split(cfg: C.RunConfig, spec: DatasetSpec, run_dir: Path | None) -> 
     return make_split(spec.samples, cfg.data.fractions, seed=cfg.train.seed)
 
 
+@dataclass
+class EvalSet:
+    """A split as evaluation reads it: images and masks at native size (a segmenter is evaluated through the
+    Predictor, which resizes or tiles as predict does) or at the training size (a classifier), with one
+    defect-free reference per image in reference mode."""
+
+    dataset: SegmentationDataset
+    references: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
 def split_dataset(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool
                   ) -> SegmentationDataset | WithReference:
-    """One split's dataset at the training size; in reference mode each image gets its reference
+    """One split's training dataset at the training size; in reference mode each image gets its reference
     (a file, or per group the first defect-free image of `pool`, the training samples)."""
     size = (cfg.data.size, cfg.data.size)
     ds = SegmentationDataset(samples, size=size, channels=cfg.data.channels, cache=cache,
@@ -179,73 +218,100 @@ def split_dataset(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list
     return ds
 
 
-def build_datasets(cfg: C.RunConfig, spec: DatasetSpec, split: dict[str, list[str]]
-                   ) -> dict[str, SegmentationDataset | WithReference]:
-    pool = select(spec, split.get("train", []))
-    out = {}
-    for name in ("train", "val", "test"):
-        samples = select(spec, split.get(name, []))
-        if name == "train" and cfg.data.defective_only:
-            samples = [s for s in samples if s.defective is not False]
-        out[name] = split_dataset(cfg, spec, samples, pool, cfg.data.cache)
-    return out
-
-
-def input_channels(cfg: C.RunConfig) -> int:
-    """Model input channels: the image's, doubled in reference mode (image + reference)."""
-    return cfg.data.channels * (2 if cfg.data.reference else 1)
+def eval_set(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool) -> EvalSet:
+    """One split for evaluation (see `EvalSet`)."""
+    size = (cfg.data.size, cfg.data.size) if cfg.train.task == "classify" else None
+    ds = SegmentationDataset(samples, size=size, channels=cfg.data.channels, cache=cache,
+                             num_classes=spec.num_classes, skip_bad=cfg.data.skip_bad)
+    refs = None
+    if cfg.data.reference:
+        refs = group_references(ds.samples, pool, size, cfg.data.channels, cfg.data.reference)
+    return EvalSet(ds, refs)
 
 
 # ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_model(model: nn.Module, loader: DataLoader, cfg: C.RunConfig, device: torch.device,
-                   num_classes: int, task: str = "segment", regions: bool = False, world: Dist = Dist()
+def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device, num_classes: int,
+                   task: str = "segment", regions: bool = False, world: Dist = Dist(), batch_size: int = 8
                    ) -> dict[str, float]:
-    """Whole-split metrics: one confusion matrix and one list of image scores, reduced once at the end.
+    """Whole-split metrics of `model`: one confusion matrix and one list of image scores, reduced once.
 
-    Defect-free images are included. Pixel metrics are computed at the training resolution.
-    With `regions`, per-defect box metrics too (connected components of the thresholded map).
+    A segmenter is evaluated through the Predictor with the config's `infer` section, exactly as
+    `defectseg predict` runs: the probability map at each image's native size, then the one post-processing
+    step (`localize.PostProcess`) for the mask, the defect records and the verdict. Pixel metrics compare that
+    mask with the native-size ground truth; the image is predicted defective when it has any defect record,
+    and image AUROC/AP rank the image score (the highest defect probability). Defect-free images are included.
+    With `regions`, per-defect box metrics too. Under DDP each rank takes every world-th image.
     """
-    from .localize import RegionMetrics, defects_from_mask, find_defects
+    from .infer import Predictor, torch_net
 
-    model.eval()
-    cm = ConfusionMatrix(max(2, num_classes), ignore_index=IGNORE_INDEX)
-    img = ImageLevel()
+    net = torch_net(model, cfg, num_classes, [], task, device)
+    indices = list(range(world.rank, len(split), world.world))
+    if task == "classify":
+        return _evaluate_classifier(net, split, indices, cfg.infer.threshold, batch_size, world)
+    cm, img = ConfusionMatrix(max(2, num_classes)), ImageLevel()
     reg = RegionMetrics() if regions else None
-    thr = cfg.infer.threshold
-    for batch in loader:
-        x = to_input(batch["image"].to(device), cfg.data)
-        mask = batch["mask"].to(device).long()
-        labels = (mask.flatten(1) > 0).any(1) & (mask.flatten(1) != IGNORE_INDEX).any(1)
-        with _autocast(device, cfg.train.amp):
-            logits = model(x).float()
-        if task == "classify":
-            img.update(torch.sigmoid(logits[:, 0]), labels)
-            continue
-        cm.update(probs_to_pred(logits, thr), mask)
-        img.update(image_scores(logits), labels)
-        if reg is not None:
-            probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)
-            for p, m in zip(probs.cpu().numpy(), mask.cpu().numpy()):
-                pred = find_defects(p, thr, cfg.infer.min_area, cfg.infer.connectivity, cfg.infer.score)
-                reg.update(pred, defects_from_mask(np.where(m == IGNORE_INDEX, 0, m).astype(np.uint8)))
+    predictor = None
+    for chunk in _chunks(indices, batch_size, split.references):
+        ref = None if split.references is None else split.references[chunk[0]]
+        if predictor is None:
+            predictor = Predictor(net, cfg.infer, batch_size=batch_size, tile=cfg.infer.tile, reference=ref)
+        predictor.use_reference(ref)
+        images, masks = zip(*(split.dataset.arrays(i) for i in chunk))
+        for r, gt in zip(predictor.predict_arrays(images), masks):
+            cm.update(torch.from_numpy(r.mask)[None], torch.from_numpy(np.array(gt))[None])  # cached: read-only
+            img.update([r.score], [bool(((gt > 0) & (gt != IGNORE_INDEX)).any())], [r.verdict == "NG"])
+            if reg is not None:
+                reg.update(r.defects, defects_from_mask(gt, cfg.infer.connectivity, ignore_index=IGNORE_INDEX))
     if world.world > 1:
         cm.reduce_distributed()
         img.gather_distributed()
-    out: dict[str, float] = {}
-    if task == "segment":
-        pm = cm.compute()
-        out.update({"defect_iou": pm["defect_iou"], "miou": pm["miou"], "macc": pm["macc"],
-                    "pixel_acc": pm["pixel_acc"], "mean_dice": pm["mean_dice"]})
-        out.update({f"iou_{i}": v for i, v in enumerate(pm["iou"])})
-    il = img.compute(thr)
-    out.update({"image_auroc": il["auroc"], "image_ap": il["ap"], "image_acc": il["accuracy"],
-                "image_precision": il["precision"], "image_recall": il["recall"]})
+    pm = cm.compute()
+    out = {"defect_iou": pm["defect_iou"], "miou": pm["miou"], "macc": pm["macc"], "pixel_acc": pm["pixel_acc"],
+           "mean_dice": pm["mean_dice"], **{f"iou_{i}": v for i, v in enumerate(pm["iou"])}, **_image_metrics(img)}
     if reg is not None:
         rm = reg.compute()
         out.update({"region_ap50": rm["ap50"], "region_ap": rm["ap"], "region_precision50": rm["precision@0.5"],
                     "region_recall50": rm["recall@0.5"], "count_mae": rm["count_mae"]})
     return {k: float(v) for k, v in out.items()}
+
+
+def _chunks(indices: list[int], size: int, references: Sequence[np.ndarray] | None) -> list[list[int]]:
+    """Consecutive runs of at most `size` indices that share one reference (all share None)."""
+    out: list[list[int]] = []
+    for i in indices:
+        same_ref = references is None or (out and references[out[-1][0]] is references[i])
+        if out and len(out[-1]) < size and same_ref:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def _image_metrics(img: ImageLevel) -> dict[str, float]:
+    il = img.compute()
+    return {"image_auroc": il["auroc"], "image_ap": il["ap"], "image_acc": il["accuracy"],
+            "image_precision": il["precision"], "image_recall": il["recall"]}
+
+
+def _evaluate_classifier(net: Any, split: EvalSet, indices: list[int], threshold: float, batch_size: int,
+                         world: Dist) -> dict[str, float]:
+    """Image metrics of a classifier at its training size, as the Predictor's gate sees images: the image is
+    predicted defective when its probability >= threshold."""
+    from scipy.special import expit
+
+    img = ImageLevel()
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        items = [split.dataset[i] for i in chunk]
+        x = torch.stack([it["image"] for it in items])
+        if split.references is not None:
+            refs = [torch.from_numpy(np.atleast_3d(split.references[i])).permute(2, 0, 1) for i in chunk]
+            x = torch.cat([x, torch.stack(refs)], 1)
+        p = expit(net.logits(x.numpy()).reshape(len(chunk), -1)[:, 0].astype(np.float64))
+        img.update(p, [bool(it["mask"].gt(0).any()) for it in items], p >= threshold)
+    if world.world > 1:
+        img.gather_distributed()
+    return {k: float(v) for k, v in _image_metrics(img).items()}
 
 
 # ----------------------------------------------------------------------------- training
@@ -264,23 +330,58 @@ SCHEDULES: dict[str, Any] = {
     "onecycle": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.OneCycleLR(opt, c.lr,
                                                                                     total_steps=max(1, total)),
 }
-# Validation metrics that can pick best.pt (higher is better).
+# Validation metrics that can pick best.pt (higher is better); a classifier has only the image_* ones.
 MONITORS = ("miou", "defect_iou", "mean_dice", "macc", "pixel_acc", "image_auroc", "image_ap", "image_acc")
 
 
-def _optimizer(cfg: C.TrainConfig, params) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.optimizer](cfg, params)
-
-
-def _scheduler(cfg: C.TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int):
-    return SCHEDULES[cfg.schedule](cfg, opt, steps_per_epoch, total_steps)
-
-
-def _set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
+def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze (or release) `model.encoder`: no gradients, and BatchNorm kept in eval mode so its running
+    statistics do not move either (as SMP does). Call it after `model.train()`, which would undo the eval."""
     enc = getattr(model, "encoder", None)
-    if enc is not None:
-        for p in enc.parameters():
-            p.requires_grad_(not frozen)
+    if enc is None:
+        return
+    for p in enc.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        enc.eval()
+
+
+@dataclass
+class TrainStep:
+    """One optimisation step. The trainer calls it for every batch; `defectseg benchmark --train` times it."""
+
+    model: nn.Module                 # a PixelModel (or DDP around one): raw pixels in, logits out
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    augment: Augmenter               # replaced every epoch by one seeded from (seed, epoch)
+    scheduler: Any = None            # stepped once per iteration
+    task: str = "segment"
+    amp: torch.dtype | None = None   # autocast dtype (CUDA only), e.g. torch.bfloat16
+    channels_last: bool = False
+    grad_clip: float | None = None
+
+    def __call__(self, images: torch.Tensor, mask: torch.Tensor) -> float:
+        """images uint8 (B, C, H, W), mask (B, H, W) class ids, both on the model's device -> the batch loss."""
+        # The image label (any defect pixel) is read before augmentation can pad the mask with IGNORE_INDEX.
+        labels = (mask.flatten(1) > 0).any(1).float()
+        # Image and mask are augmented together on the device; the Augmenter works in [0, 1], the model in 0..255.
+        x, mask = self.augment(images.float() / 255.0, mask.long())
+        x = x * 255.0
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(x.device, self.amp):
+            logits = self.model(x).float()
+        loss = self.loss_fn(logits[:, 0], labels) if self.task == "classify" else self.loss_fn(logits, mask)
+        if not torch.isfinite(loss):  # stop before a NaN reaches the weights
+            raise TrainingError(f"loss became {loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return loss.item()
 
 
 class _Progress:
@@ -331,203 +432,234 @@ class RunResult:
     seconds: float
 
 
+RUN_FILES = ("config.yaml", "split.json", "metrics.csv", "best.pt", "last.pt", "curves.png", "report.md")
+
+
+class Trainer:
+    """One training run: `__init__` sets everything up, `run()` trains, validates, checkpoints and finishes."""
+
+    def __init__(self, cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = False,
+                 overwrite: bool = False) -> None:
+        self.t_start = time.time()
+        self.world = init_distributed(cfg.train.device)
+        self.device = self._device(cfg.train.device)
+        ckpt = load_checkpoint(resume) if resume else None
+        self.cfg = cfg = C.from_dict(ckpt["config"]) if ckpt else cfg
+        self.task = cfg.train.task
+        if model_task(cfg.model.name) != self.task:
+            raise ValueError(f"model {cfg.model.name!r} is a {model_task(cfg.model.name)} model but the task is "
+                             f"{self.task!r}; pick a matching --model or --task")
+        self.run_dir = cfg.run_dir
+        self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
+        self._prepare_run_folder(fresh=ckpt is None, overwrite=overwrite)
+        seed_everything(cfg.train.seed)
+        self._build_data()
+        self._build_model(ckpt)
+        self.progress = _Progress(quiet, self.world.main)
+
+    # ---------------------------------------------------------------- setup
+    def _device(self, name: str) -> torch.device:
+        device = pick_device(name)
+        if self.world.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", self.world.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def _prepare_run_folder(self, fresh: bool, overwrite: bool) -> None:
+        """A fresh run refuses a folder that holds a run unless `overwrite` (then it is cleared)."""
+        if fresh and self.last_path.exists():
+            if not overwrite:
+                raise ValueError(f"run folder {self.run_dir} already holds a run; continue it with --resume "
+                                 f"{self.last_path}, pick another --name, or pass --overwrite")
+            if self.world.main:
+                for name in RUN_FILES:
+                    (self.run_dir / name).unlink(missing_ok=True)
+            if self.world.world > 1:
+                dist.barrier()
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            C.save_yaml(self.cfg, self.run_dir / "config.yaml")
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        self.spec = load_dataset(cfg.data.root, cfg.data.format, skip_bad=cfg.data.skip_bad,
+                                 allow_unlabeled=cfg.data.allow_unlabeled)
+        self.split = prepare_split(cfg, self.spec, self.run_dir)
+        if self.world.main:
+            save_split(self.run_dir / "split.json", self.split, seed=cfg.train.seed,
+                       fractions=list(cfg.data.fractions), data=str(cfg.data.root))
+        pool = select(self.spec, self.split.get("train", []))
+        train = pool if not cfg.data.defective_only else [s for s in pool if s.defective is not False]
+        self.train_set = split_dataset(cfg, self.spec, train, pool, cfg.data.cache)
+        if len(self.train_set) == 0:
+            raise ValueError(f"the training split of {cfg.data.root} is empty; check the data folder and split file")
+        self.eval_sets = {name: eval_set(cfg, self.spec, select(self.spec, self.split.get(name, [])), pool,
+                                         cfg.data.cache) for name in ("val", "test")}
+
+    def _build_model(self, ckpt: dict[str, Any] | None) -> None:
+        cfg, world = self.cfg, self.world
+        self.n_logits = num_logits(cfg, self.spec.class_names)
+        self.model = build_model(cfg, self.n_logits)
+        if cfg.model.encoder_weights and ckpt is None:
+            load_encoder_weights(self.model.net, cfg.model.encoder_weights)
+        self.model.to(self.device)
+        if cfg.train.channels_last:  # faster on CUDA, and for CheapNet training on the CPU too (1.5x measured)
+            self.model.to(memory_format=torch.channels_last)
+        shard = len(self.train_set) // world.world if world.world > 1 else len(self.train_set)
+        self.steps_per_epoch = max(1, math.ceil(shard / cfg.train.batch_size))
+        self.epochs = cfg.train.epochs
+        if cfg.train.iterations:
+            self.epochs = math.ceil(cfg.train.iterations / self.steps_per_epoch)
+        total_steps = cfg.train.iterations or self.epochs * self.steps_per_epoch
+        opt = OPTIMIZERS[cfg.train.optimizer](cfg.train, self.model.parameters())
+        sched = SCHEDULES[cfg.train.schedule](cfg.train, opt, self.steps_per_epoch, total_steps)
+        ddp: nn.Module = self.model
+        if world.world > 1:
+            ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.step = TrainStep(ddp, self._loss().to(self.device), opt, Augmenter("none"), sched, self.task,
+                              torch.bfloat16 if cfg.train.amp else None, cfg.train.channels_last,
+                              cfg.train.grad_clip)
+        self.start_epoch, self.steps, self.best, self.best_epoch = 0, 0, -math.inf, -1
+        if ckpt is not None:
+            _load_weights(self.model, ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            _load_sched_state(sched, ckpt["scheduler"])
+            self.start_epoch, self.steps = ckpt["epoch"] + 1, ckpt["step"]
+            self.best, self.best_epoch = ckpt["best"], ckpt["best_epoch"]
+
+    def _loss(self) -> nn.Module:
+        cfg = self.cfg.train
+        if self.task == "classify":
+            return nn.BCEWithLogitsLoss()
+        weights = None
+        if cfg.class_weights == "median-frequency":
+            counts = class_pixel_counts(getattr(self.train_set, "dataset", self.train_set), self.spec.num_classes)
+            weights = torch.tensor(median_frequency_weights(counts), dtype=torch.float32)
+        return build_loss(cfg.loss, class_weights=weights, **cfg.loss_options)
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, stop_after_epoch: int | None = None) -> RunResult:
+        """Train from `start_epoch`; stop_after_epoch: stop (as if interrupted) once that epoch's checkpoint is
+        written (tests use it)."""
+        cfg = self.cfg
+        epoch = self.start_epoch - 1
+        with self.progress as prog:
+            prog.log(f"training {cfg.model.name} on {len(self.train_set)} images ({cfg.data.root}), "
+                     f"{self.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}")
+            for epoch in range(self.start_epoch, self.epochs):
+                if stop_after_epoch is not None and epoch > stop_after_epoch:
+                    epoch -= 1
+                    break
+                row = self.train_epoch(epoch)
+                is_last = epoch == self.epochs - 1 or bool(cfg.train.iterations and self.steps >= cfg.train.iterations)
+                val = self.validate() if is_last or (epoch + 1) % cfg.train.eval_every == 0 else {}
+                self.checkpoint(epoch, {**row, **{f"val_{k}": v for k, v in val.items()}}, val)
+                if is_last:
+                    break
+        epochs_done = epoch + 1
+        finished = stop_after_epoch is None or epochs_done >= self.epochs
+        return self.finish(epochs_done, evaluate_test=finished)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the (sharded) training set; returns the epoch's row of metrics.csv."""
+        cfg, world, step = self.cfg, self.world, self.step
+        # Everything random in this epoch derives from (seed, epoch): exact resume at epoch boundaries.
+        epoch_seed = cfg.train.seed * 100003 + epoch
+        torch.manual_seed(epoch_seed)
+        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+        if world.world > 1:
+            order = order[world.rank: world.world * (len(order) // world.world): world.world]
+        loader = DataLoader(Subset(self.train_set, order), batch_size=cfg.train.batch_size, shuffle=False,
+                            num_workers=cfg.data.workers)
+        step.augment = Augmenter(cfg.data.augment, seed=epoch_seed, ignore_index=IGNORE_INDEX)
+        step.model.train()
+        set_encoder_frozen(self.model.net, epoch < cfg.model.freeze_encoder_epochs)
+        self.progress.start(f"epoch {epoch + 1}/{self.epochs}", len(loader))
+        t0, seen, loss_sum, n_batches = time.time(), 0, 0.0, 0
+        for batch in loader:
+            if cfg.train.iterations and self.steps >= cfg.train.iterations:
+                break
+            try:
+                loss = step(batch["image"].to(self.device, non_blocking=True),
+                            batch["mask"].to(self.device, non_blocking=True))
+            except TrainingError as exc:
+                last = self.last_path if self.last_path.exists() else "(none yet)"
+                raise TrainingError(f"{exc} at epoch {epoch + 1}, step {self.steps + 1}; the last good checkpoint "
+                                    f"is {last}. Lower --lr, set train.grad_clip, or check the data for corrupt "
+                                    "images.") from None
+            self.steps, seen, loss_sum, n_batches = self.steps + 1, seen + len(batch["image"]), loss_sum + loss, \
+                n_batches + 1
+            self.progress.step(f"loss {loss:.4f}  {seen / (time.time() - t0):.1f} img/s")
+        if world.world > 1:
+            t = torch.tensor([loss_sum, n_batches], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            loss_sum, n_batches = float(t[0]), int(t[1])
+        seconds = time.time() - t0
+        return {"epoch": epoch + 1, "lr": step.optimizer.param_groups[0]["lr"],
+                "train_loss": loss_sum / max(1, n_batches), "seconds": round(seconds, 2),
+                "img_per_s": round(seen * world.world / max(1e-9, seconds), 1)}
+
+    def validate(self) -> dict[str, float]:
+        """Whole validation split metrics (empty without a validation split)."""
+        if not len(self.eval_sets["val"]):
+            return {}
+        return evaluate_model(self.model, self.eval_sets["val"], self.cfg, self.device, self.n_logits, self.task,
+                              world=self.world, batch_size=self.cfg.train.batch_size)
+
+    def checkpoint(self, epoch: int, row: dict[str, Any], val: dict[str, float]) -> None:
+        """Append the epoch's row to metrics.csv and write last.pt, and best.pt when the monitor improved.
+
+        Without a validation split best.pt follows the training loss; on epochs that are not evaluated,
+        nothing is compared."""
+        monitor = self.cfg.train.monitor if self.task == "segment" else "image_auroc"
+        if val and monitor not in val:
+            raise ValueError(f"monitor {monitor!r} is not a validation metric; choose one of {', '.join(val)}")
+        score = val.get(monitor, math.nan) if len(self.eval_sets["val"]) else -row["train_loss"]
+        improved = not math.isnan(score) and score > self.best
+        if improved:
+            self.best, self.best_epoch = score, epoch + 1
+        if self.world.main:
+            _append_csv(self.run_dir / "metrics.csv", row)
+            state = {"config": self.cfg.to_dict(), "num_classes": self.n_logits,
+                     "class_names": self.spec.class_names, "task": self.task, "model": self.model.state_dict(),
+                     "optimizer": self.step.optimizer.state_dict(), "scheduler": _sched_state(self.step.scheduler),
+                     "epoch": epoch, "step": self.steps, "best": self.best, "best_epoch": self.best_epoch,
+                     "metrics": val}
+            save_checkpoint(self.last_path, state)
+            if improved or not self.best_path.exists():
+                save_checkpoint(self.best_path, state)
+        self.progress.log(f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  " +
+                          "  ".join(f"{k} {v:.3f}" for k, v in val.items() if k in (monitor, "miou", "image_auroc")))
+
+    def finish(self, epochs_done: int, evaluate_test: bool = True) -> RunResult:
+        """Evaluate best.pt on the test split (with per-defect metrics), plot the curves, write report.md."""
+        test_metrics: dict[str, float] = {}
+        if self.world.main and evaluate_test:
+            best_model, _ = model_from_checkpoint(load_checkpoint(self.best_path))
+            if len(self.eval_sets["test"]):
+                test_metrics = evaluate_model(best_model, self.eval_sets["test"], self.cfg, self.device,
+                                              self.n_logits, self.task, regions=self.task == "segment",
+                                              batch_size=self.cfg.train.batch_size)
+            from .viz import plot_curves
+
+            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+            write_report(self.run_dir / "report.md", self.cfg, self.spec, self.split, test_metrics, self.best_epoch,
+                         time.time() - self.t_start)
+        if self.world.world > 1:
+            dist.barrier()
+        return RunResult(self.run_dir, self.best_path, self.last_path, test_metrics, epochs_done,
+                         time.time() - self.t_start)
+
+
 def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = False,
           stop_after_epoch: int | None = None, overwrite: bool = False) -> RunResult:
-    """Train per `cfg`, writing the run folder; resume from a last.pt exactly.
+    """Train per `cfg`, writing the run folder; resume from a last.pt exactly (see `Trainer`).
 
     A fresh run refuses a run folder that already holds a run unless `overwrite` (then it is cleared).
     stop_after_epoch: stop (as if interrupted) once that epoch's checkpoint is written; used by tests.
     """
-    t_start = time.time()
-    world = init_distributed(cfg.train.device)
-    device = pick_device(cfg.train.device)
-    if world.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(resume)
-        cfg = C.from_dict(ckpt["config"])
-    task = cfg.train.task
-    if model_task(cfg.model.name) != task:
-        raise ValueError(f"model {cfg.model.name!r} is a {model_task(cfg.model.name)} model but the task is "
-                         f"{task!r}; pick a matching --model or --task")
-    run_dir = cfg.run_dir
-    if ckpt is None and (run_dir / "last.pt").exists():
-        if not overwrite:
-            raise ValueError(f"run folder {run_dir} already holds a run; continue it with --resume "
-                             f"{run_dir / 'last.pt'}, pick another --name, or pass --overwrite")
-        if world.main:
-            for name in ("config.yaml", "split.json", "metrics.csv", "best.pt", "last.pt", "curves.png",
-                         "report.md"):
-                (run_dir / name).unlink(missing_ok=True)
-        if world.world > 1:
-            dist.barrier()
-    if world.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        C.save_yaml(cfg, run_dir / "config.yaml")
-    seed_everything(cfg.train.seed)
-
-    spec = load_dataset(cfg.data.root, cfg.data.format, skip_bad=cfg.data.skip_bad,
-                        allow_unlabeled=cfg.data.allow_unlabeled)
-    split = prepare_split(cfg, spec, run_dir)
-    if world.main:
-        save_split(run_dir / "split.json", split, seed=cfg.train.seed, fractions=list(cfg.data.fractions),
-                   data=str(cfg.data.root))
-    sets = build_datasets(cfg, spec, split)
-    if len(sets["train"]) == 0:
-        raise ValueError(f"the training split of {cfg.data.root} is empty; check the data folder and split file")
-    n_logits = num_logits(cfg, spec.class_names)
-
-    model = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=n_logits,
-                         **cfg.model.options)
-    if cfg.model.encoder_weights and ckpt is None:
-        load_encoder_weights(model, cfg.model.encoder_weights)
-    model.to(device)
-    if cfg.train.channels_last:  # faster on CUDA, and for CheapNet training on the CPU too (1.5x measured)
-        model.to(memory_format=torch.channels_last)
-
-    weights = None
-    if cfg.train.class_weights == "median-frequency":
-        counts = class_pixel_counts(getattr(sets["train"], "dataset", sets["train"]), spec.num_classes)
-        weights = torch.tensor(median_frequency_weights(counts), dtype=torch.float32)
-    elif cfg.train.class_weights:
-        raise ValueError(f"unknown class_weights {cfg.train.class_weights!r}; use median-frequency or leave unset")
-    loss_fn = (nn.BCEWithLogitsLoss() if task == "classify"
-               else build_loss(cfg.train.loss, class_weights=weights, **cfg.train.loss_options)).to(device)
-
-    train_set = sets["train"]
-    bs = cfg.train.batch_size
-    shard = len(train_set) // world.world if world.world > 1 else len(train_set)
-    steps_per_epoch = max(1, math.ceil(shard / bs))
-    epochs = cfg.train.epochs
-    if cfg.train.iterations:
-        epochs = math.ceil(cfg.train.iterations / steps_per_epoch)
-    total_steps = cfg.train.iterations or epochs * steps_per_epoch
-    opt = _optimizer(cfg.train, model.parameters())
-    sched = _scheduler(cfg.train, opt, steps_per_epoch, total_steps)
-    ddp_model: nn.Module = model
-    if world.world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    start_epoch, step, best, best_epoch = 0, 0, -math.inf, -1
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        _load_sched_state(sched, ckpt["scheduler"])
-        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
-        best, best_epoch = ckpt["best"], ckpt["best_epoch"]
-
-    metrics_csv = run_dir / "metrics.csv"
-    monitor = cfg.train.monitor if task == "segment" else "image_auroc"
-    payload_base = {"config": cfg.to_dict(), "num_classes": n_logits, "class_names": spec.class_names,
-                    "task": task}
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-
-    with _Progress(quiet, world.main) as prog:
-        prog.log(f"training {cfg.model.name} on {len(train_set)} images ({cfg.data.root}), "
-                 f"{epochs} epochs x {steps_per_epoch} steps, device {device}")
-        for epoch in range(start_epoch, epochs):
-            if stop_after_epoch is not None and epoch > stop_after_epoch:
-                break
-            # Everything random in this epoch derives from (seed, epoch): exact resume at epoch boundaries.
-            epoch_seed = cfg.train.seed * 100003 + epoch
-            torch.manual_seed(epoch_seed)
-            gen = torch.Generator().manual_seed(epoch_seed)
-            order = torch.randperm(len(train_set), generator=gen).tolist()
-            order = order[world.rank: world.world * shard: world.world] if world.world > 1 else order
-            loader = DataLoader(Subset(train_set, order), batch_size=bs, shuffle=False,
-                                num_workers=cfg.data.workers, drop_last=False)
-            augment = Augmenter(cfg.data.augment, seed=epoch_seed, ignore_index=IGNORE_INDEX)
-            _set_encoder_frozen(model, epoch < cfg.model.freeze_encoder_epochs)
-            ddp_model.train()
-            prog.start(f"epoch {epoch + 1}/{epochs}", len(loader))
-            t0, seen, loss_sum, n_batches = time.time(), 0, 0.0, 0
-            for batch in loader:
-                if cfg.train.iterations and step >= cfg.train.iterations:
-                    break
-                images = batch["image"].to(device, non_blocking=True)
-                mask = batch["mask"].to(device, non_blocking=True).long()
-                labels = (mask.flatten(1) > 0).any(1).float()
-                x, mask = augment(images.float() / 255.0, mask)  # the Augmenter works in [0, 1]
-                x = (x - cfg.data.mean) / cfg.data.std
-                if cfg.train.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, cfg.train.amp):
-                    logits = ddp_model(x)
-                loss = loss_fn(logits.float()[:, 0], labels) if task == "classify" else loss_fn(logits.float(), mask)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good "
-                        f"checkpoint is {last_path if last_path.exists() else '(none yet)'}. Lower --lr, set "
-                        "train.grad_clip, or check the data for corrupt images.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.train.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                opt.step()
-                sched.step()
-                step += 1
-                seen += len(images)
-                loss_sum += loss.item()
-                n_batches += 1
-                prog.step(f"loss {loss.item():.4f}  {seen / (time.time() - t0):.1f} img/s")
-            train_loss = loss_sum / max(1, n_batches)
-            if world.world > 1:
-                t = torch.tensor([loss_sum, n_batches], dtype=torch.float64, device=device)
-                dist.all_reduce(t)
-                train_loss = float(t[0] / max(1.0, float(t[1])))
-            row: dict[str, Any] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": train_loss,
-                                   "seconds": round(time.time() - t0, 2),
-                                   "img_per_s": round(seen * world.world / max(1e-9, time.time() - t0), 1)}
-            val = {}
-            is_last = epoch == epochs - 1 or (cfg.train.iterations and step >= cfg.train.iterations)
-            if len(sets["val"]) and ((epoch + 1) % cfg.train.eval_every == 0 or is_last):
-                val = evaluate_model(model, eval_loader(sets["val"], bs, cfg, world), cfg, device, n_logits, task,
-                                     world=world)
-            row.update({f"val_{k}": v for k, v in val.items()})
-            # Without a validation split, best.pt follows the training loss; on epochs that are not
-            # evaluated, nothing is compared.
-            score = val.get(monitor, math.nan) if len(sets["val"]) else -train_loss
-            if val and monitor not in val:
-                raise ValueError(f"monitor {monitor!r} is not a validation metric; choose one of {', '.join(val)}")
-            improved = not math.isnan(score) and score > best
-            if improved:
-                best, best_epoch = score, epoch + 1
-            if world.main:
-                _append_csv(metrics_csv, row)
-                state = {**payload_base, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": _sched_state(sched), "epoch": epoch, "step": step, "best": best,
-                         "best_epoch": best_epoch, "metrics": val}
-                save_checkpoint(last_path, state)
-                if improved or not best_path.exists():
-                    save_checkpoint(best_path, state)
-            prog.log(f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  " +
-                     "  ".join(f"{k} {v:.3f}" for k, v in val.items() if k in (monitor, "miou", "image_auroc")))
-            if is_last:
-                break
-    epochs_done = epoch + 1 if epochs > start_epoch else start_epoch
-    test_metrics: dict[str, float] = {}
-    if world.main and (stop_after_epoch is None or epochs_done >= epochs):
-        best_model, _ = model_from_checkpoint(load_checkpoint(best_path))
-        best_model.to(device)
-        if len(sets["test"]):
-            test_metrics = evaluate_model(best_model, eval_loader(sets["test"], bs, cfg), cfg, device,
-                                          n_logits, task, regions=task == "segment")
-        from .viz import plot_curves
-
-        plot_curves(metrics_csv, run_dir / "curves.png")
-        write_report(run_dir / "report.md", cfg, spec, split, test_metrics, best_epoch, time.time() - t_start)
-    if world.world > 1:
-        dist.barrier()
-    return RunResult(run_dir, best_path, last_path, test_metrics, epochs_done, time.time() - t_start)
-
-
-def eval_loader(ds, bs: int, cfg: C.RunConfig, world: Dist = Dist()) -> DataLoader:
-    """In order, no padding; under DDP each rank takes every world-th sample (metrics are reduced after)."""
-    return DataLoader(Subset(ds, range(world.rank, len(ds), world.world)), batch_size=bs,
-                      num_workers=cfg.data.workers)
+    return Trainer(cfg, resume, quiet, overwrite).run(stop_after_epoch)
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
@@ -548,6 +680,9 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
 
 def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[str, list[str]],
                  metrics: dict[str, float], best_epoch: int, seconds: float) -> None:
+    how = ("images resized to the training size, as the gate sees them" if cfg.train.task == "classify" else
+           "each image at its native size through the predict path: threshold, min_area and connected "
+           "components of `localize.PostProcess`")
     lines = [f"# Run `{cfg.name}`", "",
              f"- model: `{cfg.model.name}` {cfg.model.options or ''}",
              f"- data: `{cfg.data.root}` (format {spec.format}, classes {spec.class_names}), "
@@ -556,8 +691,11 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[st
              f"test {len(split.get('test', []))} (split.json)",
              f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}, schedule {cfg.train.schedule}, "
              f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
+             f"- post-processing: threshold {cfg.infer.threshold}, min_area {cfg.infer.min_area}, connectivity "
+             f"{cfg.infer.connectivity}, {'tiles of ' + str(cfg.infer.tile) if cfg.infer.tile else 'resize mode'}",
              f"- best epoch (by validation {cfg.train.monitor}): {best_epoch}; wall time {seconds:.0f} s", "",
-             "## Test split (whole split, defect-free images included, at training resolution)", "",
+             f"## Test split (whole split, defect-free images included; {how})", "",
+             "What each number means: docs/metrics.md.", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
     if spec.skipped:
@@ -571,7 +709,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
                         split_file: str | None = None) -> dict[str, float]:
     """Evaluate a checkpoint on one split of a dataset (the run's split.json when it is beside the checkpoint)."""
     ckpt = load_checkpoint(checkpoint)
-    model, cfg = model_from_checkpoint(ckpt)
+    model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
     root = data or cfg.data.root
     spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad,
                         allow_unlabeled=cfg.data.allow_unlabeled)
@@ -586,9 +724,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
         split = make_split(spec.samples, cfg.data.fractions, seed=cfg.train.seed)
     if split_name not in split:
         raise ValueError(f"split {split_name!r} not found; choose one of {', '.join(split)}")
-    dev = pick_device(device)
     pool = select(spec, split["train"]) if "train" in split else spec.samples
-    ds = split_dataset(cfg, spec, select(spec, split[split_name]), pool, cache=False)
-    model.to(dev)
-    return evaluate_model(model, eval_loader(ds, batch_size or cfg.train.batch_size, cfg), cfg, dev,
-                          ckpt["num_classes"], ckpt.get("task", "segment"), regions=ckpt.get("task") != "classify")
+    ev = eval_set(cfg, spec, select(spec, split[split_name]), pool, cache=False)
+    task = ckpt.get("task", "segment")
+    return evaluate_model(model, ev, cfg, pick_device(device), ckpt["num_classes"], task,
+                          regions=task == "segment", batch_size=batch_size or cfg.train.batch_size)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import os
 import secrets
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -250,13 +253,15 @@ class OnnxModel:
         return list(self._input.shape)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Logits for a batch: x (B, C, H, W) float -> (B, num_classes, H, W) or (B, num_classes) float32."""
+        """Logits for a batch: x (B, C, H, W) float or uint8 -> (B, num_classes, H, W) or (B, num_classes) float32.
+
+        A graph written by `export_checkpoint` takes raw pixel values (uint8 is cast to float32 here); a bare
+        network exported with `export_onnx` takes whatever that network takes."""
         if not isinstance(x, np.ndarray) or x.ndim != 4:
             raise ValueError(f"{self.path.name} expects a 4-D numpy array (B, C, H, W); got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
-        if not np.issubdtype(x.dtype, np.floating):
-            # A raw uint8 image would run but give nonsense: normalisation belongs to the caller.
-            raise ValueError(f"{self.path.name} expects float input (normalised as in training), got {x.dtype}")
+        if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.uint8):
+            raise ValueError(f"{self.path.name} expects float or uint8 input, got {x.dtype}")
         for axis, (want, got) in enumerate(zip(self._input.shape, x.shape)):
             if isinstance(want, int) and want != got:
                 what = "channels" if axis == 1 else f"axis {axis}"
@@ -271,4 +276,69 @@ class OnnxModel:
         return f"OnnxModel({str(self.path)!r}, providers={self.providers}, input={self.input_shape})"
 
 
-__all__ = ["export_onnx", "OnnxModel", "read_onnx_metadata", "INPUT_NAME", "OUTPUT_NAME"]
+# ----------------------------------------------------------------------------- checkpoints -> ONNX files
+# The config travels in the graph's metadata, so an .onnx file alone is a complete model for the Predictor.
+# v2: the graph takes raw pixel values (0..255) and normalises inside (v1 graphs expected normalised input).
+ONNX_CONFIG_KEY = "defectseg_config"
+ONNX_FORMAT = "defectseg-onnx-v2"
+PARITY_TOLERANCE = 1e-4  # max |logit difference| between ONNX Runtime and PyTorch accepted by `export_checkpoint`
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    input_shape: tuple[int, int, int, int]   # the parity-check input (B, C, H, W)
+    max_abs_diff: float                      # max |ONNX Runtime - PyTorch| over the logits
+    max_abs_logit: float                     # scale of the logits, to judge the difference
+    dynamic: bool
+
+    @property
+    def ok(self) -> bool:
+        """Agreement within PARITY_TOLERANCE (float32 rounding of the same graph)."""
+        return self.max_abs_diff <= PARITY_TOLERANCE
+
+
+def onnx_metadata(ckpt: dict[str, Any]) -> dict[str, str]:
+    """What an exported model carries so the Predictor needs nothing else: the checkpoint's config,
+    num_classes, class_names and task as JSON under ONNX_CONFIG_KEY."""
+    payload = {"format": ONNX_FORMAT, "config": ckpt["config"], "num_classes": int(ckpt["num_classes"]),
+               "class_names": list(ckpt.get("class_names") or []), "task": ckpt.get("task", "segment")}
+    return {ONNX_CONFIG_KEY: json.dumps(payload)}
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dynamic: bool = True,
+                      size: int | None = None, seed: int = 0) -> ExportReport:
+    """Export a .pt checkpoint to a self-contained ONNX file and check parity with PyTorch.
+
+    The graph is the checkpoint's `PixelModel`: input "image" (B, C, H, W) float32 raw pixel values 0..255
+    (`OnnxModel` also takes uint8 and casts), output "logits"; the normalisation is inside. The config goes
+    into the metadata. out: default the checkpoint path with suffix .onnx. size: the traced (static: fixed)
+    square input side, default the training size `data.size`, a multiple of the model's size multiple. With
+    dynamic=False the graph takes exactly (1, C, size, size) and the Predictor resizes images to that size.
+    Parity: logits of PyTorch (CPU, float32) and ONNX Runtime (CPU) on a random uint8 input.
+    """
+    from .engine import input_channels, load_checkpoint, model_from_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.suffix.lower() == ".onnx":
+        raise ValueError(f"{checkpoint} is already an ONNX model; export takes a .pt checkpoint")
+    ckpt = load_checkpoint(checkpoint)
+    model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
+    side = size or cfg.data.size
+    m = model.size_multiple
+    if side < 1 or side % m:
+        raise ValueError(f"--size {side} must be a positive multiple of {m} for {cfg.model.name}; e.g. "
+                         f"{max(m, -(-side // m) * m)}")
+    out = Path(out) if out else checkpoint.with_suffix(".onnx")
+    channels = input_channels(cfg)
+    export_onnx(model, out, (1, channels, side, side), dynamic=dynamic, metadata=onnx_metadata(ckpt))
+    shape = (2 if dynamic else 1, channels, side, side)
+    x = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = OnnxModel(out, providers=["cpu"])(x)
+    return ExportReport(out, shape, float(np.abs(got - ref).max()), float(np.abs(ref).max()), dynamic)
+
+
+__all__ = ["export_onnx", "export_checkpoint", "ExportReport", "onnx_metadata", "OnnxModel", "read_onnx_metadata",
+           "INPUT_NAME", "OUTPUT_NAME", "ONNX_CONFIG_KEY", "ONNX_FORMAT"]

@@ -49,14 +49,10 @@ from scipy.special import expit, softmax
 
 from . import config as C
 from .data.io import read_image, to_gray, write_png
-from .localize import find_defects, verdict as _verdict
+from .localize import PostProcess
 
-__all__ = ["Result", "Predictor", "ResultWriter", "write_results", "find_images", "export_checkpoint",
-           "ExportReport", "onnx_metadata", "PREDICT_SUFFIXES", "ONNX_CONFIG_KEY"]
+__all__ = ["Result", "Predictor", "ResultWriter", "write_results", "load_net", "torch_net"]
 
-PREDICT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-ONNX_CONFIG_KEY = "defectseg_config"
-ONNX_FORMAT = "defectseg-onnx-v1"
 # A chunk of images in flight holds (for each image) the decoded image, its probability map and mask at native
 # size; capping its pixels keeps a folder of huge images from holding batch_size of them at once.
 CHUNK_PIXELS = 64 * 2**20
@@ -70,10 +66,10 @@ class Result:
     path: the file (None for in-memory arrays). size: native (H, W) (None when the file could not be read).
     prob: binary head: (H, W) float32 defect probability; multi-class head: (N, H, W) float32 class
         probabilities (softmax, class 0 = background). None on error.
-    mask: (H, W) uint8 class ids (0 background, 1 defect for a binary head), the pixels of `defects`
-        (thresholded like `localize.find_defects`, components below `min_area` removed). None on error.
-    defects: records of `localize.find_defects` in native pixels: {x1, y1, x2, y2 (exclusive), area, score,
-        class}. verdict: "OK" (no defect), "NG" (any defect) or "ERROR" (unreadable: never passed as OK).
+    mask, defects, score, verdict: `localize.PostProcess` of `prob` (the one post-processing step, shared with
+        evaluation): mask (H, W) uint8 class ids, exactly the pixels of `defects`; defects in native pixels
+        {x1, y1, x2, y2 (exclusive), area, score, class}; score the image's defect score (highest defect
+        probability); verdict "OK" (no defect), "NG" (any defect) or "ERROR" (unreadable: never passed as OK).
     gate_probability: the gate classifier's defect probability (None without a gate).
     error: why the image could not be processed (None when it was).
     seconds: wall time attributable to this image: its decode time plus an equal share of its chunk's
@@ -87,6 +83,7 @@ class Result:
     mask: np.ndarray | None = field(default=None, repr=False)
     defects: list[dict[str, Any]] = field(default_factory=list)
     verdict: str = "OK"
+    score: float | None = None
     gate_probability: float | None = None
     error: str | None = None
     seconds: float = 0.0
@@ -96,6 +93,7 @@ class Result:
         """The JSON record of results.jsonl (no arrays)."""
         h, w = self.size if self.size else (None, None)
         return {"path": self.path, "width": w, "height": h, "verdict": self.verdict,
+                "score": None if self.score is None else round(self.score, 6),
                 "defects": [{k: d[k] for k in ("x1", "y1", "x2", "y2", "area", "score", "class")}
                             for d in self.defects],
                 "gate_probability": self.gate_probability, "error": self.error,
@@ -107,7 +105,7 @@ class Result:
 class _Net:
     """A loaded network behind one function: uint8 (B, C_in, h, w) -> float32 logits (B, K, h, w) or (B, K).
 
-    Normalisation ((x/255 - mean)/std, as `engine.to_input`) happens inside `logits`, on the device.
+    The network normalises the pixel values itself (`models.PixelModel`, or the exported graph).
     """
 
     logits: Callable[[np.ndarray], np.ndarray]
@@ -146,14 +144,24 @@ def _checkpoint_fields(d: dict[str, Any], source: Path) -> tuple[C.RunConfig, in
 
 
 def _torch_net(path: Path, device: str, dtype: str | None, channels_last: bool) -> _Net:
-    import torch
-
-    from .engine import load_checkpoint, model_from_checkpoint, pick_device, to_input
+    from .engine import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
     cfg, num_classes, names, task = _checkpoint_fields(ckpt, path)
     model, _ = model_from_checkpoint(ckpt, source=path)
-    dev = pick_device(device)
+    return torch_net(model, cfg, num_classes, names, task, device, dtype, channels_last, source=path)
+
+
+def torch_net(model: Any, cfg: C.RunConfig, num_classes: int, class_names: list[str], task: str,
+              device: str = "auto", dtype: str | None = None, channels_last: bool = False,
+              source: str | Path = "model") -> _Net:
+    """A `_Net` around an in-memory `PixelModel` (raw pixels in, logits out): how training validates a model
+    through the same path as predict. The model is put in eval mode on `device` (moved in place)."""
+    import torch
+
+    from .engine import pick_device
+
+    dev = pick_device(device) if isinstance(device, str) else device
     if dtype not in (None, "fp32", "bf16", "fp16"):
         raise ValueError(f"dtype {dtype!r} is not supported; use bf16, fp16 or leave it unset (float32)")
     if dtype in ("bf16", "fp16") and dev.type != "cuda":
@@ -164,23 +172,17 @@ def _torch_net(path: Path, device: str, dtype: str | None, channels_last: bool) 
     model = model.eval().to(dev)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    data_cfg = cfg.data
 
     def logits(x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=True)
-        t = to_input(t, data_cfg)  # the training normalisation, done on the device (uint8 crosses the bus)
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(dev, non_blocking=True)  # uint8 crosses the bus
         if cl:
             t = t.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if amp is not None:
-                with torch.autocast("cuda", dtype=amp):
-                    out = model(t)
-            else:
-                out = model(t)
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            out = model(t)
         return out.float().cpu().numpy()
 
-    return _Net(logits, cfg, num_classes, names, task, int(getattr(model, "size_multiple", 1)), cfg.data.channels,
-                bool(cfg.data.reference), path, "torch")
+    return _Net(logits, cfg, num_classes, class_names, task, int(getattr(model, "size_multiple", 1)),
+                cfg.data.channels, bool(cfg.data.reference), Path(source), "torch")
 
 
 def _onnx_providers(device: str) -> list[str]:
@@ -201,7 +203,7 @@ def _onnx_providers(device: str) -> list[str]:
 
 def _onnx_net(path: Path, device: str, dtype: str | None, channels_last: bool, threads: int | None) -> _Net:
     from .engine import input_channels
-    from .export import OnnxModel
+    from .export import ONNX_CONFIG_KEY, ONNX_FORMAT, OnnxModel
 
     if dtype not in (None, "fp32"):
         raise ValueError(f"dtype {dtype} is a torch-backend option; the ONNX graph runs in float32 "
@@ -223,6 +225,10 @@ def _onnx_net(path: Path, device: str, dtype: str | None, channels_last: bool, t
     except (json.JSONDecodeError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: metadata '{ONNX_CONFIG_KEY}' is not a defectseg config ({exc}); re-export "
                          "it with `defectseg export`") from exc
+    if meta.get("format") != ONNX_FORMAT:
+        raise ValueError(f"{path} was exported as {meta.get('format')!r}, whose graph expects normalised input; "
+                         f"this version reads {ONNX_FORMAT!r} (the graph normalises raw pixels itself): re-export "
+                         "it from its .pt with `defectseg export`")
     image_channels, uses_ref = cfg.data.channels, bool(cfg.data.reference)
     in_channels = input_channels(cfg)
     if om.input_channels != in_channels:
@@ -232,10 +238,9 @@ def _onnx_net(path: Path, device: str, dtype: str | None, channels_last: bool, t
     fixed_batch = shape[0] if isinstance(shape[0], int) else None
     fixed_hw = (shape[2], shape[3]) if isinstance(shape[2], int) and isinstance(shape[3], int) else None
     multiple = int(om.metadata.get("defectseg_size_multiple", "1"))
-    mean, std = np.float32(cfg.data.mean), np.float32(cfg.data.std)
 
     def run(x: np.ndarray) -> np.ndarray:
-        xf = (x.astype(np.float32) / np.float32(255.0) - mean) / std  # == engine.to_input
+        xf = x.astype(np.float32)  # raw pixel values: the graph normalises them
         if fixed_batch is None or len(xf) == fixed_batch:
             return om(xf)
         outs = []
@@ -375,6 +380,7 @@ class Predictor:
             raise ValueError(f"gate_threshold={gate_threshold} is not a probability; pass a value in [0, 1]")
         self.segmenter, self.gate = segmenter, gate
         self.infer = infer
+        self.post = PostProcess.from_config(infer)
         self.batch_size = batch_size
         self.gate_threshold = gate_threshold
         nets = [segmenter] + ([gate] if gate is not None else [])
@@ -387,8 +393,7 @@ class Predictor:
         if reference is not None and not needs_ref:
             raise ValueError("a reference image was given but the model was not trained in reference mode "
                              "(data.reference unset); drop --reference")
-        self.reference = reference
-        self._ref_cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self.use_reference(reference)
         m = segmenter.size_multiple
         if tile:
             if segmenter.fixed_hw is not None:
@@ -436,6 +441,11 @@ class Predictor:
             ref = read_image(reference)  # channels converted per network later
         return cls(seg, infer, batch_size=batch_size, tile=infer.tile if tile is None else tile, gate=gate_net,
                    gate_threshold=gate_threshold, reference=ref)
+
+    def use_reference(self, reference: np.ndarray | None) -> None:
+        """Compare the next images with this defect-free reference (reference-mode models)."""
+        self.reference = reference
+        self._ref_cache: dict[tuple[int, int, int], np.ndarray] = {}
 
     @property
     def mode(self) -> str:
@@ -611,37 +621,6 @@ class Predictor:
                 next_out += 1
         assert next_out == len(images), "every image's windows were processed"
 
-    def _mask(self, prob: np.ndarray) -> np.ndarray:
-        """(H, W) uint8 class ids with `find_defects`' thresholding rule and its min_area filter."""
-        thr = self.infer.threshold
-        if prob.ndim == 2:
-            mask = (prob >= thr).view(np.uint8)
-        else:
-            labels = prob.argmax(axis=0).astype(np.uint8)
-            fg = labels != 0
-            if thr > 0.5:  # as find_defects: at or below 0.5 the argmax already implies the threshold
-                fg &= (1.0 - prob[0]) >= thr
-            mask = np.where(fg, labels, np.uint8(0))
-        if self.infer.min_area > 1 and mask.any():
-            # Drop the components find_defects drops, so the mask and the defect list agree pixel for pixel.
-            for cls in np.unique(mask[mask > 0]):
-                count, comp, stats, _ = cv2.connectedComponentsWithStats(
-                    (mask == cls).view(np.uint8), connectivity=self.infer.connectivity, ltype=cv2.CV_32S)
-                small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < self.infer.min_area)
-                small = small[small != 0]
-                if small.size:
-                    mask[np.isin(comp, small)] = 0
-        return mask
-
-    def _localize(self, prob: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        inf = self.infer
-        if prob.ndim == 2 and float(prob.max()) < inf.threshold:
-            # Most images on a line are OK: skip the connected-components pass (seconds on a 400 Mpx image).
-            # A NaN map fails this test and reaches find_defects, which reports it.
-            return np.zeros(prob.shape, np.uint8), []
-        defects = find_defects(prob, inf.threshold, inf.min_area, inf.connectivity, inf.score)
-        return self._mask(prob), defects
-
     def _run_chunk(self, chunk: list[_Item]) -> list[Result]:
         t0 = time.perf_counter()
         ok = [it for it in chunk if it.image is not None]
@@ -654,10 +633,10 @@ class Predictor:
         maps = self._segment_tiles(sub) if self.tile else self._segment_resize(sub)
         results: dict[int, Result] = {}
         for j, prob in zip(run, maps):
-            mask, defects = self._localize(prob)
+            det = self.post(prob)
             it = ok[j]
-            results[j] = Result(it.path, tuple(it.image.shape[:2]), prob, mask, defects, _verdict(defects),
-                                gate_p[j], image=it.image)
+            results[j] = Result(it.path, tuple(it.image.shape[:2]), prob, det.mask, det.defects, det.verdict,
+                                det.score, gate_p[j], image=it.image)
         for j, it in enumerate(ok):
             if j not in results:  # the gate judged it OK: no segmentation
                 h, w = it.image.shape[:2]
@@ -665,7 +644,7 @@ class Predictor:
                 prob = np.zeros((h, w) if k == 1 else (k, h, w), np.float32)
                 if k > 1:
                     prob[0] = 1.0  # all background
-                results[j] = Result(it.path, (h, w), prob, np.zeros((h, w), np.uint8), [], "OK", gate_p[j],
+                results[j] = Result(it.path, (h, w), prob, np.zeros((h, w), np.uint8), [], "OK", 0.0, gate_p[j],
                                     image=it.image)
         share = (time.perf_counter() - t0) / max(1, len(ok))
         out: list[Result] = []
@@ -682,19 +661,6 @@ class Predictor:
 
 
 # ----------------------------------------------------------------------------- files
-def find_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand files and folders: folders are walked recursively for PREDICT_SUFFIXES (any case, hidden files
-    skipped), sorted; files are kept as given (even with another suffix or missing: reading reports them)."""
-    out: list[Path] = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in PREDICT_SUFFIXES
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
-        else:
-            out.append(p)
-    return out
-
-
 _CSV_FIELDS = ("path", "width", "height", "verdict", "gate_probability", "defect", "x1", "y1", "x2", "y2",
                "area", "score", "class", "error")
 
@@ -779,63 +745,3 @@ def write_results(results: Iterable[Result], out_dir: str | Path, overlays: bool
         for r in results:
             w.write(r)
     return w.n_ng
-
-
-# ----------------------------------------------------------------------------- export
-@dataclass
-class ExportReport:
-    path: Path
-    input_shape: tuple[int, int, int, int]   # the parity-check input (B, C, H, W)
-    max_abs_diff: float                      # max |ONNX Runtime - PyTorch| over the logits
-    max_abs_logit: float                     # scale of the logits, to judge the difference
-    dynamic: bool
-
-    @property
-    def ok(self) -> bool:
-        """Agreement to float32 precision (relative to the logits' scale)."""
-        return self.max_abs_diff <= 1e-3 * max(1.0, self.max_abs_logit)
-
-
-def onnx_metadata(ckpt: dict[str, Any]) -> dict[str, str]:
-    """What an exported model carries so the Predictor needs nothing else: the checkpoint's config,
-    num_classes, class_names and task as JSON under ONNX_CONFIG_KEY."""
-    payload = {"format": ONNX_FORMAT, "config": ckpt["config"], "num_classes": int(ckpt["num_classes"]),
-               "class_names": list(ckpt.get("class_names") or []), "task": ckpt.get("task", "segment")}
-    return {ONNX_CONFIG_KEY: json.dumps(payload)}
-
-
-def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dynamic: bool = True,
-                      size: int | None = None, seed: int = 0) -> ExportReport:
-    """Export a .pt checkpoint to ONNX (config in the metadata) and check parity with PyTorch.
-
-    out: default the checkpoint path with suffix .onnx. size: the traced (static: fixed) square input side,
-    default the training size `data.size`, which must be a multiple of the model's size multiple. With
-    dynamic=False the graph takes exactly (1, C, size, size) and the Predictor resizes images to that size.
-    Parity: logits of PyTorch (CPU, float32) and ONNX Runtime (CPU) on a random normalised uint8 input.
-    """
-    import torch
-
-    from .engine import load_checkpoint, model_from_checkpoint, to_input
-    from .export import OnnxModel, export_onnx
-
-    checkpoint = Path(checkpoint)
-    if checkpoint.suffix.lower() == ".onnx":
-        raise ValueError(f"{checkpoint} is already an ONNX model; export takes a .pt checkpoint")
-    net = _torch_net(checkpoint, "cpu", None, False)  # validates config/weights with clear errors
-    ckpt = load_checkpoint(checkpoint)
-    cfg = net.config
-    model, _ = model_from_checkpoint(ckpt, source=checkpoint)
-    side = size or cfg.data.size
-    m = net.size_multiple
-    if side < 1 or side % m:
-        raise ValueError(f"--size {side} must be a positive multiple of {m} for {cfg.model.name}; e.g. "
-                         f"{max(m, _round_up(side, m))}")
-    out = Path(out) if out else checkpoint.with_suffix(".onnx")
-    export_onnx(model, out, (1, net.input_channels, side, side), dynamic=dynamic, metadata=onnx_metadata(ckpt))
-    shape = (2 if dynamic else 1, net.input_channels, side, side)
-    x = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-    xf = to_input(torch.from_numpy(x), cfg.data)
-    with torch.inference_mode():
-        ref = model(xf).numpy()
-    got = OnnxModel(out, providers=["cpu"])(xf.numpy())
-    return ExportReport(out, shape, float(np.abs(got - ref).max()), float(np.abs(ref).max()), dynamic)

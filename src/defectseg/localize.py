@@ -17,17 +17,18 @@ AP@[.5:.95] with 101-point interpolation. Written in numpy; no pycocotools.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "PostProcess",
+    "Detection",
     "find_defects",
     "defects_from_mask",
-    "verdict",
-    "scale_defects",
     "box_iou",
     "RegionMetrics",
 ]
@@ -71,35 +72,8 @@ def _sort_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (-r["score"], r["class"], r["y1"], r["x1"]))
 
 
-def find_defects(
-    prob: np.ndarray,
-    threshold: float = 0.5,
-    min_area: int = 1,
-    connectivity: int = 8,
-    score: str = "mean",
-) -> list[dict[str, Any]]:
-    """Defect records from a probability map, sorted by score (highest first).
-
-    prob: (H, W) defect probability of a binary head (sigmoid output), or (N, H, W) class
-        probabilities of a multi-class head (softmax output, class 0 = background). A (1, H, W) map
-        is treated as binary. Raw logits are rejected: apply sigmoid/softmax first.
-    threshold: binary head: a pixel is a defect when ``prob >= threshold``. Multi-class head: a
-        pixel's class is the argmax; it is a defect when that class is not background and its defect
-        probability ``1 - prob[0] >= threshold``. Since an argmax on a defect class implies
-        ``1 - prob[0] >= 0.5``, any threshold <= 0.5 gives the plain argmax segmentation; higher
-        values keep only confident defect pixels (the class is still the argmax).
-    min_area: components with fewer pixels are dropped.
-    connectivity: 8 (diagonal neighbours join a component) or 4.
-    score: "mean" or "max" of the component's class probability over its pixels.
-    Components are found per class, so two touching defects of different classes are two records.
-    """
-    _check_connectivity(connectivity)
-    if score not in ("mean", "max"):
-        raise ValueError(f"score={score!r} is not supported; use 'mean' or 'max'")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold={threshold!r} is not a probability; pass a value in [0, 1]")
-    if min_area < 0:
-        raise ValueError(f"min_area={min_area!r} is negative; pass 0 or a positive pixel count")
+def _check_prob(prob: np.ndarray) -> np.ndarray:
+    """A (H, W) or (N, H, W) float probability map, or a ValueError saying what is wrong with it."""
     prob = np.asarray(prob)
     if prob.ndim == 3 and prob.shape[0] == 1:
         prob = prob[0]
@@ -118,37 +92,114 @@ def find_defects(
             f"prob values span [{lo:.3g}, {hi:.3g}], not [0, 1]; these look like logits: apply "
             "sigmoid (one channel) or softmax over classes (several channels) first"
         )
+    return prob
 
-    if prob.ndim == 2:
-        class_maps = {1: (prob >= threshold, prob)}
-    else:
-        labels = prob.argmax(axis=0)
-        fg = labels != 0
-        # At or below 0.5 the argmax already implies the threshold; skipping the test there avoids
-        # dropping argmax pixels whose softmax sums to 1 only up to float rounding.
-        if threshold > 0.5:
-            fg &= (1.0 - prob[0]) >= threshold
-        present = np.unique(labels[fg])
-        class_maps = {int(c): (fg & (labels == c), prob[c]) for c in present}
 
-    records: list[dict[str, Any]] = []
-    for cls, (mask, p) in class_maps.items():
-        count, comp, stats = _components(mask, connectivity)
-        if count <= 1:
-            continue
-        keep = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= max(min_area, 1))
+@dataclass
+class Detection:
+    """What post-processing makes of one image's probability map.
+
+    mask: (H, W) uint8 class ids (0 background): exactly the pixels of `defects`.
+    defects: records (module docstring), sorted by score. score: the image's defect score, the highest
+    defect probability of any pixel (binary head: the sigmoid; multi-class: 1 - background probability);
+    image AUROC/AP rank images by it. verdict: "NG" when there is any defect record, else "OK".
+    """
+
+    mask: np.ndarray = field(repr=False)
+    defects: list[dict[str, Any]]
+    score: float
+
+    @property
+    def verdict(self) -> str:
+        return "NG" if self.defects else "OK"
+
+
+class PostProcess:
+    """The one step from a probability map to the class mask, the defect records and the OK/NG verdict.
+
+    evaluate, validation during training and predict all call it, so the number a report shows is the number
+    a user gets. Rules:
+
+    - binary head, prob (H, W): a pixel is a defect when ``prob >= threshold``.
+    - multi-class head, prob (N, H, W) with class 0 = background: a pixel's class is the argmax; it is a defect
+      when that class is not background and ``1 - prob[0] >= threshold``. An argmax on a defect class implies
+      ``1 - prob[0] >= 0.5``, so any threshold <= 0.5 gives the plain argmax segmentation.
+    - components are found per class (`connectivity` 8 or 4) in one pass; components with fewer than
+      `min_area` pixels are dropped from both the records and the mask.
+    - a record's score is the "mean" or "max" probability of its class over its pixels.
+    """
+
+    def __init__(self, threshold: float = 0.5, min_area: int = 1, connectivity: int = 8,
+                 score: str = "mean") -> None:
+        _check_connectivity(connectivity)
+        if score not in ("mean", "max"):
+            raise ValueError(f"score={score!r} is not supported; use 'mean' or 'max'")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold={threshold!r} is not a probability; pass a value in [0, 1]")
+        if min_area < 0:
+            raise ValueError(f"min_area={min_area!r} is negative; pass 0 or a positive pixel count")
+        self.threshold, self.min_area, self.connectivity, self.score = threshold, min_area, connectivity, score
+
+    @classmethod
+    def from_config(cls, infer: Any) -> "PostProcess":
+        """From an `InferConfig` (threshold, min_area, connectivity, score)."""
+        return cls(infer.threshold, infer.min_area, infer.connectivity, infer.score)
+
+    def __call__(self, prob: np.ndarray) -> Detection:
+        """prob: (H, W) defect probability (sigmoid) or (N, H, W) class probabilities (softmax). Logits are
+        rejected: apply sigmoid/softmax first."""
+        prob = _check_prob(prob)
+        defect_p = prob if prob.ndim == 2 else 1.0 - prob[0]
+        score = float(defect_p.max())
+        mask = np.zeros(defect_p.shape, np.uint8)
+        # Most images on a line are OK: skip the connected-components pass (seconds on a 400 Mpx image). A
+        # multi-class argmax defect has 1 - prob[0] >= 0.5 only up to float rounding: leave that a margin.
+        if score < (self.threshold if prob.ndim == 2 else min(self.threshold, 0.5 - 1e-6)):
+            return Detection(mask, [], score)
+        if prob.ndim == 2:
+            class_maps = {1: (prob >= self.threshold, prob)}
+        else:
+            labels = prob.argmax(axis=0)
+            fg = labels != 0
+            # At or below 0.5 the argmax already implies the threshold; skipping the test there avoids
+            # dropping argmax pixels whose softmax sums to 1 only up to float rounding.
+            if self.threshold > 0.5:
+                fg &= defect_p >= self.threshold
+            class_maps = {int(c): (fg & (labels == c), prob[c]) for c in np.unique(labels[fg])}
+        records: list[dict[str, Any]] = []
+        for cls, (pixels, p) in class_maps.items():
+            records += self._components(pixels, p, cls, mask)
+        return Detection(mask, _sort_records(records), score)
+
+    def _components(self, pixels: np.ndarray, p: np.ndarray, cls: int, mask: np.ndarray) -> list[dict[str, Any]]:
+        """Records of the components of `pixels` that are large enough; paints them into `mask` as `cls`."""
+        count, comp, stats = _components(pixels, self.connectivity)
+        keep = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= max(self.min_area, 1))
         keep = keep[keep != 0]  # label 0 is the background
         if keep.size == 0:
-            continue
+            return []
+        kept = np.zeros(count, bool)
+        kept[keep] = True
+        mask[kept[comp]] = cls  # the same labels decide the mask and the records: they agree pixel for pixel
         p64 = p.astype(np.float64, copy=False)
-        if score == "mean":
+        if self.score == "mean":
             sums = np.bincount(comp.ravel(), weights=p64.ravel(), minlength=count)
             scores = sums / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
         else:
             scores = np.zeros(count)
             scores[keep] = ndimage.maximum(p64, labels=comp, index=keep)
-        records.extend(_records(stats, scores, cls, keep))
-    return _sort_records(records)
+        return _records(stats, scores, cls, keep)
+
+
+def find_defects(
+    prob: np.ndarray,
+    threshold: float = 0.5,
+    min_area: int = 1,
+    connectivity: int = 8,
+    score: str = "mean",
+) -> list[dict[str, Any]]:
+    """Defect records of a probability map, sorted by score: `PostProcess(...)(prob).defects`."""
+    return PostProcess(threshold, min_area, connectivity, score)(prob).defects
 
 
 def defects_from_mask(
@@ -180,52 +231,6 @@ def defects_from_mask(
         keep = np.arange(1, count)
         records.extend(_records(stats, np.ones(count), int(cls), keep))
     return _sort_records(records)
-
-
-def verdict(defects: Sequence[dict[str, Any]]) -> str:
-    """Image-level decision of a production line: "NG" (not good) if any defect, else "OK"."""
-    return "NG" if len(defects) > 0 else "OK"
-
-
-def scale_defects(
-    defects: Iterable[dict[str, Any]],
-    scale_x: float,
-    scale_y: float,
-    offset_x: float = 0,
-    offset_y: float = 0,
-    image_size: tuple[int, int] | None = None,
-) -> list[dict[str, Any]]:
-    """Map defect boxes from a resized/padded/tiled frame back to original-image pixels.
-
-    Each coordinate maps as ``x_orig = x_frame * scale_x + offset_x`` (same for y), offsets in
-    original-image pixels:
-    - image downscaled 2x for the model: ``scale_x = scale_y = 2``;
-    - tile cut at (tx, ty) of the original: ``offset_x = tx, offset_y = ty``;
-    - frame padded by ``pad_left, pad_top`` after resizing by 1/s: ``offset_x = -pad_left * s``.
-    Boxes are rounded outwards (x1/y1 down, x2/y2 up) so they still cover the defect; areas are
-    scaled by ``scale_x * scale_y`` and rounded (at least 1 pixel). With ``image_size=(H, W)`` boxes
-    are clipped to the image (area capped at the clipped box) and boxes left empty (defects found
-    only in padding) are dropped. Other keys are copied; the input records are not modified.
-    """
-    if not (scale_x > 0 and scale_y > 0):
-        raise ValueError(f"scale_x={scale_x!r}, scale_y={scale_y!r}: scales must be positive")
-    eps = 1e-6  # keeps 10 * 1.1 = 11.000000000000002 from rounding up to 12
-    out = []
-    for d in defects:
-        x1 = math.floor(d["x1"] * scale_x + offset_x + eps)
-        y1 = math.floor(d["y1"] * scale_y + offset_y + eps)
-        x2 = math.ceil(d["x2"] * scale_x + offset_x - eps)
-        y2 = math.ceil(d["y2"] * scale_y + offset_y - eps)
-        area = max(1, round(d["area"] * scale_x * scale_y))
-        if image_size is not None:
-            h, w = image_size
-            x1, x2 = min(max(x1, 0), w), min(max(x2, 0), w)
-            y1, y2 = min(max(y1, 0), h), min(max(y2, 0), h)
-            if x2 <= x1 or y2 <= y1:
-                continue
-            area = min(area, (x2 - x1) * (y2 - y1))
-        out.append({**d, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "area": area})
-    return out
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -3,26 +3,42 @@
 Every function takes raw logits (B, C, H, W) and an integer mask (B, H, W) (a (B, 1, H, W) mask is accepted
 and squeezed). C == 1 means a binary head: class 1 (defect) when sigmoid(logit) is high, class 0 (background)
 otherwise. C == N >= 2 means a softmax head over classes 0..N-1 where 0 is background and 1..N-1 are defect
-classes. Pixels whose target equals `ignore_index` (default 255: "don't care" borders, unlabelled regions)
-contribute nothing: neither to the loss sum nor to the count it is divided by. A batch whose pixels are all
-ignored gives a loss of exactly 0 that still backpropagates (zero gradients), so a training step never sees NaN.
+classes. Pixels whose target equals `ignore_index` (default `data.io.IGNORE_INDEX` = 255: "don't care"
+borders, unlabelled regions) contribute nothing: neither to the loss sum nor to the count it is divided by. A batch
+whose pixels are all ignored gives a loss of exactly 0 that still backpropagates (zero gradients), so a training
+step never sees NaN.
 
 Losses are computed in float32 even under autocast: the log/exp terms lose too much in bf16.
 
 `build_loss(name, class_weights=None, **options)` builds an `nn.Module` (forward(logits, target) -> scalar)
-by name; `LOSSES` holds the names.
+by name; `LOSSES` holds the names. A loss module is registered beside its class with `@register_loss(name)`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_IGNORE_INDEX = 255
+from .data.io import IGNORE_INDEX
 
-LOSSES = {"bce", "dice", "bce-dice", "ce", "focal"}
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+LOSSES: tuple[str, ...] = ()  # registered names, sorted; kept in step by register_loss
+
+_M = TypeVar("_M", bound=type[nn.Module])
+
+
+def register_loss(name: str) -> Callable[[_M], _M]:
+    """Class decorator: make the loss module buildable as `build_loss(name, **options)`."""
+    def deco(cls: _M) -> _M:
+        global LOSSES
+        if name in _REGISTRY:
+            raise ValueError(f"loss {name!r} is already registered; register it under another name")
+        _REGISTRY[name] = cls
+        LOSSES = tuple(sorted(_REGISTRY))
+        return cls
+    return deco
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -79,7 +95,7 @@ def _check_smooth(smooth: float) -> None:
 
 
 def bce_loss(
-    logits: Tensor, target: Tensor, pos_weight: float | None = None, ignore_index: int = DEFAULT_IGNORE_INDEX
+    logits: Tensor, target: Tensor, pos_weight: float | None = None, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """Binary cross-entropy with logits, averaged over valid pixels.
 
@@ -101,7 +117,7 @@ def bce_loss(
 
 
 def dice_loss(
-    logits: Tensor, target: Tensor, smooth: float = 1.0, ignore_index: int = DEFAULT_IGNORE_INDEX
+    logits: Tensor, target: Tensor, smooth: float = 1.0, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """Soft Dice loss 1 - (2·Σ p·t + s) / (Σ p + Σ t + s), sums over the whole batch's valid pixels.
 
@@ -139,7 +155,7 @@ def bce_dice_loss(
     smooth: float = 1.0,
     bce_weight: float = 0.8,
     dice_weight: float = 0.2,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """bce_weight · bce_loss + dice_weight · dice_loss (see both). BCE gives dense, well-conditioned gradients
     from the first step; Dice keeps the rare defect pixels from being swamped by background. Returns a scalar."""
@@ -154,7 +170,7 @@ def _two_class_logits(logits: Tensor) -> Tensor:
 
 
 def ce_loss(
-    logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = DEFAULT_IGNORE_INDEX
+    logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """Cross-entropy over classes, optionally class-weighted, averaged over valid pixels.
 
@@ -189,7 +205,7 @@ def focal_loss(
     target: Tensor,
     gamma: float = 2.0,
     alpha: float | None = 0.25,
-    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Tensor:
     """Focal loss (Lin et al. 2017) -α_t (1 - p_t)^γ log p_t, averaged over valid pixels.
 
@@ -226,10 +242,11 @@ def focal_loss(
 # --------------------------------------------------------------------------------------------------------------
 
 
+@register_loss("bce")
 class BCELoss(nn.Module):
     """Module form of `bce_loss`: forward(logits (B,C,H,W), target (B,H,W)) -> scalar."""
 
-    def __init__(self, pos_weight: float | None = None, ignore_index: int = DEFAULT_IGNORE_INDEX) -> None:
+    def __init__(self, pos_weight: float | None = None, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         self.pos_weight, self.ignore_index = pos_weight, ignore_index
 
@@ -237,10 +254,11 @@ class BCELoss(nn.Module):
         return bce_loss(logits, target, self.pos_weight, self.ignore_index)
 
 
+@register_loss("dice")
 class DiceLoss(nn.Module):
     """Module form of `dice_loss`: forward(logits (B,C,H,W), target (B,H,W)) -> scalar."""
 
-    def __init__(self, smooth: float = 1.0, ignore_index: int = DEFAULT_IGNORE_INDEX) -> None:
+    def __init__(self, smooth: float = 1.0, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         _check_smooth(smooth)
         self.smooth, self.ignore_index = smooth, ignore_index
@@ -249,6 +267,7 @@ class DiceLoss(nn.Module):
         return dice_loss(logits, target, self.smooth, self.ignore_index)
 
 
+@register_loss("bce-dice")
 class BCEDiceLoss(nn.Module):
     """Module form of `bce_dice_loss`: forward(logits (B,C,H,W), target (B,H,W)) -> scalar."""
 
@@ -258,7 +277,7 @@ class BCEDiceLoss(nn.Module):
         smooth: float = 1.0,
         bce_weight: float = 0.8,
         dice_weight: float = 0.2,
-        ignore_index: int = DEFAULT_IGNORE_INDEX,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
         _check_smooth(smooth)
@@ -271,13 +290,14 @@ class BCEDiceLoss(nn.Module):
         )
 
 
+@register_loss("ce")
 class CELoss(nn.Module):
     """Module form of `ce_loss`; class weights (N,) are a buffer, so `.to(device)` moves them and they are
     saved in the state dict. forward(logits (B,C,H,W), target (B,H,W)) -> scalar."""
 
     weight: Tensor | None
 
-    def __init__(self, weight: Tensor | None = None, ignore_index: int = DEFAULT_IGNORE_INDEX) -> None:
+    def __init__(self, weight: Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         if weight is not None:
             weight = torch.as_tensor(weight, dtype=torch.float32).detach().clone()
@@ -290,27 +310,18 @@ class CELoss(nn.Module):
         return ce_loss(logits, target, self.weight, self.ignore_index)
 
 
+@register_loss("focal")
 class FocalLoss(nn.Module):
     """Module form of `focal_loss`: forward(logits (B,C,H,W), target (B,H,W)) -> scalar."""
 
     def __init__(
-        self, gamma: float = 2.0, alpha: float | None = 0.25, ignore_index: int = DEFAULT_IGNORE_INDEX
+        self, gamma: float = 2.0, alpha: float | None = 0.25, ignore_index: int = IGNORE_INDEX
     ) -> None:
         super().__init__()
         self.gamma, self.alpha, self.ignore_index = gamma, alpha, ignore_index
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return focal_loss(logits, target, self.gamma, self.alpha, self.ignore_index)
-
-
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "bce": BCELoss,
-    "dice": DiceLoss,
-    "bce-dice": BCEDiceLoss,
-    "ce": CELoss,
-    "focal": FocalLoss,
-}
-assert set(_BUILDERS) == LOSSES
 
 
 def build_loss(name: str, class_weights: Tensor | None = None, **options: Any) -> nn.Module:
@@ -321,8 +332,8 @@ def build_loss(name: str, class_weights: Tensor | None = None, **options: Any) -
     arguments of the matching function, e.g. pos_weight, smooth, bce_weight, dice_weight, gamma, alpha,
     ignore_index. The module's forward(logits (B,C,H,W), target (B,H,W)) returns a scalar.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(sorted(LOSSES))}")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
     if class_weights is not None:
         if name != "ce":
             raise ValueError(
@@ -331,6 +342,6 @@ def build_loss(name: str, class_weights: Tensor | None = None, **options: Any) -
             )
         options = {**options, "weight": class_weights}
     try:
-        return _BUILDERS[name](**options)
+        return _REGISTRY[name](**options)
     except TypeError as exc:
         raise ValueError(f"bad option for loss {name!r}: {exc}") from exc

@@ -5,9 +5,10 @@ target class, columns = predicted class, as in torchmetrics) and derives IoU, ac
 totals at the end. Averaging per-batch (or per-image) IoU instead would weigh a batch with 10 defect pixels
 like one with 10,000 and give 0/0 on defect-free images, so it is never done.
 
-Image level: `ImageLevel` keeps one score per image (`image_scores`: the highest defect probability in the
-image) and its label (defective or not) and computes accuracy/precision/recall/F1 at a threshold plus the
-threshold-free AUROC and average precision.
+Image level: `ImageLevel` keeps one score per image (evaluation gives the highest defect probability in the
+image, see `localize.PostProcess`), its label (defective or not) and, optionally, the decision taken (the
+verdict: any defect record) and computes accuracy/precision/recall/F1 of the decisions (or of score >=
+threshold when none were given) plus the threshold-free AUROC and average precision of the scores.
 
 Defect-free images are always part of the evaluation. Feeding them is the caller's job (the evaluation loop
 must not filter the split to defective images): they are where false alarms happen, and leaving them out
@@ -24,14 +25,14 @@ exact figures matter.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-DEFAULT_IGNORE_INDEX = 255
+from .data.io import IGNORE_INDEX
 
 
 def _dist_ready() -> bool:
@@ -53,46 +54,6 @@ def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# logits -> predictions and scores
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _check_logits(logits: Tensor) -> None:
-    if logits.ndim != 4:
-        raise ValueError(f"logits must be (B, C, H, W), got shape {tuple(logits.shape)}")
-
-
-def probs_to_pred(logits: Tensor, threshold: float = 0.5) -> Tensor:
-    """Class ids (B, H, W) long from logits (B, C, H, W).
-
-    One logit: 1 (defect) where sigmoid(logit) > threshold, else 0. N logits: argmax over classes (threshold
-    unused). Pair it with `image_scores` and `ImageLevel.compute(threshold)` at the same threshold: then an image
-    is called defective exactly when at least one of its pixels is predicted defect.
-    """
-    _check_logits(logits)
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits[:, 0].float()) > threshold).long()
-    return logits.argmax(dim=1)
-
-
-def defect_probability(logits: Tensor) -> Tensor:
-    """Per-pixel probability (B, H, W) float32 that a pixel is any defect: sigmoid for one logit,
-    1 - softmax background probability for N logits."""
-    _check_logits(logits)
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return 1 - torch.softmax(logits, dim=1)[:, 0]
-
-
-def image_scores(logits: Tensor) -> Tensor:
-    """Image defect score (B,) float32: the highest per-pixel defect probability of each image."""
-    return defect_probability(logits).flatten(1).amax(dim=1)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # pixel metrics
 # --------------------------------------------------------------------------------------------------------------
 
@@ -105,7 +66,7 @@ class ConfusionMatrix:
     Pixels whose target is `ignore_index` are not counted.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = DEFAULT_IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         if num_classes < 2:
             raise ValueError(
                 f"num_classes must be >= 2 (got {num_classes}); a 1-logit (sigmoid) head has 2 classes: "
@@ -123,18 +84,19 @@ class ConfusionMatrix:
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add a batch: pred (B, H, W) long class ids (see `probs_to_pred`), target (B, H, W) class ids or
-        ignore_index. A (B, 1, H, W) target is squeezed."""
+        """Add a batch: pred (B, H, W) integer class ids (the post-processed masks), target (B, H, W) class ids
+        or ignore_index. A (B, 1, H, W) target is squeezed."""
         if target.ndim == 4 and target.shape[1] == 1:
             target = target[:, 0]
         if pred.shape != target.shape:
             raise ValueError(
                 f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same (B, H, W) shape; "
-                "convert logits with probs_to_pred and resize masks to the prediction's size"
+                "compare masks at the same (native) size"
             )
         if pred.is_floating_point() or target.is_floating_point():
             raise ValueError(
-                "pred and target must hold integer class ids; convert logits with probs_to_pred(logits) first"
+                "pred and target must hold integer class ids; post-process probabilities into masks first "
+                "(localize.PostProcess)"
             )
         n = self.num_classes
         target, pred = target.long().flatten(), pred.long().flatten()
@@ -269,8 +231,9 @@ def average_precision_score(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 class ImageLevel:
-    """Image-level detection metrics over a split: one score (e.g. `image_scores(logits)`) and one label
-    (True = the image has a defect) per image. Scores are kept as float64 on the CPU."""
+    """Image-level detection metrics over a split: one score and one label (True = the image has a defect) per
+    image, and optionally the decision taken for it (True = called defective). Scores are kept as float64 on
+    the CPU."""
 
     def __init__(self) -> None:
         self.reset()
@@ -278,9 +241,12 @@ class ImageLevel:
     def reset(self) -> None:
         self._scores: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
+        self._decisions: list[np.ndarray | None] = []
 
-    def update(self, scores: Tensor, labels: Tensor) -> None:
-        """Add a batch: scores (B,) float (higher = more likely defective), labels (B,) bool."""
+    def update(self, scores: Tensor | Sequence[float], labels: Tensor | Sequence[bool],
+               predicted: Tensor | Sequence[bool] | None = None) -> None:
+        """Add a batch: scores (B,) float (higher = more likely defective), labels (B,) bool, and the decisions
+        predicted (B,) bool (evaluation passes the verdicts; without them compute() thresholds the scores)."""
         scores_np = torch.as_tensor(scores).detach().float().cpu().numpy().astype(np.float64).reshape(-1)
         labels_t = torch.as_tensor(labels).detach().cpu()
         if labels_t.dtype != torch.bool and not bool(((labels_t == 0) | (labels_t == 1)).all()):
@@ -294,8 +260,14 @@ class ImageLevel:
             )
         if not np.isfinite(scores_np).all():
             raise ValueError("image scores contain NaN or inf; check the model's logits for overflow")
+        decisions = None
+        if predicted is not None:
+            decisions = torch.as_tensor(predicted).detach().cpu().bool().numpy().reshape(-1)
+            if decisions.shape != scores_np.shape:
+                raise ValueError(f"predicted ({decisions.size} values) must be (B,), one decision per image")
         self._scores.append(scores_np)
         self._labels.append(labels_np)
+        self._decisions.append(decisions)
 
     @property
     def scores(self) -> np.ndarray:
@@ -312,15 +284,17 @@ class ImageLevel:
         torch.distributed is initialised). Call once per split on every rank, before `compute()`."""
         if not _dist_ready():
             return
-        mine = (self.scores, self.labels)
+        mine = (self._scores, self._labels, self._decisions)
         gathered: list[Any] = [None] * dist.get_world_size()
         # all_gather_object copes with shards of unequal length (the last batch of a split is usually short).
         dist.all_gather_object(gathered, mine)
-        self._scores = [g[0] for g in gathered]
-        self._labels = [g[1] for g in gathered]
+        self._scores = [s for g in gathered for s in g[0]]
+        self._labels = [lb for g in gathered for lb in g[1]]
+        self._decisions = [d for g in gathered for d in g[2]]
 
     def compute(self, threshold: float = 0.5) -> dict[str, float | int]:
-        """Metrics over all images so far. An image is predicted defective when score > threshold.
+        """Metrics over all images so far. An image is predicted defective as its decision says, or, for batches
+        given without decisions, when score >= threshold.
 
         accuracy, precision = TP/(TP+FP) (NaN if no image is predicted defective), recall = TP/(TP+FN) (NaN if
         no image is defective), f1 = 2TP/(2TP+FP+FN) (NaN if both are empty), the counts tp/fp/tn/fn,
@@ -329,7 +303,8 @@ class ImageLevel:
         images: ranking metrics measure how well the two groups are separated, which needs both.
         """
         scores, labels = self.scores, self.labels
-        predicted = scores > threshold
+        predicted = np.concatenate([d if d is not None else s >= threshold
+                                    for s, d in zip(self._scores, self._decisions)]) if self._scores else labels
         tp = int(np.sum(predicted & labels))
         fp = int(np.sum(predicted & ~labels))
         fn = int(np.sum(~predicted & labels))

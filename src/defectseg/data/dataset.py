@@ -12,6 +12,7 @@ from disk.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -169,20 +170,6 @@ def infer_channels(samples: Sequence[Sample], n: int = 8) -> int:
     return 1
 
 
-def validate(samples: Sequence[Sample], num_classes: int = 2, channels: int | None = None
-             ) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """Decode every sample once; return (good samples, [(image path, reason)] for the bad ones)."""
-    good, bad = [], []
-    for s in samples:
-        try:
-            load_pair(s, channels, num_classes)
-        except ValueError as exc:
-            bad.append((str(s.image), str(exc)))
-        else:
-            good.append(s)
-    return good, bad
-
-
 class WithReference(Dataset):
     """Reference (golden template) mode: each item's image gets a defect-free reference of the same
     product concatenated on the channel axis (image first), so `image` becomes (2C, H, W).
@@ -210,14 +197,15 @@ class WithReference(Dataset):
         return item
 
 
-def group_references(samples: Sequence[Sample], pool: Sequence[Sample], size: tuple[int, int],
+def group_references(samples: Sequence[Sample], pool: Sequence[Sample], size: tuple[int, int] | None,
                      channels: int, reference: str | Path) -> list[np.ndarray]:
     """A reference image per sample: the file `reference`, or with reference="group" the first defect-free
-    image (by key) of the sample's group in `pool` (the training split), all resized to `size`.
+    image (by key) of the sample's group in `pool` (the training split), all resized to `size` (None: as read;
+    samples that share a reference share one array).
     """
     def load(path: Path) -> np.ndarray:
         img = read_image(path, channels)
-        return resize_pair(img, np.zeros(img.shape[:2], np.uint8), size)[0]
+        return img if size is None else resize_pair(img, np.zeros(img.shape[:2], np.uint8), size)[0]
 
     if str(reference) != "group":
         ref = load(Path(reference))

@@ -4,9 +4,12 @@ Layouts (see docs/formats.md): DAGM 2007 (and the small `img/` + `label/` DAGM s
 KolektorSDD, magnetic tile, NEU-Seg, MVTec AD and a generic `images/` + `masks/` layout.
 `load_dataset(root, format="auto")` detects the layout, lists the samples and checks what can be checked
 without decoding (missing masks, orphan masks, duplicated stems, empty folders). Content problems
-(unreadable files, mask size, mask values) are found when a sample is read (`SegmentationDataset`,
-`validate`). Every problem is a ValueError naming the file and the fix, or with `skip_bad=True` an entry in
+(unreadable files, mask size, mask values) are found when a sample is read (`SegmentationDataset`).
+Every problem is a ValueError naming the file and the fix, or with `skip_bad=True` an entry in
 `DatasetSpec.skipped`.
+
+A layout is one reader registered with `@register_format(name, detect=..., layout=...)`; `FORMATS` lists the
+registered names in detection order (the order of registration: specific layouts first, generic last).
 """
 from __future__ import annotations
 
@@ -15,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .io import is_image_file
+from .io import MASK_DIR_NAMES, MASK_SUFFIXES, is_image_file
 
-FORMATS = ("dagm", "kolektor", "magnetic-tile", "neu-seg", "mvtec", "generic")
 BINARY_CLASSES = ["background", "defect"]
 NEU_CLASSES = ["background", "inclusion", "patches", "scratches"]
 
@@ -86,6 +88,34 @@ class _Problems:
         if not self.skip_bad:
             raise ValueError(f"{path}: {reason}; {fix} (or pass --skip-bad to skip and list such samples)")
         self.skipped.append((str(path), reason))
+
+
+Reader = Callable[[Path, _Problems, bool], tuple[list[Sample], list[str]]]
+
+
+@dataclass(frozen=True)
+class _Format:
+    name: str
+    detect: Callable[[Path], bool]  # root -> does it look like this layout (cheap: folder names only)
+    layout: str  # what detection looks for, shown when nothing matches
+    read: Reader
+
+
+_REGISTRY: dict[str, _Format] = {}
+FORMATS: tuple[str, ...] = ()  # registered names in detection order; kept in step by register_format
+
+
+def register_format(name: str, detect: Callable[[Path], bool], layout: str) -> Callable[[Reader], Reader]:
+    """Decorator registering a reader `(root, problems, allow_unlabeled) -> (samples, class_names)` as format
+    `name`. Detection tries formats in registration order, so register specific layouts before loose ones."""
+    def deco(read: Reader) -> Reader:
+        global FORMATS
+        if name in _REGISTRY or name == "auto":
+            raise ValueError(f"format {name!r} is already registered (or reserved); register it under another name")
+        _REGISTRY[name] = _Format(name, detect, layout, read)
+        FORMATS = tuple(_REGISTRY)
+        return read
+    return deco
 
 
 def _images(folder: Path, recursive: bool = False) -> list[Path]:
@@ -195,6 +225,12 @@ def _read_dagm_split(root: Path, folder: Path, group: str, split: str, problems:
     return samples
 
 
+def _is_dagm(root: Path) -> bool:
+    return bool(_dagm_class_dirs(root)) or _dagm_small(root) is not None
+
+
+@register_format("dagm", detect=_is_dagm,
+                 layout="Class<k>/{Train,Test}/ folders (DAGM 2007), or img/ + label/<id>_label.* (DAGM samples)")
 def read_dagm(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     small = _dagm_small(root)
     if small is not None and not _dagm_class_dirs(root):
@@ -232,6 +268,12 @@ def _kolektor_dirs(root: Path) -> list[Path]:
     return [d for d in _dirs(root) if _KOS_RE.match(d.name)]
 
 
+def _is_kolektor(root: Path) -> bool:
+    return bool(_kolektor_dirs(root))
+
+
+@register_format("kolektor", detect=_is_kolektor,
+                 layout="kos<NN>/ folders with Part<M>.jpg + Part<M>_label.bmp (KolektorSDD)")
 def read_kolektor(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     samples = []
     for d in _kolektor_dirs(root):
@@ -256,6 +298,11 @@ def _mt_dirs(root: Path) -> list[Path]:
     return [d for d in _dirs(root) if d.name.startswith("MT_") and (d / "Imgs").is_dir()]
 
 
+def _is_magnetic_tile(root: Path) -> bool:
+    return bool(_mt_dirs(root))
+
+
+@register_format("magnetic-tile", detect=_is_magnetic_tile, layout="MT_<Class>/Imgs/ folders (magnetic tile)")
 def read_magnetic_tile(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     samples = []
     for d in _mt_dirs(root):
@@ -282,6 +329,11 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
                   "test": "test", "testing": "test"}
 
 
+def _is_neu(root: Path) -> bool:
+    return (root / "img_dir").is_dir() and (root / "ann_dir").is_dir()
+
+
+@register_format("neu-seg", detect=_is_neu, layout="img_dir/<split>/ + ann_dir/<split>/ (NEU-Seg)")
 def read_neu(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     img_root, ann_root = root / "img_dir", root / "ann_dir"
     samples = []
@@ -317,6 +369,11 @@ def _mvtec_categories(root: Path) -> list[Path]:
     return [d for d in _dirs(root) if _is_mvtec_category(d)]
 
 
+def _is_mvtec(root: Path) -> bool:
+    return bool(_mvtec_categories(root))
+
+
+@register_format("mvtec", detect=_is_mvtec, layout="<category>/train/good + test/ + ground_truth/ (MVTec AD)")
 def read_mvtec(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     """MVTec AD. Its own split has no defects in train, so split is None: a supervised split is drawn
     stratified by category/type (`make_split`)."""
@@ -345,13 +402,12 @@ def read_mvtec(root: Path, problems: _Problems, allow_unlabeled: bool = False) -
 
 # ---------------------------------------------------------------- generic
 _GENERIC_IMAGES = ("images", "imgs", "image")
-_GENERIC_MASKS = ("masks", "mask", "labels", "annotations", "ground_truth", "gt")
-_MASK_SUFFIXES = ("_mask", "_label", "_gt")
+# Mask folders: io.MASK_DIR_NAMES; mask stem suffixes: io.MASK_SUFFIXES (shared with io.find_images).
 
 
 def _generic_dirs(root: Path) -> tuple[Path, Path] | None:
     img = next((root / n for n in _GENERIC_IMAGES if (root / n).is_dir()), None)
-    msk = next((root / n for n in _GENERIC_MASKS if (root / n).is_dir()), None)
+    msk = next((root / n for n in MASK_DIR_NAMES if (root / n).is_dir()), None)
     return (img, msk) if img and msk else None
 
 
@@ -365,6 +421,12 @@ def _read_class_names(root: Path) -> list[str]:
     return list(BINARY_CLASSES)
 
 
+def _is_generic(root: Path) -> bool:
+    return _generic_dirs(root) is not None
+
+
+@register_format("generic", detect=_is_generic,
+                 layout=f"images/ + masks/ folders (also {'/'.join(_GENERIC_IMAGES)} + {'/'.join(MASK_DIR_NAMES)})")
 def read_generic(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     """`images/` + `masks/` with matching stems (subfolders allowed; mask stem may end in _mask/_label/_gt).
     Masks are read with the "auto" rule (0/1 or class ids when all values <= 127, else > 127 is defect).
@@ -377,7 +439,7 @@ def read_generic(root: Path, problems: _Problems, allow_unlabeled: bool = False)
     for stem, p in masks_raw.items():
         key = stem
         if stem not in images:
-            for suf in _MASK_SUFFIXES:
+            for suf in MASK_SUFFIXES:
                 if stem.endswith(suf) and stem[: -len(suf)] in images:
                     key = stem[: -len(suf)]
                     break
@@ -403,31 +465,15 @@ def read_generic(root: Path, problems: _Problems, allow_unlabeled: bool = False)
 
 
 # ---------------------------------------------------------------- detection
-_DETECTORS: list[tuple[str, str, Callable[[Path], bool]]] = [
-    ("dagm", "Class<k>/{Train,Test}/ folders (DAGM 2007), or img/ + label/<id>_label.* (DAGM samples)",
-     lambda r: bool(_dagm_class_dirs(r)) or _dagm_small(r) is not None),
-    ("kolektor", "kos<NN>/ folders with Part<M>.jpg + Part<M>_label.bmp (KolektorSDD)",
-     lambda r: bool(_kolektor_dirs(r))),
-    ("magnetic-tile", "MT_<Class>/Imgs/ folders (magnetic tile)", lambda r: bool(_mt_dirs(r))),
-    ("neu-seg", "img_dir/<split>/ + ann_dir/<split>/ (NEU-Seg)",
-     lambda r: (r / "img_dir").is_dir() and (r / "ann_dir").is_dir()),
-    ("mvtec", "<category>/train/good + test/ + ground_truth/ (MVTec AD)", lambda r: bool(_mvtec_categories(r))),
-    ("generic", f"images/ + masks/ folders (also {'/'.join(_GENERIC_IMAGES)} + {'/'.join(_GENERIC_MASKS)})",
-     lambda r: _generic_dirs(r) is not None),
-]
-_READERS = {"dagm": read_dagm, "kolektor": read_kolektor, "magnetic-tile": read_magnetic_tile,
-            "neu-seg": read_neu, "mvtec": read_mvtec, "generic": read_generic}
-
-
 def detect_format(root: str | Path) -> str:
     """Name of the layout found at root (first match in FORMATS order); ValueError listing what it looked for."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
-    for name, _, test in _DETECTORS:
-        if test(root):
-            return name
-    looked = "\n".join(f"  - {name}: {what}" for name, what, _ in _DETECTORS)
+    for f in _REGISTRY.values():
+        if f.detect(root):
+            return f.name
+    looked = "\n".join(f"  - {f.name}: {f.layout}" for f in _REGISTRY.values())
     raise ValueError(f"{root}: no known dataset layout found. Looked for:\n{looked}\n"
                      "Arrange the data in one of these layouts (the generic one is simplest), or pass --format.")
 
@@ -439,15 +485,13 @@ def load_dataset(root: str | Path, format: str = "auto", skip_bad: bool = False,
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder; give the dataset's root folder")
     fmt = detect_format(root) if format == "auto" else format
-    if fmt not in _READERS:
+    if fmt not in _REGISTRY:
         raise ValueError(f"unknown format {format!r}; choose auto or one of: {', '.join(FORMATS)}")
-    if format != "auto":
-        test = next(t for n, _, t in _DETECTORS if n == fmt)
-        if not test(root):
-            what = next(w for n, w, _ in _DETECTORS if n == fmt)
-            raise ValueError(f"{root}: does not look like format {fmt!r} (expected {what})")
+    reader = _REGISTRY[fmt]
+    if format != "auto" and not reader.detect(root):
+        raise ValueError(f"{root}: does not look like format {fmt!r} (expected {reader.layout})")
     problems = _Problems(skip_bad)
-    samples, class_names = _READERS[fmt](root, problems, allow_unlabeled)
+    samples, class_names = reader.read(root, problems, allow_unlabeled)
     if not samples:
         found = "; ".join(f"{p}: {r}" for p, r in problems.skipped[:5])
         raise ValueError(f"{root}: no usable samples found for format {fmt!r}"

@@ -3,6 +3,8 @@
 `read_image(path, channels)` -> uint8 (H, W) gray or (H, W, 3) RGB. 16-bit images are scaled to 8 bits
 (x * 255 / 65535), palette images are converted to their colours, alpha is dropped.
 
+`find_images(inputs, recursive)` expands files and folders into the images to predict, listing what it skips.
+
 `read_mask(path, rule)` -> uint8 (H, W) class ids, with one of the mask rules:
 
 - ``"gt0"``:   defect (1) where the gray value is > 0 (KolektorSDD).
@@ -16,12 +18,21 @@ Every failure is a ValueError naming the file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MASK_RULES = ("gt0", "gt127", "ids", "auto")
+# Every suffix here decodes with read_image (8/16-bit gray, RGB; tested); compared lower-cased.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm")
+# Mask pixels with this value count for nothing: not in the loss, not in the metrics, not a defect.
+IGNORE_INDEX = 255
+# How masks are named on disk. A mask stem may end in one of these (generic layout: a0_mask.png for a0.png;
+# also DAGM/KolektorSDD _label, MVTec _mask); find_images uses them so masks are never predicted on.
+MASK_SUFFIXES = ("_mask", "_label", "_gt")
+# Mask folder names of the generic layout, in the order the generic reader looks for them.
+MASK_DIR_NAMES = ("masks", "mask", "labels", "annotations", "ground_truth", "gt")
 
 Image.MAX_IMAGE_PIXELS = None  # industrial images can be large; a truncated file still fails on load()
 
@@ -154,3 +165,69 @@ def write_png(path: str | Path, array: np.ndarray, compress: int = 1) -> None:
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def is_mask_name(path: Path) -> bool:
+    """True when the file stem ends in one of MASK_SUFFIXES (any case): a mask, not an image to predict."""
+    stem = path.stem.lower()
+    return any(stem.endswith(suf) for suf in MASK_SUFFIXES)
+
+
+# find_images also skips DAGM's Label/ (and the DAGM sample's label/) folders.
+_MASK_DIRS = frozenset({*MASK_DIR_NAMES, "label"})
+
+
+def find_images(inputs: Iterable[str | Path], recursive: bool = False
+                ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files and folders into the images to predict: (images, [(skipped path, reason)]).
+
+    A folder gives its IMAGE_SUFFIXES files (any case) sorted by name; hidden entries are skipped silently,
+    anything else skipped is listed with a reason: non-image files, mask files (stem ending in MASK_SUFFIXES),
+    mask folders (MASK_DIR_NAMES, Label) and, unless recursive, other sub-folders. Files given explicitly are
+    kept as given (even with another suffix, a mask name or missing: the reader reports them). A path given
+    twice (or reached twice) is kept once.
+    """
+    images: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    kept: set[Path] = set()  # resolved, so a/b.png and ./a/b.png are one image
+    searched: set[Path] = set()  # resolved folders: a folder given twice or a symlink loop is searched once
+
+    def keep(path: Path) -> None:
+        if path.resolve() in kept:
+            skipped.append((path, "given twice (kept once)"))
+            return
+        kept.add(path.resolve())
+        images.append(path)
+
+    def search(folder: Path) -> None:
+        searched.add(folder.resolve())
+        # Files and sub-folders sorted together by name: the order a file browser shows.
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue  # .DS_Store, .ipynb_checkpoints, editor swap files: never meant as input
+            if entry.is_dir():
+                if entry.name.lower() in _MASK_DIRS:
+                    skipped.append((entry, "mask/label folder"))
+                elif not recursive:
+                    skipped.append((entry, "sub-folder (pass --recursive)"))
+                elif entry.resolve() in searched:
+                    skipped.append((entry, "folder already searched (symbolic link)"))
+                else:
+                    search(entry)
+            elif not entry.is_file():
+                skipped.append((entry, "not a regular file"))
+            elif entry.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((entry, f"not an image (suffix {entry.suffix or 'none'})"))
+            elif is_mask_name(entry):
+                skipped.append((entry, "mask/label file"))
+            else:
+                keep(entry)
+
+    for p in map(Path, inputs):
+        if not p.is_dir():
+            keep(p)
+        elif p.resolve() in searched:
+            skipped.append((p, "folder given twice (searched once)"))
+        else:
+            search(p)
+    return images, skipped

@@ -1,6 +1,6 @@
-"""On-device augmentation of image and mask together (kornia), padding to a size multiple, normalisation.
+"""On-device augmentation of image and mask together (kornia).
 
-`Augmenter(preset, seed, ignore_index=255)(image (B,C,H,W) float, mask (B,H,W) long)` -> (image, mask) on
+`Augmenter(preset, seed, ignore_index=IGNORE_INDEX)(image (B,C,H,W) float, mask (B,H,W) long)` -> (image, mask) on
 the tensors' device. Geometry is applied identically to both: flips and 90° rotations are exact index
 operations; free rotation / scale / translation / shear is one affine warp per sample, bilinear with
 reflection padding for the image and nearest for the mask, where pixels that come from outside the image
@@ -12,7 +12,8 @@ device. `state_dict()` / `load_state_dict()` save and restore that generator so 
 
 Presets (`PRESETS`): "none" (identity), "light" (flips, 90° turns, mild brightness/contrast, faint noise),
 "strong" (plus free rotation, scale, translation, shear, blur, stronger photometric changes).
-Images are expected in [0, 1] (see `normalize`) and are clamped back to [0, 1].
+Images are expected in [0, 1] (the training step divides the uint8 batch by 255 and scales back, since
+models take raw 0..255 pixels) and are clamped back to [0, 1].
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from .io import IGNORE_INDEX
 
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -35,30 +37,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "blur": (0.3, (0.3, 1.5)), "noise": (0.5, 0.04),
     },
 }
-
-
-def normalize(image: torch.Tensor) -> torch.Tensor:
-    """uint8 batch -> float32 in [0, 1] (image / 255). No mean/std shift: models see [0, 1] inputs."""
-    return image.float().div_(255.0)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad bottom/right so H and W are multiples of `multiple`. x: (B,C,H,W) or (B,H,W) (masks: pass
-    value=ignore_index). Returns (padded, (H, W) before padding) so outputs can be cropped back."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x, (h, w)
-    if x.dtype.is_floating_point:
-        return F.pad(x, (0, pw, 0, ph), value=value), (h, w)
-    out = x.new_full((*x.shape[:-2], h + ph, w + pw), int(value))
-    out[..., :h, :w] = x
-    return out, (h, w)
-
-
-def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Undo pad_to_multiple: keep the top-left (H, W)."""
-    return x[..., : size[0], : size[1]]
 
 
 def _affine_matrices(angle: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor,
@@ -78,7 +56,7 @@ def _affine_matrices(angle: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor,
 class Augmenter:
     """Seeded joint image/mask augmentation; see the module docstring."""
 
-    def __init__(self, preset: str = "light", seed: int = 0, ignore_index: int = 255,
+    def __init__(self, preset: str = "light", seed: int = 0, ignore_index: int = IGNORE_INDEX,
                  photometric: bool = True, geometric: bool = True) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -114,10 +92,14 @@ class Augmenter:
                              f"{tuple(image.shape)} and {tuple(mask.shape)}")
         if not self.cfg:
             return image, mask
+        # Geometry first (image and mask together), then photometric changes (image only): the order in
+        # which random parameters are drawn, so a seed gives the same augmentation on any device.
+        image, mask = self._geometry(image.float(), mask.long())
+        return self._photometric(image), mask
+
+    def _geometry(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg, dev = self.cfg, image.device
         b, _, h, w = image.shape
-        image = image.float()
-        mask = mask.long()
 
         def where(sel: torch.Tensor, a: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
             sel = sel.to(dev).view(-1, *([1] * (a.ndim - 1)))
@@ -162,7 +144,10 @@ class Augmenter:
                 m_w = torch.where(m_w == 0, torch.full_like(m_w, self.ignore_index), m_w - 1)
                 image, mask = image.clone(), mask.clone()
                 image[di], mask[di] = img_w, m_w
-        # photometric (image only)
+        return image, mask
+
+    def _photometric(self, image: torch.Tensor) -> torch.Tensor:
+        cfg, dev, b = self.cfg, image.device, image.shape[0]
         if "contrast" in cfg:
             p, amount = cfg["contrast"]
             s = self._bern(p, b)
@@ -197,4 +182,4 @@ class Augmenter:
                 image = image + noise * std.view(-1, 1, 1, 1)
         if any(k in cfg for k in ("contrast", "brightness", "noise", "blur")):
             image = image.clamp_(0.0, 1.0)
-        return image, mask
+        return image

@@ -2,6 +2,8 @@
 
 Every segmenter returns logits (B, num_classes, H, W); classifiers return (B, num_classes). Each model
 has `size_multiple` (inputs must be multiples of it) and an `encoder` module (frozen in transfer learning).
+Registered networks take normalised input; `PixelModel` wraps one with its normalisation, and it is what
+training, checkpoints, export and inference use: raw pixel values (0..255) in, logits out.
 """
 from __future__ import annotations
 
@@ -56,6 +58,29 @@ def create_model(name: str, in_channels: int = 1, num_classes: int = 1, **option
         raise ValueError(f"bad option for model {name!r}: {exc}") from exc
     model.registry_name = name
     return model
+
+
+class PixelModel(nn.Module):
+    """The model that is trained, saved, exported and served: raw pixel values in, logits out.
+
+    forward(x): x (B, C, H, W) uint8 or float pixel values in 0..255 -> `net((x / 255 - mean) / std)`, the
+    logits of the wrapped network. The normalisation is one multiply-add with buffers (`scale`, `shift`), so
+    it travels in the state dict and in an exported ONNX graph: no caller normalises by itself.
+    """
+
+    def __init__(self, net: nn.Module, mean: float = 0.5, std: float = 0.25) -> None:
+        super().__init__()
+        if not std > 0:
+            raise ValueError(f"std={std} must be positive (data.std)")
+        self.net = net
+        self.register_buffer("scale", torch.tensor(1.0 / (255.0 * std)))
+        self.register_buffer("shift", torch.tensor(-mean / std))
+        # The registry facts callers read off a model (padding multiple, name, encoder to freeze).
+        self.size_multiple = int(getattr(net, "size_multiple", 1))
+        self.registry_name = getattr(net, "registry_name", type(net).__name__)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float() * self.scale + self.shift)
 
 
 def load_checkpoint_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -128,5 +153,5 @@ def _is_deeper_stage(key: str, own: dict) -> bool:
     return False
 
 
-__all__ = ["create_model", "list_models", "model_task", "load_encoder_weights", "load_checkpoint_state",
+__all__ = ["PixelModel", "create_model", "list_models", "model_task", "load_encoder_weights", "load_checkpoint_state",
            "CheapNet", "MobileUNet", "UNet", "EncoderUNet", "VGGClassifier", "MobileNetV2Classifier"]
