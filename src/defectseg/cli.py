@@ -157,7 +157,7 @@ def models() -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="Where the data, run folder and predictions go."),
-    steps: Optional[int] = typer.Option(None, help="Training steps (default 400: about 2.5 minutes on 2 idle cores)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default 400: about 3.5 minutes on 2 cores)."),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
