@@ -8,8 +8,8 @@ from rich.console import Console
 
 from . import config as C
 
-# Tuned so that the whole demo fits in about 3.5 minutes on 2 CPU cores (208 s measured on 2026-11-23). Images are generated at
-# 128x128 (DAGM's are 512x512) and half are defective (DAGM: 1 in 7) so a short run sees enough defects;
+# Tuned so that the whole demo fits in about 3.5 minutes on 2 CPU cores (208 s measured on 2026-11-23).
+# Images are generated at 128x128 (DAGM's are 512x512) and half are defective (DAGM: 1 in 7) so a short run sees enough defects;
 # evaluation still covers every test image (400), defect-free ones included. With fewer images (48 per
 # class) the 40-image validation split was too noisy to pick best.pt: test IoU ranged 0.26-0.57.
 DEMO = dict(size=128, n_per_class=80, classes=10, defective_fraction=1 / 2, seed=0, iterations=400)
