@@ -329,3 +329,81 @@ def read_image_gray(path):
     from defectseg.data import read_image
 
     return read_image(path, 1)
+
+
+def test_random_crops_are_reproducible_padded_and_find_defects():
+    import numpy as np
+
+    from defectseg.data import Sample
+    from defectseg.data.dataset import RandomCrops, SegmentationDataset
+
+    class Arrays(SegmentationDataset):  # in-memory images: no files needed
+        def __init__(self, pairs):
+            super().__init__([Sample(Path(f"{i}.png"), None) for i in range(len(pairs))])
+            self._cache = dict(enumerate(pairs))
+
+    big = np.zeros((100, 120), np.uint8), np.zeros((100, 120), np.uint8)
+    big[1][90:93, 5:8] = 1  # a 3x3 defect in a corner
+    small = np.full((20, 24), 7, np.uint8), np.zeros((20, 24), np.uint8)
+    ds = Arrays([big, small])
+    crops = RandomCrops(ds, [0] * 50 + [1], crop=32, defect_crops=1.0, seed=4)
+    items = [crops[k] for k in range(len(crops))]
+    assert all(it["image"].shape == (1, 32, 32) and it["mask"].shape == (32, 32) for it in items)
+    assert all(int((it["mask"] == 1).sum()) == 9 for it in items[:50])  # defect-centred: the whole defect in view
+    assert torch.equal(RandomCrops(ds, [0] * 50 + [1], 32, 1.0, seed=4)[7]["mask"], items[7]["mask"])
+    pad = items[50]["mask"]
+    assert (pad[:20, :24] == 0).all() and (pad[20:] == 255).all() and (pad[:, 24:] == 255).all()
+    assert (items[50]["image"] == 7).all()  # mirror padding repeats the image, not zeros
+    uniform = [RandomCrops(ds, [0] * 50, 32, 0.0, seed=s)[0]["mask"].sum().item() for s in range(50)]
+    assert sum(u > 0 for u in uniform) < 10  # uniform windows rarely see the small defect
+
+
+def test_epoch_order_oversamples_defective_images():
+    defective = [True] * 2 + [False] * 18
+    order = engine.epoch_order(20, defective, 0.5, torch.Generator().manual_seed(0))
+    assert len(order) == 20 and sum(defective[i] for i in order) == 10
+    assert sorted(engine.epoch_order(20, defective, None, torch.Generator().manual_seed(0))) == list(range(20))
+
+
+def test_crop_training_evaluates_at_native_resolution(tiny_data, tmp_path):
+    cfg = _cfg(tiny_data, tmp_path, "crop", epochs=1)
+    cfg.data.crop, cfg.data.defective_share = 16, 0.5
+    res = engine.train(cfg, quiet=True)
+    ck = engine.load_checkpoint(res.best)
+    assert ck["config"]["infer"]["tile"] == engine.NATIVE_TILE and cfg.infer.tile is None
+    assert 0.0 <= res.test_metrics["defect_iou"] <= 1.0
+    with pytest.raises(ValueError, match="multiple of 16"):
+        bad = _cfg(tiny_data, tmp_path, "crop2", epochs=1)
+        bad.data.crop = 24
+        engine.train(bad, quiet=True)
+
+
+def test_threshold_chosen_on_validation_is_stored_and_used(tiny_data, tmp_path):
+    import numpy as np
+    import yaml
+
+    from defectseg.infer import Predictor
+
+    cfg = _cfg(tiny_data, tmp_path, "frr", epochs=2)
+    cfg.infer.threshold_from, cfg.infer.target_frr = "val-frr", 0.0
+    res = engine.train(cfg, quiet=True)
+    ck = engine.load_checkpoint(res.best)
+    thr = ck["config"]["infer"]["threshold"]
+    assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["infer"]["threshold"] == thr
+    assert "(val-frr)" in (res.run_dir / "report.md").read_text()
+    # No defect-free validation image is called NG at that threshold (target 0), and the threshold is tight:
+    # a little lower, at least one is.
+    model, mcfg = engine.model_from_checkpoint(ck)
+    spec = engine.load_dataset(mcfg.data.root)
+    keys = json.loads((res.run_dir / "split.json").read_text())["val"]
+    val = engine.eval_set(mcfg, spec, engine.select(spec, keys), [], False)
+    free = [val.dataset.arrays(i)[0] for i in range(len(val)) if not val.dataset.arrays(i)[1].any()]
+    assert free
+    ng = lambda t: sum(r.verdict == "NG" for r in Predictor.from_checkpoint(res.best, device="cpu", threshold=t)
+                       .predict_arrays(free))
+    assert ng(thr) == 0
+    if thr > 1e-3:
+        assert ng(thr - 2e-4) >= 1
+    f1 = _cfg(tiny_data, tmp_path, "f1", epochs=1)
+    f1.infer.threshold_from = "val-f1"
+    assert 0.0 <= engine.load_checkpoint(engine.train(f1, quiet=True).best)["config"]["infer"]["threshold"] <= 1.0

@@ -23,6 +23,10 @@ PINNED_PARAMS = {
     "cheapnet-s": 277,
     "cheapnet-m": 4_387,
     "cheapnet-l": 140_291,
+    "cheapmix": 17_665,  # default width 32; 12*G^2 + 168*G + 1 (test_cheapmix_parameter_formula)
+    "cheapmix-s": 5_761,
+    "cheapmix-m": 17_665,
+    "cheapmix-l": 59_905,
     "mobile-unet": 4_403_689,
     "unet": 31_036_481,
     "unet-small": 1_940_817,
@@ -40,6 +44,10 @@ SIZES = {
     "cheapnet-s": [(16, 16), (64, 48)],
     "cheapnet-m": [(32, 48), (64, 64)],
     "cheapnet-l": [(16, 16), (32, 48)],
+    "cheapmix": [(32, 48), (64, 64)],
+    "cheapmix-s": [(16, 16), (64, 48)],
+    "cheapmix-m": [(32, 48), (64, 64)],
+    "cheapmix-l": [(16, 32), (48, 32)],
     "mobile-unet": [(32, 64), (64, 96)],
     "unet": [(16, 32), (32, 32)],
     "unet-small": [(16, 48), (64, 64)],
@@ -620,3 +628,123 @@ def test_mobilenetv2_blocks_residuals_and_activations_follow_torchvision():
             x = torch.randn_like(y)
     acts = [m for m in encoder.modules() if isinstance(m, (nn.ReLU, nn.ReLU6, nn.LeakyReLU))]
     assert len(acts) == 1 + 1 + 16 * 2 + 1 and all(isinstance(a, nn.ReLU6) for a in acts)
+
+
+# ----------------------------------------------------------------------------- CheapMix
+
+
+def _cheapmix_params(g: int, cin: int = 1, ncls: int = 1, blocks: int = 1) -> int:
+    """From the layer list: stem 3x3 conv (no bias) + BN; every separable block is dw 3x3 + BN + pw 1x1 + BN
+    (no conv biases), G^2 + 13G; 4 stages of (1 + blocks) such blocks, 4 decoder blocks; biased 1x1 head."""
+    separable = g * g + 13 * g
+    return 9 * cin * g + 2 * g + 4 * (1 + blocks) * separable + 4 * separable + ncls * (g + 1)
+
+
+@pytest.mark.parametrize("g", [1, 2, 8, 16, 32, 64, 128, 256])
+def test_cheapmix_parameter_formula(g: int):
+    with torch.device("meta"):
+        model = create_model("cheapmix", width=g)
+    assert count_params(model) == 12 * g * g + 168 * g + 1 == _cheapmix_params(g)
+
+
+def test_cheapmix_variants_options_and_general_count():
+    assert {n: create_model(n).width for n in ("cheapmix-s", "cheapmix-m", "cheapmix-l")} == {
+        "cheapmix-s": 16, "cheapmix-m": 32, "cheapmix-l": 64}
+    assert [12 * g * g + 168 * g + 1 for g in (16, 32, 64)] == [5_761, 17_665, 59_905]
+    with torch.device("meta"):
+        for blocks in (0, 1, 2, 3):
+            model = create_model("cheapmix", in_channels=3, num_classes=4, width=8, blocks=blocks)
+            assert model.blocks == blocks
+            assert count_params(model) == _cheapmix_params(8, cin=3, ncls=4, blocks=blocks)
+        assert count_params(create_model("cheapmix-s", blocks=0)) == 8 * 16 * 16 + 116 * 16 + 1
+    for bad in ({"width": 0}, {"width": -3}, {"blocks": -1}, {"blocks": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            create_model("cheapmix", **bad)
+    with pytest.raises(ValueError, match="cheapmix"):
+        create_model("cheapmix", conv="standard")  # CheapNet's option, not CheapMix's
+
+
+def test_cheapmix_layers_follow_the_design():
+    model = create_model("cheapmix", in_channels=3, num_classes=2, width=8, blocks=2)
+    assert model.size_multiple == 16
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert not any(isinstance(m, (nn.ConvTranspose2d, nn.LeakyReLU)) for m in model.modules())
+    # Constant width: every conv but the stem reads G channels and every conv but the head writes G.
+    assert convs[0] is model.stem[0] and tuple(convs[0].weight.shape) == (8, 3, 3, 3) and convs[0].groups == 1
+    assert convs[-1] is model.head and tuple(model.head.weight.shape) == (2, 8, 1, 1)
+    assert model.head.bias is not None and all(c.bias is None for c in convs[:-1])
+    for c in convs[1:-1]:
+        assert c.in_channels == c.out_channels == 8
+        assert (c.kernel_size, c.groups) in {((3, 3), 8), ((1, 1), 1)}  # depthwise 3x3 or pointwise 1x1
+    strided = [c for c in convs if c.stride != (1, 1)]
+    assert len(strided) == 4 and all(c.stride == (2, 2) and c.groups == 8 for c in strided)
+    assert [len(stage) for stage in model.stages] == [3, 3, 3, 3]  # downsampling block + 2 residual blocks
+    # The encoder (what freezing acts on) is the stem and the stages, nothing of the decoder or head.
+    enc = {id(p) for p in model.encoder.parameters()}
+    assert enc == {id(p) for m in (model.stem, *model.stages) for p in m.parameters()}
+    assert not enc & {id(p) for m in (model.decoder, model.head) for p in m.parameters()}
+
+
+def test_cheapmix_forward_matches_a_hand_written_reference():
+    """Wiring: stem, 4 stages, then per level bilinear x2 + ADD the skip + separable block; linear head."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = create_model("cheapmix", in_channels=2, num_classes=3, width=4).eval()
+    _randomize(model)
+    x = torch.randn(2, 2, 32, 48)
+    with torch.no_grad():
+        e = [model.stem(x)]
+        for stage in model.stages:
+            e.append(stage(e[-1]))
+        assert [tuple(t.shape[-2:]) for t in e] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+        d = e[4]
+        for i, skip in enumerate((e[3], e[2], e[1], e[0])):
+            d = model.decoder[i](F.interpolate(d, scale_factor=2, mode="bilinear", align_corners=False) + skip)
+        expected = F.conv2d(d, model.head.weight, model.head.bias)  # logits: no BN, no activation after
+        torch.testing.assert_close(model(x), expected)
+        # Zero-weight head: the logits are the bias everywhere (a prior set there is what the model starts from).
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([-4.0, 0.5, 2.0]))
+        torch.testing.assert_close(model(x), model.head.bias.view(1, 3, 1, 1).expand(2, 3, 32, 48))
+
+
+def test_cheapmix_residual_block_is_relu_of_input_plus_branch():
+    torch.manual_seed(0)
+    model = create_model("cheapmix", width=4).eval()
+    block = model.stages[0][1]
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        branch = block.body(x)
+        torch.testing.assert_close(block(x), torch.relu(x + branch))
+        assert (branch < 0).any()  # no ReLU at the end of the branch: it can subtract from the input
+        block.body[-1][1].weight.zero_()  # the branch's last BatchNorm gives its bias (0): identity + ReLU
+        torch.testing.assert_close(block(x), torch.relu(x))
+
+
+def test_cheapmix_bad_size_names_nearest_valid_size():
+    model = create_model("cheapmix-s").eval()
+    with pytest.raises(ValueError, match="cheapmix-s.*96x64"):
+        model(torch.zeros(1, 1, 100, 70))
+    with pytest.raises(ValueError, match="4-D"):
+        model(torch.zeros(1, 64, 64))
+
+
+def test_cheapmix_macs_closed_form():
+    """MACs by hand (the bilinear upsampling and the additions have none); matches FlopCounterMode too."""
+    from defectseg.bench import count_macs
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g, cin, ncls, blocks, h, w = 8, 3, 2, 2, 32, 48
+    hw = h * w
+    per_block = 9 * g + g * g  # depthwise 3x3 + pointwise 1x1 per output pixel
+    stem = hw * 9 * cin * g
+    stages = sum((1 + blocks) * per_block * hw // 4 ** i for i in (1, 2, 3, 4))
+    decoder = sum(per_block * hw // 4 ** i for i in (3, 2, 1, 0))
+    head = hw * g * ncls
+    model = create_model("cheapmix", in_channels=cin, num_classes=ncls, width=g, blocks=blocks)
+    expected = 2 * (stem + stages + decoder + head)  # batch 2
+    assert count_macs(model, (2, cin, h, w)) == expected
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.randn(2, cin, h, w))
+    assert counter.get_total_flops() == 2 * expected

@@ -23,6 +23,9 @@ class DataConfig:
     root: str = ""
     format: str = "auto"
     size: int = 256                      # square training resolution (images resized to size x size)
+    crop: int | None = None              # train on crop x crop windows at native resolution instead of resizing
+    defect_crops: float = 0.5            # crop mode: share of a defective image's crops centred on a defect pixel
+    defective_share: float | None = None  # share of each epoch's draws that are defective images (oversampling)
     channels: int = 1                    # 1 gray, 3 RGB (the model gets twice as many in reference mode)
     split_file: str | None = None        # reuse a split (e.g. magnetic-tile/split-70-15-15.json)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -74,6 +77,11 @@ class TrainConfig:
 @dataclass
 class InferConfig:
     threshold: float = 0.5
+    # How training sets `threshold` on the validation split for best.pt: "fixed" (keep it), "val-f1" (best
+    # pixel F1) or "val-frr" (the most sensitive threshold whose false-reject rate, the share of defect-free
+    # validation images called NG, stays within target_frr).
+    threshold_from: str = "fixed"
+    target_frr: float = 0.01
     min_area: int = 4
     connectivity: int = 8
     score: str = "mean"                  # mean | max probability inside a defect
@@ -145,7 +153,8 @@ _REGISTRIES: dict[str, tuple[str, str]] = {
     "train.schedule": (".engine", "SCHEDULES"),
     "train.monitor": (".engine", "MONITORS"),
 }
-_ENUMS: dict[str, list[str]] = {"train.task": ["segment", "classify"], "infer.score": ["mean", "max"]}
+_ENUMS: dict[str, list[str]] = {"train.task": ["segment", "classify"], "infer.score": ["mean", "max"],
+                                "infer.threshold_from": ["fixed", "val-f1", "val-frr"]}
 
 
 def _registry_choices() -> dict[str, Any]:
@@ -190,6 +199,9 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _RANGES: dict[str, tuple[Any, str]] = {
     "name": (lambda v: v.strip() not in ("", ".", ".."), "a non-empty run name (it names the run folder)"),
     "data.size": (lambda v: v >= 1, ">= 1"),
+    "data.crop": (lambda v: v >= 1, "null or >= 1 (a multiple of the model's size multiple)"),
+    "data.defect_crops": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.defective_share": (lambda v: 0 < v < 1, "null or in (0, 1)"),
     "data.workers": (lambda v: v >= 0, ">= 0"),
     "data.std": (lambda v: v > 0, "> 0 (images are divided by it)"),
     "data.fractions": (lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
@@ -207,6 +219,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.grad_clip": (lambda v: v > 0, "null or > 0"),
     "train.eval_every": (lambda v: v >= 1, ">= 1"),
     "infer.threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "infer.target_frr": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "infer.min_area": (lambda v: v >= 0, ">= 0"),
     "infer.tile": (lambda v: v >= 1, "null or >= 1"),
     "infer.tile_overlap": (lambda v: v >= 0, ">= 0"),

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import config as C
 from .data import DatasetSpec, SegmentationDataset, WithReference, group_references, load_dataset
+from .data.dataset import RandomCrops
 from .data.io import IGNORE_INDEX
 from .data.splits import load_split, make_split, save_split, select
 from .data.stats import class_pixel_counts, median_frequency_weights
@@ -208,9 +209,13 @@ class EvalSet:
 
 def split_dataset(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool
                   ) -> SegmentationDataset | WithReference:
-    """One split's training dataset at the training size; in reference mode each image gets its reference
-    (a file, or per group the first defect-free image of `pool`, the training samples)."""
-    size = (cfg.data.size, cfg.data.size)
+    """One split's training dataset: images at the training size, or at native size in crop mode (each epoch
+    then draws `RandomCrops` from them); in reference mode each image gets its reference (a file, or per group
+    the first defect-free image of `pool`, the training samples)."""
+    if cfg.data.crop and cfg.data.reference:
+        raise ValueError("crop training does not support reference mode yet; drop data.crop (resize training) "
+                         "or data.reference")
+    size = None if cfg.data.crop else (cfg.data.size, cfg.data.size)
     ds = SegmentationDataset(samples, size=size, channels=cfg.data.channels, cache=cache,
                              num_classes=spec.num_classes, skip_bad=cfg.data.skip_bad)
     if cfg.data.reference:
@@ -275,6 +280,52 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
     return {k: float(v) for k, v in out.items()}
 
 
+def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device,
+                        num_classes: int, rule: str, target_frr: float = 0.01, batch_size: int = 8) -> float:
+    """The operating threshold chosen on a (validation) split through the predict path.
+
+    rule "val-f1": the threshold with the best pixel F1 of the defect probability against the ground truth
+    over the whole split (before `min_area`: a pixel-level choice), searched on a 0.005 grid.
+    rule "val-frr": the lowest threshold at which at most `target_frr` of the split's defect-free images are
+    called NG by the one post-processing step (min_area included): for each defect-free image the highest
+    threshold that still yields a defect record is found by bisection (that set only grows as the threshold
+    falls), and the threshold is placed just above the allowed number of them.
+    """
+    from .infer import Predictor, torch_net
+    from .localize import PostProcess
+
+    predictor = Predictor(torch_net(model, cfg, num_classes, [], "segment", device), cfg.infer,
+                          batch_size=batch_size, tile=cfg.infer.tile,
+                          reference=None if split.references is None else split.references[0])
+    bins = np.linspace(0.0, 1.0, 201)
+    pos, neg, ng_levels = np.zeros(200), np.zeros(200), []
+    for chunk in _chunks(list(range(len(split))), batch_size, split.references):
+        predictor.use_reference(None if split.references is None else split.references[chunk[0]])
+        images, masks = zip(*(split.dataset.arrays(i) for i in chunk))
+        for r, gt in zip(predictor.predict_arrays(images), masks):
+            p = r.prob if r.prob.ndim == 2 else 1.0 - r.prob[0]
+            valid, truth = gt != IGNORE_INDEX, (gt > 0) & (gt != IGNORE_INDEX)
+            pos += np.histogram(p[truth], bins)[0]
+            neg += np.histogram(p[valid & ~truth], bins)[0]
+            if rule == "val-frr" and not truth.any():
+                lo, hi = 0.0, 1.0  # invariant: NG at lo (or lo == 0), OK above hi
+                for _ in range(14):
+                    mid = (lo + hi) / 2
+                    lo, hi = (mid, hi) if PostProcess(mid, cfg.infer.min_area, cfg.infer.connectivity)(r.prob).defects \
+                        else (lo, mid)
+                ng_levels.append(lo)
+    if rule == "val-f1":
+        tp = np.cumsum(pos[::-1])[::-1]  # defect pixels with probability >= bins[k]
+        fp = np.cumsum(neg[::-1])[::-1]
+        f1 = 2 * tp / np.maximum(2 * tp + fp + (pos.sum() - tp), 1)
+        return float(bins[int(np.argmax(f1))]) if pos.sum() else cfg.infer.threshold
+    levels = sorted(ng_levels, reverse=True)
+    allowed = int(target_frr * len(levels))
+    if not levels or allowed >= len(levels):
+        return cfg.infer.threshold if not levels else 0.0
+    return float(min(1.0, levels[allowed] + 1e-4))  # images at or below this level stay OK
+
+
 def _chunks(indices: list[int], size: int, references: Sequence[np.ndarray] | None) -> list[list[int]]:
     """Consecutive runs of at most `size` indices that share one reference (all share None)."""
     out: list[list[int]] = []
@@ -334,6 +385,27 @@ SCHEDULES: dict[str, Any] = {
 MONITORS = ("miou", "defect_iou", "mean_dice", "macc", "pixel_acc", "image_auroc", "image_ap", "image_acc")
 
 
+def epoch_order(n: int, defective: Sequence[bool] | None, share: float | None,
+                gen: torch.Generator) -> list[int]:
+    """The n draws of one epoch: a permutation of range(n), or, with `share`, round(share * n) draws of defective
+    images and the rest of defect-free ones (each group permuted, repeated as needed), shuffled together: rare
+    defects are seen as often as asked without dropping any defect-free image more than the count requires."""
+    if share is None or defective is None:
+        return torch.randperm(n, generator=gen).tolist()
+    pos = [i for i in range(n) if defective[i]]
+    neg = [i for i in range(n) if not defective[i]]
+    if not pos or not neg:
+        return torch.randperm(n, generator=gen).tolist()
+
+    def draw(pool: list[int], k: int) -> list[int]:
+        reps = -(-k // len(pool))
+        return [pool[j] for r in range(reps) for j in torch.randperm(len(pool), generator=gen).tolist()][:k]
+
+    k = round(share * n)
+    picks = draw(pos, k) + draw(neg, n - k)
+    return [picks[j] for j in torch.randperm(n, generator=gen).tolist()]
+
+
 def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
     """Freeze (or release) `model.encoder`: no gradients, and BatchNorm kept in eval mode so its running
     statistics do not move either (as SMP does). Call it after `model.train()`, which would undo the eval."""
@@ -362,8 +434,8 @@ class TrainStep:
 
     def __call__(self, images: torch.Tensor, mask: torch.Tensor) -> float:
         """images uint8 (B, C, H, W), mask (B, H, W) class ids, both on the model's device -> the batch loss."""
-        # The image label (any defect pixel) is read before augmentation can pad the mask with IGNORE_INDEX.
-        labels = (mask.flatten(1) > 0).any(1).float()
+        # The image label: any defect pixel (IGNORE_INDEX marks padding, not a defect).
+        labels = ((mask > 0) & (mask != IGNORE_INDEX)).flatten(1).any(1).float()
         # Image and mask are augmented together on the device; the Augmenter works in [0, 1], the model in 0..255.
         x, mask = self.augment(images.float() / 255.0, mask.long())
         x = x * 255.0
@@ -432,6 +504,7 @@ class RunResult:
     seconds: float
 
 
+NATIVE_TILE = 1024
 RUN_FILES = ("config.yaml", "split.json", "metrics.csv", "best.pt", "last.pt", "curves.png", "report.md")
 
 
@@ -444,7 +517,11 @@ class Trainer:
         self.world = init_distributed(cfg.train.device)
         self.device = self._device(cfg.train.device)
         ckpt = load_checkpoint(resume) if resume else None
-        self.cfg = cfg = C.from_dict(ckpt["config"]) if ckpt else cfg
+        self.cfg = cfg = C.from_dict(ckpt["config"] if ckpt else cfg.to_dict())  # a copy: the caller's stays
+        if cfg.data.crop and cfg.infer.tile is None:
+            # A model trained on native-resolution crops must see native pixels: evaluation and predict run it
+            # on whole images (padded), in windows of at most NATIVE_TILE when larger.
+            cfg.infer.tile = max(NATIVE_TILE, cfg.data.crop)
         self.task = cfg.train.task
         if model_task(cfg.model.name) != self.task:
             raise ValueError(f"model {cfg.model.name!r} is a {model_task(cfg.model.name)} model but the task is "
@@ -493,6 +570,11 @@ class Trainer:
         self.train_set = split_dataset(cfg, self.spec, train, pool, cfg.data.cache)
         if len(self.train_set) == 0:
             raise ValueError(f"the training split of {cfg.data.root} is empty; check the data folder and split file")
+        self.defective = None
+        if cfg.data.defective_share is not None:  # decodes (and caches) every training mask once
+            ds = getattr(self.train_set, "dataset", self.train_set)
+            self.defective = [bool(((m > 0) & (m != IGNORE_INDEX)).any()) for m in
+                              (ds.arrays(i)[1] for i in range(len(ds)))]
         self.eval_sets = {name: eval_set(cfg, self.spec, select(self.spec, self.split.get(name, [])), pool,
                                          cfg.data.cache) for name in ("val", "test")}
 
@@ -500,6 +582,10 @@ class Trainer:
         cfg, world = self.cfg, self.world
         self.n_logits = num_logits(cfg, self.spec.class_names)
         self.model = build_model(cfg, self.n_logits)
+        if cfg.data.crop and cfg.data.crop % self.model.size_multiple:
+            m = self.model.size_multiple
+            raise ValueError(f"data.crop {cfg.data.crop} must be a multiple of {m} for {cfg.model.name}; e.g. "
+                             f"{max(m, cfg.data.crop // m * m)}")
         if cfg.model.encoder_weights and ckpt is None:
             load_encoder_weights(self.model.net, cfg.model.encoder_weights)
         self.model.to(self.device)
@@ -567,11 +653,13 @@ class Trainer:
         # Everything random in this epoch derives from (seed, epoch): exact resume at epoch boundaries.
         epoch_seed = cfg.train.seed * 100003 + epoch
         torch.manual_seed(epoch_seed)
-        order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+        order = epoch_order(len(self.train_set), self.defective, cfg.data.defective_share,
+                            torch.Generator().manual_seed(epoch_seed))
         if world.world > 1:
             order = order[world.rank: world.world * (len(order) // world.world): world.world]
-        loader = DataLoader(Subset(self.train_set, order), batch_size=cfg.train.batch_size, shuffle=False,
-                            num_workers=cfg.data.workers)
+        data = (RandomCrops(self.train_set, order, cfg.data.crop, cfg.data.defect_crops, epoch_seed)
+                if cfg.data.crop else Subset(self.train_set, order))
+        loader = DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False, num_workers=cfg.data.workers)
         step.augment = Augmenter(cfg.data.augment, seed=epoch_seed, ignore_index=IGNORE_INDEX)
         step.model.train()
         set_encoder_frozen(self.model.net, epoch < cfg.model.freeze_encoder_epochs)
@@ -637,6 +725,7 @@ class Trainer:
         test_metrics: dict[str, float] = {}
         if self.world.main and evaluate_test:
             best_model, _ = model_from_checkpoint(load_checkpoint(self.best_path))
+            self._choose_threshold(best_model)
             if len(self.eval_sets["test"]):
                 test_metrics = evaluate_model(best_model, self.eval_sets["test"], self.cfg, self.device,
                                               self.n_logits, self.task, regions=self.task == "segment",
@@ -650,6 +739,22 @@ class Trainer:
             dist.barrier()
         return RunResult(self.run_dir, self.best_path, self.last_path, test_metrics, epochs_done,
                          time.time() - self.t_start)
+
+
+    def _choose_threshold(self, model: PixelModel) -> None:
+        """With infer.threshold_from set, pick the operating threshold on the validation split and store it in
+        best.pt and config.yaml, so evaluate, predict and the test figures below use it."""
+        rule = self.cfg.infer.threshold_from
+        if rule == "fixed" or self.task != "segment" or not len(self.eval_sets["val"]):
+            return
+        thr = calibrate_threshold(model, self.eval_sets["val"], self.cfg, self.device, self.n_logits, rule,
+                                  self.cfg.infer.target_frr, self.cfg.train.batch_size)
+        self.progress.log(f"threshold {thr:.4f} chosen on the validation split ({rule})")
+        self.cfg.infer.threshold = thr
+        ckpt = load_checkpoint(self.best_path)
+        ckpt["config"]["infer"]["threshold"] = thr
+        save_checkpoint(self.best_path, ckpt)
+        C.save_yaml(self.cfg, self.run_dir / "config.yaml")
 
 
 def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = False,
@@ -691,7 +796,8 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[st
              f"test {len(split.get('test', []))} (split.json)",
              f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}, schedule {cfg.train.schedule}, "
              f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
-             f"- post-processing: threshold {cfg.infer.threshold}, min_area {cfg.infer.min_area}, connectivity "
+             f"- post-processing: threshold {cfg.infer.threshold:.4g} ({cfg.infer.threshold_from}), min_area "
+             f"{cfg.infer.min_area}, connectivity "
              f"{cfg.infer.connectivity}, {'tiles of ' + str(cfg.infer.tile) if cfg.infer.tile else 'resize mode'}",
              f"- best epoch (by validation {cfg.train.monitor}): {best_epoch}; wall time {seconds:.0f} s", "",
              f"## Test split (whole split, defect-free images included; {how})", "",

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .formats import Sample
-from .io import read_image, read_mask
+from .io import IGNORE_INDEX, read_image, read_mask
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
@@ -168,6 +168,56 @@ def infer_channels(samples: Sequence[Sample], n: int = 8) -> int:
             if d > 8:
                 return 3
     return 1
+
+
+class RandomCrops(Dataset):
+    """One epoch of training windows at native resolution: item k is a `crop` x `crop` window of image
+    `order[k]` of `dataset` (which must hold native-size images: size=None).
+
+    With probability `defect_crops` a defective image's window is centred (give or take a quarter window) on one
+    of its defect pixels, so thin cracks and pits are seen far more often than uniform crops would show them;
+    otherwise the window is placed uniformly. Images smaller than the window are mirror-padded at the bottom
+    and right (as the Predictor pads at inference) and the padding is `ignore_index` in the mask. The window of
+    item k depends only on (seed, k): an epoch is reproducible whatever the loader's workers do.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, order: Sequence[int], crop: int, defect_crops: float,
+                 seed: int, ignore_index: int = IGNORE_INDEX) -> None:
+        if dataset.size is not None:
+            raise ValueError("RandomCrops needs a dataset of native-size images (size=None)")
+        self.dataset, self.order, self.crop = dataset, list(order), crop
+        self.defect_crops, self.seed, self.ignore_index = defect_crops, seed, ignore_index
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> dict:
+        i = self.order[k]
+        image, mask = self.dataset.arrays(i)
+        rng = np.random.default_rng([self.seed, k])
+        y, x = self._origin(mask, rng)
+        c = self.crop
+        image, mask = image[y:y + c, x:x + c], mask[y:y + c, x:x + c]
+        ph, pw = c - mask.shape[0], c - mask.shape[1]
+        if ph or pw:
+            image = np.pad(image, [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2), mode="symmetric")
+            mask = np.pad(mask, [(0, ph), (0, pw)], constant_values=self.ignore_index)
+        img = torch.from_numpy(np.array(image))  # a copy: cached arrays are read-only, and the window is small
+        img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1).contiguous()
+        return {"image": img, "mask": torch.from_numpy(np.array(mask)), "index": i}
+
+    def _origin(self, mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        """Top-left corner of the window inside the image (0 on an axis shorter than the window)."""
+        h, w = mask.shape
+        c = self.crop
+        if rng.random() < self.defect_crops:
+            ys, xs = np.nonzero((mask > 0) & (mask != self.ignore_index))
+            if ys.size:
+                j = rng.integers(ys.size)
+                jitter = rng.integers(-(c // 4), c // 4 + 1, size=2)
+                y, x = ys[j] - c // 2 + jitter[0], xs[j] - c // 2 + jitter[1]
+                return int(np.clip(y, 0, max(0, h - c))), int(np.clip(x, 0, max(0, w - c)))
+        return int(rng.integers(0, max(0, h - c) + 1)), int(rng.integers(0, max(0, w - c) + 1))
 
 
 class WithReference(Dataset):

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .cheapmix import VARIANTS as CHEAPMIX_VARIANTS, CheapMix
 from .cheapnet import VARIANTS as CHEAPNET_VARIANTS, CheapNet, unwrap_authors_checkpoint
 from .classifier import MobileNetV2Classifier, VGGClassifier
 from .layers import adapt_stem_weight
@@ -23,6 +24,8 @@ from .unet import ENCODERS, PLAIN_VARIANTS, EncoderUNet, UNet
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
     "cheapnet": (CheapNet, {"width": 32, "conv": "depthwise"}, "segment"),
     **{name: (CheapNet, {"width": g, "conv": "depthwise"}, "segment") for name, g in CHEAPNET_VARIANTS.items()},
+    "cheapmix": (CheapMix, {"width": 32, "blocks": 1}, "segment"),
+    **{name: (CheapMix, {"width": g, "blocks": 1}, "segment") for name, g in CHEAPMIX_VARIANTS.items()},
     "mobile-unet": (MobileUNet, {}, "segment"),
     **{name: (UNet, {"widths": w, "batch_norm": bn}, "segment") for name, (w, bn) in PLAIN_VARIANTS.items()},
     **{name: (EncoderUNet, {"encoder": name}, "segment") for name in ENCODERS},
@@ -154,4 +157,4 @@ def _is_deeper_stage(key: str, own: dict) -> bool:
 
 
 __all__ = ["PixelModel", "create_model", "list_models", "model_task", "load_encoder_weights", "load_checkpoint_state",
-           "CheapNet", "MobileUNet", "UNet", "EncoderUNet", "VGGClassifier", "MobileNetV2Classifier"]
+           "CheapNet", "CheapMix", "MobileUNet", "UNet", "EncoderUNet", "VGGClassifier", "MobileNetV2Classifier"]
