@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -247,26 +247,16 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
     and image AUROC/AP rank the image score (the highest defect probability). Defect-free images are included.
     With `regions`, per-defect box metrics too. Under DDP each rank takes every world-th image.
     """
-    from .infer import Predictor, torch_net
-
-    net = torch_net(model, cfg, num_classes, [], task, device)
     indices = list(range(world.rank, len(split), world.world))
     if task == "classify":
-        return _evaluate_classifier(net, split, indices, cfg.infer.threshold, batch_size, world)
+        return _evaluate_classifier(model, split, indices, cfg, device, batch_size, world)
     cm, img = ConfusionMatrix(max(2, num_classes)), ImageLevel()
     reg = RegionMetrics() if regions else None
-    predictor = None
-    for chunk in _chunks(indices, batch_size, split.references):
-        ref = None if split.references is None else split.references[chunk[0]]
-        if predictor is None:
-            predictor = Predictor(net, cfg.infer, batch_size=batch_size, tile=cfg.infer.tile, reference=ref)
-        predictor.use_reference(ref)
-        images, masks = zip(*(split.dataset.arrays(i) for i in chunk))
-        for r, gt in zip(predictor.predict_arrays(images), masks):
-            cm.update(torch.from_numpy(r.mask)[None], torch.from_numpy(np.array(gt))[None])  # cached: read-only
-            img.update([r.score], [bool(((gt > 0) & (gt != IGNORE_INDEX)).any())], [r.verdict == "NG"])
-            if reg is not None:
-                reg.update(r.defects, defects_from_mask(gt, cfg.infer.connectivity, ignore_index=IGNORE_INDEX))
+    for r, gt in predictions(model, split, cfg, device, num_classes, indices, batch_size):
+        cm.update(torch.from_numpy(r.mask)[None], torch.from_numpy(np.array(gt))[None])  # cached: read-only
+        img.update([r.score], [bool(((gt > 0) & (gt != IGNORE_INDEX)).any())], [r.verdict == "NG"])
+        if reg is not None:
+            reg.update(r.defects, defects_from_mask(gt, cfg.infer.connectivity, ignore_index=IGNORE_INDEX))
     if world.world > 1:
         cm.reduce_distributed()
         img.gather_distributed()
@@ -291,29 +281,22 @@ def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, dev
     threshold that still yields a defect record is found by bisection (that set only grows as the threshold
     falls), and the threshold is placed just above the allowed number of them.
     """
-    from .infer import Predictor, torch_net
     from .localize import PostProcess
 
-    predictor = Predictor(torch_net(model, cfg, num_classes, [], "segment", device), cfg.infer,
-                          batch_size=batch_size, tile=cfg.infer.tile,
-                          reference=None if split.references is None else split.references[0])
     bins = np.linspace(0.0, 1.0, 201)
     pos, neg, ng_levels = np.zeros(200), np.zeros(200), []
-    for chunk in _chunks(list(range(len(split))), batch_size, split.references):
-        predictor.use_reference(None if split.references is None else split.references[chunk[0]])
-        images, masks = zip(*(split.dataset.arrays(i) for i in chunk))
-        for r, gt in zip(predictor.predict_arrays(images), masks):
-            p = r.prob if r.prob.ndim == 2 else 1.0 - r.prob[0]
-            valid, truth = gt != IGNORE_INDEX, (gt > 0) & (gt != IGNORE_INDEX)
-            pos += np.histogram(p[truth], bins)[0]
-            neg += np.histogram(p[valid & ~truth], bins)[0]
-            if rule == "val-frr" and not truth.any():
-                lo, hi = 0.0, 1.0  # invariant: NG at lo (or lo == 0), OK above hi
-                for _ in range(14):
-                    mid = (lo + hi) / 2
-                    lo, hi = (mid, hi) if PostProcess(mid, cfg.infer.min_area, cfg.infer.connectivity)(r.prob).defects \
-                        else (lo, mid)
-                ng_levels.append(lo)
+    for r, gt in predictions(model, split, cfg, device, num_classes, None, batch_size):
+        p = r.prob if r.prob.ndim == 2 else 1.0 - r.prob[0]
+        valid, truth = gt != IGNORE_INDEX, (gt > 0) & (gt != IGNORE_INDEX)
+        pos += np.histogram(p[truth], bins)[0]
+        neg += np.histogram(p[valid & ~truth], bins)[0]
+        if rule == "val-frr" and not truth.any():
+            lo, hi = 0.0, 1.0  # invariant: a defect record at lo (or lo == 0), none above hi
+            for _ in range(14):
+                mid = (lo + hi) / 2
+                found = PostProcess(mid, cfg.infer.min_area, cfg.infer.connectivity)(r.prob).defects
+                lo, hi = (mid, hi) if found else (lo, mid)
+            ng_levels.append(lo)
     if rule == "val-f1":
         tp = np.cumsum(pos[::-1])[::-1]  # defect pixels with probability >= bins[k]
         fp = np.cumsum(neg[::-1])[::-1]
@@ -324,6 +307,23 @@ def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, dev
     if not levels or allowed >= len(levels):
         return cfg.infer.threshold if not levels else 0.0
     return float(min(1.0, levels[allowed] + 1e-4))  # images at or below this level stay OK
+
+
+def predictions(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device, num_classes: int,
+                indices: list[int] | None = None, batch_size: int = 8) -> Iterator[tuple[Any, np.ndarray]]:
+    """(infer.Result, native ground-truth mask (H, W)) per image of `split` (or of `indices`), through the predict
+    path: the Predictor with the config's `infer` section and its one post-processing step."""
+    from .infer import Predictor, torch_net
+
+    net = torch_net(model, cfg, num_classes, [], "segment", device)
+    predictor = None
+    for chunk in _chunks(list(range(len(split))) if indices is None else indices, batch_size, split.references):
+        ref = None if split.references is None else split.references[chunk[0]]
+        if predictor is None:
+            predictor = Predictor(net, cfg.infer, batch_size=batch_size, tile=cfg.infer.tile, reference=ref)
+        predictor.use_reference(ref)
+        images, masks = zip(*(split.dataset.arrays(i) for i in chunk))
+        yield from zip(predictor.predict_arrays(images), masks)
 
 
 def _chunks(indices: list[int], size: int, references: Sequence[np.ndarray] | None) -> list[list[int]]:
@@ -344,12 +344,15 @@ def _image_metrics(img: ImageLevel) -> dict[str, float]:
             "image_precision": il["precision"], "image_recall": il["recall"]}
 
 
-def _evaluate_classifier(net: Any, split: EvalSet, indices: list[int], threshold: float, batch_size: int,
-                         world: Dist) -> dict[str, float]:
+def _evaluate_classifier(model: PixelModel, split: EvalSet, indices: list[int], cfg: C.RunConfig,
+                         device: torch.device, batch_size: int, world: Dist) -> dict[str, float]:
     """Image metrics of a classifier at its training size, as the Predictor's gate sees images: the image is
-    predicted defective when its probability >= threshold."""
+    predicted defective when its probability >= infer.threshold."""
     from scipy.special import expit
 
+    from .infer import torch_net
+
+    net, threshold = torch_net(model, cfg, 1, [], "classify", device), cfg.infer.threshold
     img = ImageLevel()
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
