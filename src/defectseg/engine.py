@@ -216,22 +216,29 @@ def split_dataset(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list
         raise ValueError("crop training does not support reference mode yet; drop data.crop (resize training) "
                          "or data.reference")
     size = None if cfg.data.crop else (cfg.data.size, cfg.data.size)
-    ds = SegmentationDataset(samples, size=size, channels=cfg.data.channels, cache=cache,
-                             num_classes=spec.num_classes, skip_bad=cfg.data.skip_bad)
-    if cfg.data.reference:
-        return WithReference(ds, group_references(ds.samples, pool, size, cfg.data.channels, cfg.data.reference))
-    return ds
+    ds, refs = _images(cfg, spec, samples, pool, size, cache)
+    return ds if refs is None else WithReference(ds, refs)
 
 
 def eval_set(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool) -> EvalSet:
     """One split for evaluation (see `EvalSet`)."""
     size = (cfg.data.size, cfg.data.size) if cfg.train.task == "classify" else None
+    return EvalSet(*_images(cfg, spec, samples, pool, size, cache))
+
+
+def _images(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, size: tuple[int, int] | None,
+            cache: bool) -> tuple[SegmentationDataset, list[np.ndarray] | None]:
+    """A split's images and masks at `size` (None: native) and, in reference mode, one reference per image."""
     ds = SegmentationDataset(samples, size=size, channels=cfg.data.channels, cache=cache,
                              num_classes=spec.num_classes, skip_bad=cfg.data.skip_bad)
-    refs = None
-    if cfg.data.reference:
-        refs = group_references(ds.samples, pool, size, cfg.data.channels, cfg.data.reference)
-    return EvalSet(ds, refs)
+    refs = group_references(ds.samples, pool, size, cfg.data.channels, cfg.data.reference) \
+        if cfg.data.reference else None
+    return ds, refs
+
+
+def defect_pixels(mask: Any) -> Any:
+    """Boolean map of a mask's defect pixels (numpy or torch): any class but background and IGNORE_INDEX."""
+    return (mask > 0) & (mask != IGNORE_INDEX)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -254,7 +261,7 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
     reg = RegionMetrics() if regions else None
     for r, gt in predictions(model, split, cfg, device, num_classes, indices, batch_size):
         cm.update(torch.from_numpy(r.mask)[None], torch.from_numpy(np.array(gt))[None])  # cached: read-only
-        img.update([r.score], [bool(((gt > 0) & (gt != IGNORE_INDEX)).any())], [r.verdict == "NG"])
+        img.update([r.score], [bool(defect_pixels(gt).any())], [r.verdict == "NG"])
         if reg is not None:
             reg.update(r.defects, defects_from_mask(gt, cfg.infer.connectivity, ignore_index=IGNORE_INDEX))
     if world.world > 1:
@@ -287,7 +294,7 @@ def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, dev
     pos, neg, ng_levels = np.zeros(200), np.zeros(200), []
     for r, gt in predictions(model, split, cfg, device, num_classes, None, batch_size):
         p = r.prob if r.prob.ndim == 2 else 1.0 - r.prob[0]
-        valid, truth = gt != IGNORE_INDEX, (gt > 0) & (gt != IGNORE_INDEX)
+        valid, truth = gt != IGNORE_INDEX, defect_pixels(gt)
         pos += np.histogram(p[truth], bins)[0]
         neg += np.histogram(p[valid & ~truth], bins)[0]
         if rule == "val-frr" and not truth.any():
@@ -348,9 +355,7 @@ def _evaluate_classifier(model: PixelModel, split: EvalSet, indices: list[int], 
                          device: torch.device, batch_size: int, world: Dist) -> dict[str, float]:
     """Image metrics of a classifier at its training size, as the Predictor's gate sees images: the image is
     predicted defective when its probability >= infer.threshold."""
-    from scipy.special import expit
-
-    from .infer import torch_net
+    from .infer import classifier_probabilities, torch_net
 
     net, threshold = torch_net(model, cfg, 1, [], "classify", device), cfg.infer.threshold
     img = ImageLevel()
@@ -361,8 +366,8 @@ def _evaluate_classifier(model: PixelModel, split: EvalSet, indices: list[int], 
         if split.references is not None:
             refs = [torch.from_numpy(np.atleast_3d(split.references[i])).permute(2, 0, 1) for i in chunk]
             x = torch.cat([x, torch.stack(refs)], 1)
-        p = expit(net.logits(x.numpy()).reshape(len(chunk), -1)[:, 0].astype(np.float64))
-        img.update(p, [bool(it["mask"].gt(0).any()) for it in items], p >= threshold)
+        p = classifier_probabilities(net, x.numpy())
+        img.update(p, [bool(defect_pixels(it["mask"]).any()) for it in items], p >= threshold)
     if world.world > 1:
         img.gather_distributed()
     return {k: float(v) for k, v in _image_metrics(img).items()}
@@ -438,7 +443,7 @@ class TrainStep:
     def __call__(self, images: torch.Tensor, mask: torch.Tensor) -> float:
         """images uint8 (B, C, H, W), mask (B, H, W) class ids, both on the model's device -> the batch loss."""
         # The image label: any defect pixel (IGNORE_INDEX marks padding, not a defect).
-        labels = ((mask > 0) & (mask != IGNORE_INDEX)).flatten(1).any(1).float()
+        labels = defect_pixels(mask).flatten(1).any(1).float()
         # Image and mask are augmented together on the device; the Augmenter works in [0, 1], the model in 0..255.
         x, mask = self.augment(images.float() / 255.0, mask.long())
         x = x * 255.0
@@ -576,8 +581,7 @@ class Trainer:
         self.defective = None
         if cfg.data.defective_share is not None:  # decodes (and caches) every training mask once
             ds = getattr(self.train_set, "dataset", self.train_set)
-            self.defective = [bool(((m > 0) & (m != IGNORE_INDEX)).any()) for m in
-                              (ds.arrays(i)[1] for i in range(len(ds)))]
+            self.defective = [bool(defect_pixels(ds.arrays(i)[1]).any()) for i in range(len(ds))]
         self.eval_sets = {name: eval_set(cfg, self.spec, select(self.spec, self.split.get(name, [])), pool,
                                          cfg.data.cache) for name in ("val", "test")}
 

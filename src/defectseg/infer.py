@@ -51,7 +51,8 @@ from . import config as C
 from .data.io import read_image, to_gray, write_png
 from .localize import PostProcess
 
-__all__ = ["Result", "Predictor", "ResultWriter", "write_results", "load_net", "torch_net"]
+__all__ = ["Result", "Predictor", "ResultWriter", "write_results", "load_net", "torch_net",
+           "classifier_probabilities"]
 
 # A chunk of images in flight holds (for each image) the decoded image, its probability map and mask at native
 # size; capping its pixels keeps a folder of huge images from holding batch_size of them at once.
@@ -348,6 +349,11 @@ def _resize_prob(p: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def classifier_probabilities(net: _Net, batch: np.ndarray) -> np.ndarray:
+    """A classifier's defect probability (B,) float64 for a uint8 batch (B, C_in, h, w): sigmoid of logit 0."""
+    return expit(net.logits(batch).reshape(len(batch), -1)[:, 0].astype(np.float64))
+
+
 # ----------------------------------------------------------------------------- predictor
 @dataclass
 class _Item:
@@ -543,8 +549,7 @@ class Predictor:
         out: list[float] = []
         for i in range(0, len(images), self.batch_size):
             batch = np.stack([self._resized_input(self.gate, a) for a in images[i:i + self.batch_size]])
-            logits = self.gate.logits(batch)
-            out.extend(float(v) for v in expit(logits.reshape(len(batch), -1)[:, 0].astype(np.float64)))
+            out.extend(float(v) for v in classifier_probabilities(self.gate, batch))
         return out
 
     def _segment_resize(self, images: list[np.ndarray]) -> Iterator[np.ndarray]:

@@ -44,7 +44,7 @@ _PALETTE = np.array([[0, 0, 0], [255, 60, 60], [60, 200, 60], [60, 120, 255], [2
 def overlay(image: np.ndarray, mask: np.ndarray, defects: list[dict], alpha: float = 0.45) -> np.ndarray:
     """RGB uint8 picture: the image with defect pixels tinted by class, each defect boxed and labelled with its area.
 
-    image: (H, W) or (H, W, 3) uint8; mask: (H, W) class ids; defects: records from `localize.find_defects`.
+    image: (H, W) or (H, W, 3) uint8; mask: (H, W) class ids; defects: records from `localize.PostProcess`.
     """
     rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image.copy()
     colors = _PALETTE[np.minimum(mask, len(_PALETTE) - 1)]
