@@ -12,6 +12,7 @@ import torch
 from defectseg.metrics import (
     ConfusionMatrix,
     ImageLevel,
+    PixelRanking,
     auroc_score,
     average_precision_score,
     average_ranks,
@@ -296,3 +297,45 @@ def test_confusion_matrix_on_cuda_matches_cpu() -> None:
         torch.use_deterministic_algorithms(previous)
     assert gpu.matrix.device.type == "cuda" and gpu.matrix.dtype == torch.int64
     assert gpu.compute()["matrix"] == cpu.compute()["matrix"]
+
+
+# ---------------------------------------------------------------- PixelRanking
+
+
+def test_pixel_ranking_hand_computed():
+    # Defect pixels at 0.9 and 0.35, background at 0.6, 0.2, 0.2 (one ignored pixel at 0.99 must not count).
+    prob = np.array([[0.9, 0.35, 0.6], [0.2, 0.2, 0.99]])
+    truth = np.array([[True, True, False], [False, False, False]])
+    valid = np.array([[True, True, True], [True, True, False]])
+    r = PixelRanking(bins=100)
+    r.update(prob, truth, valid)
+    out = r.compute()
+    # AUROC: pairs (defect > background): 0.9 beats all 3, 0.35 beats the two 0.2 -> 5 of 6.
+    assert out["pixel_auroc"] == pytest.approx(5 / 6)
+    # AP: at 0.9 precision 1 (recall 1/2); at 0.35 precision 2/3 (recall 1) -> (1 + 2/3) / 2.
+    assert out["pixel_ap"] == pytest.approx((1 + 2 / 3) / 2)
+    # Best F1: threshold 0.9 gives 2/3; any threshold in (0.2, 0.35] gives 2*2/(2*2+1) = 0.8; the lowest bin
+    # edge above the 0.2 background pixels is returned.
+    assert out["best_f1"] == pytest.approx(0.8)
+    assert out["best_f1_threshold"] == pytest.approx(0.21)
+    assert out["best_f1_iou"] == pytest.approx(2 / 3)  # tp 2, fp 1, fn 0
+
+
+def test_pixel_ranking_matches_exact_scores_and_adds_up():
+    rng = np.random.default_rng(0)
+    truth = rng.random((2, 40, 50)) < 0.1
+    prob = np.floor(np.clip(rng.random((2, 40, 50)) * 0.7 + truth * 0.3, 0, 0.999) * 1000) / 1000 + 1e-6
+    whole, parts = PixelRanking(), PixelRanking()
+    whole.update(prob.reshape(80, 50), truth.reshape(80, 50))
+    for p, t in zip(prob, truth):  # two images accumulate into the same totals
+        parts.update(p, t)
+    assert whole.compute() == parts.compute()
+    out = whole.compute()  # every probability sits inside its own bin: the histogram figures are exact
+    assert out["pixel_auroc"] == pytest.approx(auroc_score(prob.ravel(), truth.ravel()))
+    assert out["pixel_ap"] == pytest.approx(average_precision_score(prob.ravel(), truth.ravel()))
+
+
+def test_pixel_ranking_undefined_without_both_kinds_of_pixels():
+    r = PixelRanking()
+    r.update(np.full((4, 4), 0.3), np.zeros((4, 4), bool))
+    assert all(math.isnan(v) for v in r.compute().values())

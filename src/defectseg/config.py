@@ -66,6 +66,7 @@ class TrainConfig:
     iterations: int | None = None        # if set, overrides epochs: train this many steps
     batch_size: int = 16
     grad_clip: float | None = None
+    prior_init: bool = True              # start a model's `head` bias at the training split's class prior
     amp: bool = True                     # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True           # NHWC activations: faster on CUDA and for CheapNet on the CPU
     seed: int = 0

@@ -40,9 +40,9 @@ from .data.io import IGNORE_INDEX
 from .data.splits import load_split, make_split, save_split, select
 from .data.stats import class_pixel_counts, median_frequency_weights
 from .data.transforms import Augmenter
-from .localize import RegionMetrics, defects_from_mask
+from .localize import RegionMetrics, defect_probability, defects_from_mask
 from .losses import build_loss
-from .metrics import ConfusionMatrix, ImageLevel
+from .metrics import ConfusionMatrix, ImageLevel, PixelRanking
 from .models import PixelModel, create_model, load_encoder_weights, model_task
 
 # v2 stores the PixelModel's weights (keys "net.*" plus the normalisation buffers); v1 stored the bare network's.
@@ -257,19 +257,22 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
     indices = list(range(world.rank, len(split), world.world))
     if task == "classify":
         return _evaluate_classifier(model, split, indices, cfg, device, batch_size, world)
-    cm, img = ConfusionMatrix(max(2, num_classes)), ImageLevel()
+    cm, img, ranking = ConfusionMatrix(max(2, num_classes)), ImageLevel(), PixelRanking()
     reg = RegionMetrics() if regions else None
     for r, gt in predictions(model, split, cfg, device, num_classes, indices, batch_size):
         cm.update(torch.from_numpy(r.mask)[None], torch.from_numpy(np.array(gt))[None])  # cached: read-only
+        ranking.update(defect_probability(r.prob), defect_pixels(gt), gt != IGNORE_INDEX)
         img.update([r.score], [bool(defect_pixels(gt).any())], [r.verdict == "NG"])
         if reg is not None:
             reg.update(r.defects, defects_from_mask(gt, cfg.infer.connectivity, ignore_index=IGNORE_INDEX))
     if world.world > 1:
         cm.reduce_distributed()
         img.gather_distributed()
-    pm = cm.compute()
+        ranking.reduce_distributed()
+    pm, pr = cm.compute(), ranking.compute()
     out = {"defect_iou": pm["defect_iou"], "miou": pm["miou"], "macc": pm["macc"], "pixel_acc": pm["pixel_acc"],
-           "mean_dice": pm["mean_dice"], **{f"iou_{i}": v for i, v in enumerate(pm["iou"])}, **_image_metrics(img)}
+           "mean_dice": pm["mean_dice"], **{f"iou_{i}": v for i, v in enumerate(pm["iou"])}, **_image_metrics(img),
+           "pixel_auroc": pr["pixel_auroc"], "pixel_ap": pr["pixel_ap"]}
     if reg is not None:
         rm = reg.compute()
         out.update({"region_ap50": rm["ap50"], "region_ap": rm["ap"], "region_precision50": rm["precision@0.5"],
@@ -282,7 +285,7 @@ def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, dev
     """The operating threshold chosen on a (validation) split through the predict path.
 
     rule "val-f1": the threshold with the best pixel F1 of the defect probability against the ground truth
-    over the whole split (before `min_area`: a pixel-level choice), searched on a 0.005 grid.
+    over the whole split (before `min_area`: a pixel-level choice), searched on a 0.001 grid (`PixelRanking`).
     rule "val-frr": the lowest threshold at which at most `target_frr` of the split's defect-free images are
     called NG by the one post-processing step (min_area included): for each defect-free image the highest
     threshold that still yields a defect record is found by bisection (that set only grows as the threshold
@@ -290,13 +293,10 @@ def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, dev
     """
     from .localize import PostProcess
 
-    bins = np.linspace(0.0, 1.0, 201)
-    pos, neg, ng_levels = np.zeros(200), np.zeros(200), []
+    ranking, ng_levels = PixelRanking(), []
     for r, gt in predictions(model, split, cfg, device, num_classes, None, batch_size):
-        p = r.prob if r.prob.ndim == 2 else 1.0 - r.prob[0]
-        valid, truth = gt != IGNORE_INDEX, defect_pixels(gt)
-        pos += np.histogram(p[truth], bins)[0]
-        neg += np.histogram(p[valid & ~truth], bins)[0]
+        truth = defect_pixels(gt)
+        ranking.update(defect_probability(r.prob), truth, gt != IGNORE_INDEX)
         if rule == "val-frr" and not truth.any():
             lo, hi = 0.0, 1.0  # invariant: a defect record at lo (or lo == 0), none above hi
             for _ in range(14):
@@ -305,10 +305,8 @@ def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, dev
                 lo, hi = (mid, hi) if found else (lo, mid)
             ng_levels.append(lo)
     if rule == "val-f1":
-        tp = np.cumsum(pos[::-1])[::-1]  # defect pixels with probability >= bins[k]
-        fp = np.cumsum(neg[::-1])[::-1]
-        f1 = 2 * tp / np.maximum(2 * tp + fp + (pos.sum() - tp), 1)
-        return float(bins[int(np.argmax(f1))]) if pos.sum() else cfg.infer.threshold
+        best = ranking.compute()["best_f1_threshold"]
+        return cfg.infer.threshold if math.isnan(best) else best
     levels = sorted(ng_levels, reverse=True)
     allowed = int(target_frr * len(levels))
     if not levels or allowed >= len(levels):
@@ -390,7 +388,8 @@ SCHEDULES: dict[str, Any] = {
                                                                                     total_steps=max(1, total)),
 }
 # Validation metrics that can pick best.pt (higher is better); a classifier has only the image_* ones.
-MONITORS = ("miou", "defect_iou", "mean_dice", "macc", "pixel_acc", "image_auroc", "image_ap", "image_acc")
+MONITORS = ("miou", "defect_iou", "mean_dice", "macc", "pixel_acc", "image_auroc", "image_ap", "image_acc",
+            "pixel_ap", "pixel_auroc")
 
 
 def epoch_order(n: int, defective: Sequence[bool] | None, share: float | None,
@@ -516,6 +515,29 @@ NATIVE_TILE = 1024
 RUN_FILES = ("config.yaml", "split.json", "metrics.csv", "best.pt", "last.pt", "curves.png", "report.md")
 
 
+def init_head_prior(head: nn.Module, counts: np.ndarray) -> bool:
+    """Set the bias of a biased 1x1 output conv to the class prior of the training pixels (RetinaNet's init).
+
+    At a zero bias every pixel starts at p(defect) = 0.5 and the first hundreds of steps only learn that defects
+    are rare (a few % of pixels), flattening every feature on the way; starting at the prior skips that phase.
+    counts: (N,) pixels per class, background first. One logit: log(p / (1 - p)) with p the defect share;
+    N logits (softmax): log(frequency of each class). Returns False (and changes nothing) for other heads.
+    """
+    if not isinstance(head, nn.Conv2d) or head.bias is None or counts.sum() == 0:
+        return False
+    freq = (counts.astype(np.float64) + 1) / (counts.sum() + len(counts))  # +1: no log(0) for a class never seen
+    if head.out_channels == 1:
+        p = 1 - freq[0]
+        bias = [math.log(p / (1 - p))]
+    elif head.out_channels == len(counts):
+        bias = np.log(freq).tolist()
+    else:
+        return False
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor(bias, dtype=head.bias.dtype))
+    return True
+
+
 class Trainer:
     """One training run: `__init__` sets everything up, `run()` trains, validates, checkpoints and finishes."""
 
@@ -595,6 +617,9 @@ class Trainer:
                              f"{max(m, cfg.data.crop // m * m)}")
         if cfg.model.encoder_weights and ckpt is None:
             load_encoder_weights(self.model.net, cfg.model.encoder_weights)
+        if cfg.train.prior_init and ckpt is None and self.task == "segment" and hasattr(self.model.net, "head"):
+            counts = class_pixel_counts(getattr(self.train_set, "dataset", self.train_set), self.spec.num_classes)
+            init_head_prior(self.model.net.head, counts)
         self.model.to(self.device)
         if cfg.train.channels_last:  # faster on CUDA, and for CheapNet training on the CPU too (1.5x measured)
             self.model.to(memory_format=torch.channels_last)

@@ -114,6 +114,12 @@ class Detection:
         return "NG" if self.defects else "OK"
 
 
+def defect_probability(prob: np.ndarray) -> np.ndarray:
+    """The probability that a pixel is a defect of any class: prob itself for one logit (H, W), 1 - p(background)
+    for class probabilities (N, H, W). The image score and the threshold rules all read this map."""
+    return prob if prob.ndim == 2 else 1.0 - prob[0]
+
+
 class PostProcess:
     """The one step from a probability map to the class mask, the defect records and the OK/NG verdict.
 
@@ -149,7 +155,7 @@ class PostProcess:
         """prob: (H, W) defect probability (sigmoid) or (N, H, W) class probabilities (softmax). Logits are
         rejected: apply sigmoid/softmax first."""
         prob = _check_prob(prob)
-        defect_p = prob if prob.ndim == 2 else 1.0 - prob[0]
+        defect_p = defect_probability(prob)
         score = float(defect_p.max())
         mask = np.zeros(defect_p.shape, np.uint8)
         # Most images on a line are OK: skip the connected-components pass (seconds on a 400 Mpx image). A

@@ -184,6 +184,62 @@ class ConfusionMatrix:
         }
 
 
+class PixelRanking:
+    """Threshold-free pixel metrics: how well the defect probability ranks defect pixels above background ones.
+
+    Keeps two histograms of the defect probability over `bins` equal bins of [0, 1], one for defect pixels and
+    one for background pixels (ignored pixels are left out), summed over the whole split: memory is constant
+    and shards add. From them: pixel AUROC (ties inside a bin count 1/2, as the trapezoidal ROC does), pixel AP
+    (a step integral over the bin edges from high to low), and the threshold (a bin edge) with the best pixel F1
+    together with that F1 and the defect IoU it gives, F1 / (2 - F1). Bin width 1/bins bounds the error of each.
+    Used to pick best.pt without depending on the operating threshold (monitors pixel_ap, pixel_auroc) and
+    to choose the threshold on validation (`engine.calibrate_threshold`, rule val-f1).
+    """
+
+    def __init__(self, bins: int = 1000) -> None:
+        self.bins = bins
+        self.pos = np.zeros(bins, np.int64)
+        self.neg = np.zeros(bins, np.int64)
+
+    def update(self, prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """prob (H, W) defect probability in [0, 1]; truth (H, W) bool defect pixels; valid (H, W) bool pixels
+        that count (None: all)."""
+        k = np.clip((np.asarray(prob, np.float64) * self.bins).astype(np.int64), 0, self.bins - 1)
+        keep = np.ones(k.shape, bool) if valid is None else np.asarray(valid, bool)
+        truth = np.asarray(truth, bool)
+        self.pos += np.bincount(k[keep & truth], minlength=self.bins)
+        self.neg += np.bincount(k[keep & ~truth], minlength=self.bins)
+
+    def reduce_distributed(self) -> None:
+        """Sum the histograms over all ranks (a no-op unless torch.distributed is initialised)."""
+        if _dist_ready():
+            t = torch.from_numpy(np.stack([self.pos, self.neg]))
+            if dist.get_backend() == "nccl":
+                t = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            self.pos, self.neg = t.cpu().numpy()
+
+    def compute(self) -> dict[str, float]:
+        """pixel_auroc, pixel_ap, best_f1, best_f1_iou, best_f1_threshold (NaN where a class of pixels is absent)."""
+        n_pos, n_neg = int(self.pos.sum()), int(self.neg.sum())
+        nan = {"pixel_auroc": math.nan, "pixel_ap": math.nan, "best_f1": math.nan, "best_f1_iou": math.nan,
+               "best_f1_threshold": math.nan}
+        if n_pos == 0 or n_neg == 0:
+            return nan
+        # tp[k], fp[k]: pixels with probability in bin k or above, i.e. called defect at threshold k / bins.
+        tp = np.cumsum(self.pos[::-1])[::-1].astype(np.float64)
+        fp = np.cumsum(self.neg[::-1])[::-1].astype(np.float64)
+        neg_below = n_neg - fp  # background pixels in lower bins
+        auroc = float(np.sum(self.pos * (neg_below + 0.5 * self.neg)) / (n_pos * n_neg))
+        # AP over the distinct thresholds from high to low: recall steps where a bin holds defect pixels.
+        precision = tp / np.maximum(tp + fp, 1)
+        ap = float(np.sum(self.pos[::-1] / n_pos * precision[::-1]))
+        f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
+        best = int(np.argmax(f1))
+        return {"pixel_auroc": auroc, "pixel_ap": ap, "best_f1": float(f1[best]),
+                "best_f1_iou": float(f1[best] / (2 - f1[best])), "best_f1_threshold": best / self.bins}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # image metrics
 # --------------------------------------------------------------------------------------------------------------
