@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cheapnet-m"
+    name: str = "cheapmix-m"                # learns real data on a CPU (benchmarks/results); paper models by name
     options: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None       # None: derived (1 logit for binary unless the loss is "ce")
     encoder_weights: str | None = None   # a local file with torchvision-named encoder weights
@@ -71,7 +71,8 @@ class TrainConfig:
     channels_last: bool = True           # NHWC activations: faster on CUDA and for CheapNet on the CPU
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    monitor: str = "miou"                # validation metric that picks best.pt (higher is better)
+    monitor: str = "pixel_ap"            # validation metric that picks best.pt (higher is better); pixel_ap
+                                         # does not depend on the threshold, which is chosen after training
     eval_every: int = 1
 
 
@@ -81,7 +82,7 @@ class InferConfig:
     # How training sets `threshold` on the validation split for best.pt: "fixed" (keep it), "val-f1" (best
     # pixel F1) or "val-frr" (the most sensitive threshold whose false-reject rate, the share of defect-free
     # validation images called NG, stays within target_frr).
-    threshold_from: str = "fixed"
+    threshold_from: str = "val-f1"
     target_frr: float = 0.01
     min_area: int = 4
     connectivity: int = 8
