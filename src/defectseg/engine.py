@@ -18,6 +18,7 @@ epoch k and resumed ends with the same weights as one that ran through.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import random
@@ -261,8 +262,9 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
     reg = RegionMetrics() if regions else None
     for r, gt in predictions(model, split, cfg, device, num_classes, indices, batch_size):
         cm.update(torch.from_numpy(r.mask)[None], torch.from_numpy(np.array(gt))[None])  # cached: read-only
-        ranking.update(defect_probability(r.prob), defect_pixels(gt), gt != IGNORE_INDEX)
-        img.update([r.score], [bool(defect_pixels(gt).any())], [r.verdict == "NG"])
+        truth = defect_pixels(gt)
+        ranking.update(defect_probability(r.prob), truth, gt != IGNORE_INDEX)
+        img.update([r.score], [bool(truth.any())], [r.verdict == "NG"])
         if reg is not None:
             reg.update(r.defects, defects_from_mask(gt, cfg.infer.connectivity, ignore_index=IGNORE_INDEX))
     if world.world > 1:
@@ -618,8 +620,7 @@ class Trainer:
         if cfg.model.encoder_weights and ckpt is None:
             load_encoder_weights(self.model.net, cfg.model.encoder_weights)
         if cfg.train.prior_init and ckpt is None and self.task == "segment" and hasattr(self.model.net, "head"):
-            counts = class_pixel_counts(getattr(self.train_set, "dataset", self.train_set), self.spec.num_classes)
-            init_head_prior(self.model.net.head, counts)
+            init_head_prior(self.model.net.head, self._class_counts)
         self.model.to(self.device)
         if cfg.train.channels_last:  # faster on CUDA, and for CheapNet training on the CPU too (1.5x measured)
             self.model.to(memory_format=torch.channels_last)
@@ -646,14 +647,19 @@ class Trainer:
             self.start_epoch, self.steps = ckpt["epoch"] + 1, ckpt["step"]
             self.best, self.best_epoch = ckpt["best"], ckpt["best_epoch"]
 
+    @functools.cached_property
+    def _class_counts(self) -> np.ndarray:
+        """Training pixels per class (decodes every training mask once; the prior init and the median-frequency
+        loss weights share it)."""
+        return class_pixel_counts(getattr(self.train_set, "dataset", self.train_set), self.spec.num_classes)
+
     def _loss(self) -> nn.Module:
         cfg = self.cfg.train
         if self.task == "classify":
             return nn.BCEWithLogitsLoss()
         weights = None
         if cfg.class_weights == "median-frequency":
-            counts = class_pixel_counts(getattr(self.train_set, "dataset", self.train_set), self.spec.num_classes)
-            weights = torch.tensor(median_frequency_weights(counts), dtype=torch.float32)
+            weights = torch.tensor(median_frequency_weights(self._class_counts), dtype=torch.float32)
         return build_loss(cfg.loss, class_weights=weights, **cfg.loss_options)
 
     # ---------------------------------------------------------------- the loop

@@ -39,6 +39,15 @@ def _dist_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def _sum_over_ranks(t: Tensor) -> Tensor:
+    """all_reduce(SUM) of `t` over the initialised process group; returns the summed tensor."""
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        # A rank that saw no batch still holds its CPU tensor; NCCL only moves CUDA tensors.
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def _nanmean(values: np.ndarray) -> float:
     """Mean of the non-NaN entries; NaN (without numpy's RuntimeWarning) when there are none."""
     kept = values[~np.isnan(values)]
@@ -123,12 +132,7 @@ class ConfusionMatrix:
             return
         if self._reduced:
             raise RuntimeError("reduce_distributed() was already called on this matrix; reset() it first")
-        matrix = self.matrix
-        if dist.get_backend() == "nccl" and matrix.device.type != "cuda":
-            # A rank that saw no batch still holds its CPU matrix; NCCL only moves CUDA tensors.
-            matrix = matrix.to(torch.device("cuda", torch.cuda.current_device()))
-        dist.all_reduce(matrix, op=dist.ReduceOp.SUM)
-        self.matrix = matrix
+        self.matrix = _sum_over_ranks(self.matrix)
         self._reduced = True
 
     def state_dict(self) -> dict[str, Any]:
@@ -213,11 +217,7 @@ class PixelRanking:
     def reduce_distributed(self) -> None:
         """Sum the histograms over all ranks (a no-op unless torch.distributed is initialised)."""
         if _dist_ready():
-            t = torch.from_numpy(np.stack([self.pos, self.neg]))
-            if dist.get_backend() == "nccl":
-                t = t.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            self.pos, self.neg = t.cpu().numpy()
+            self.pos, self.neg = _sum_over_ranks(torch.from_numpy(np.stack([self.pos, self.neg]))).cpu().numpy()
 
     def compute(self) -> dict[str, float]:
         """pixel_auroc, pixel_ap, best_f1, best_f1_iou, best_f1_threshold (NaN where a class of pixels is absent)."""
