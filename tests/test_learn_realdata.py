@@ -5,7 +5,7 @@ The subset is written to a temporary folder in the magnetic-tile layout: the Bre
 reference split (`split-70-15-15.json`) plus as many defect-free ones, downsized by 2 (so two minutes of CPU
 training sees the subset many times), keeping each image's split. All-background prediction scores defect IoU 0
 and pixel AUROC 0.5; the figures asserted are far from both and were measured well above them (see
-benchmarks/results/magnetic-tile/README.md).
+docs/results.md, section CI).
 """
 from __future__ import annotations
 
