@@ -390,7 +390,7 @@ def test_threshold_chosen_on_validation_is_stored_and_used(tiny_data, tmp_path):
     ck = engine.load_checkpoint(res.best)
     thr = ck["config"]["infer"]["threshold"]
     assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["infer"]["threshold"] == thr
-    assert "(val-frr)" in (res.run_dir / "report.md").read_text()
+    assert "(val-frr: 0 of " in (res.run_dir / "report.md").read_text()
     # No defect-free validation image is called NG at that threshold (target 0), and the threshold is tight:
     # a little lower, at least one is.
     model, mcfg = engine.model_from_checkpoint(ck)
@@ -407,3 +407,24 @@ def test_threshold_chosen_on_validation_is_stored_and_used(tiny_data, tmp_path):
     f1 = _cfg(tiny_data, tmp_path, "f1", epochs=1)
     f1.infer.threshold_from = "val-f1"
     assert 0.0 <= engine.load_checkpoint(engine.train(f1, quiet=True).best)["config"]["infer"]["threshold"] <= 1.0
+
+
+def test_f1_threshold_keeps_the_fixed_one_for_a_model_that_has_not_learned():
+    from defectseg.metrics import PixelRanking
+
+    learned = PixelRanking(bins=10)
+    learned.pos[8], learned.neg[2] = 20, 980  # every defect pixel above every background one
+    assert engine.f1_threshold(learned, 0.5) == (0.3, "best validation pixel F1 1.000")  # lowest tied threshold
+    blind = PixelRanking(bins=10)
+    blind.pos[:], blind.neg[:] = 2, 98  # the same distribution for both: the best "F1" calls every pixel a defect
+    thr, how = engine.f1_threshold(blind, 0.5)
+    assert thr == 0.5 and how.startswith("kept 0.5: the model has not learned") and "0.039" in how  # 40 / 1020
+    # A little skill is not enough: the best F1 must clear a tenth of the way from the trivial F1 to 1.
+    weak = PixelRanking(bins=10)
+    weak.pos[5:], weak.neg[5:], weak.neg[:5] = 4, 98, 98  # threshold 0.5: F1 = 40 / (40 + 490) = 0.075 < 0.135
+    assert engine.f1_threshold(weak, 0.4)[0] == 0.4
+    weak.neg[5:] = 10  # now F1 = 40 / 90 = 0.44 at threshold 0.5
+    assert engine.f1_threshold(weak, 0.4) == (0.5, "best validation pixel F1 0.444")
+    empty = PixelRanking(bins=10)
+    empty.neg[3] = 5
+    assert engine.f1_threshold(empty, 0.5)[0] == 0.5

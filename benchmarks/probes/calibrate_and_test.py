@@ -10,7 +10,7 @@ ck=engine.load_checkpoint(ck_path); model,cfg=engine.model_from_checkpoint(ck)
 spec=engine.load_dataset(cfg.data.root); split=engine.load_split(cfg.data.split_file)
 train=engine.select(spec, split["train"])
 val=engine.eval_set(cfg, spec, engine.select(spec, split["val"]), train, True)
-thr=engine.calibrate_threshold(model, val, cfg, torch.device("cpu"), ck["num_classes"], rule, 0.01)
+thr, how=engine.calibrate_threshold(model, val, cfg, torch.device("cpu"), ck["num_classes"], rule, 0.01)
 print("threshold", thr, flush=True)
 cfg.infer.threshold=thr
 test=engine.eval_set(cfg, spec, engine.select(spec, split["test"]), train, True)

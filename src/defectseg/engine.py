@@ -22,6 +22,7 @@ import functools
 import math
 import os
 import random
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -283,11 +284,16 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
 
 
 def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device,
-                        num_classes: int, rule: str, target_frr: float = 0.01, batch_size: int = 8) -> float:
-    """The operating threshold chosen on a (validation) split through the predict path.
+                        num_classes: int, rule: str, target_frr: float = 0.01,
+                        batch_size: int = 8) -> tuple[float, str]:
+    """The operating threshold chosen on a (validation) split through the predict path, and one line saying how.
 
     rule "val-f1": the threshold with the best pixel F1 of the defect probability against the ground truth
     over the whole split (before `min_area`: a pixel-level choice), searched on a 0.001 grid (`PixelRanking`).
+    A model that has not learned still has a "best" threshold: one low enough to call nearly every pixel a
+    defect (on a 2 % prior that scores F1 0.04). When the best F1 is not clearly above that of calling every
+    pixel a defect (less than a tenth of the way from it to 1), `cfg.infer.threshold` is kept and the line
+    says why, rather than shipping a model that marks whole images.
     rule "val-frr": the lowest threshold at which at most `target_frr` of the split's defect-free images are
     called NG by the one post-processing step (min_area included): for each defect-free image the highest
     threshold that still yields a defect record is found by bisection (that set only grows as the threshold
@@ -306,14 +312,34 @@ def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, dev
                 found = PostProcess(mid, cfg.infer.min_area, cfg.infer.connectivity)(r.prob).defects
                 lo, hi = (mid, hi) if found else (lo, mid)
             ng_levels.append(lo)
+    kept = cfg.infer.threshold
     if rule == "val-f1":
-        best = ranking.compute()["best_f1_threshold"]
-        return cfg.infer.threshold if math.isnan(best) else best
+        return f1_threshold(ranking, kept)
     levels = sorted(ng_levels, reverse=True)
     allowed = int(target_frr * len(levels))
-    if not levels or allowed >= len(levels):
-        return cfg.infer.threshold if not levels else 0.0
-    return float(min(1.0, levels[allowed] + 1e-4))  # images at or below this level stay OK
+    if not levels:
+        return kept, f"kept {kept:.4g}: the validation split has no defect-free image for val-frr"
+    if allowed >= len(levels):
+        return 0.0, f"target false-reject rate {target_frr} allows every one of {len(levels)} defect-free images"
+    # images at or below this level stay OK
+    return float(min(1.0, levels[allowed] + 1e-4)), (
+        f"{allowed} of {len(levels)} defect-free validation images NG (target false-reject rate {target_frr})")
+
+
+def f1_threshold(ranking: PixelRanking, fallback: float) -> tuple[float, str]:
+    """The best-F1 threshold of a split's pixel ranking and a line saying how it was chosen, or `fallback` (and
+    why) when the split lacks a pixel class or the best F1 is not clearly above that of calling every pixel a
+    defect: less than a tenth of the way from it to 1 (see `calibrate_threshold`)."""
+    best = ranking.compute()
+    if math.isnan(best["best_f1"]):
+        return fallback, f"kept {fallback:.4g}: the validation split lacks defect or background pixels for val-f1"
+    n_pos, n_neg = int(ranking.pos.sum()), int(ranking.neg.sum())
+    trivial = 2 * n_pos / (2 * n_pos + n_neg)  # F1 of calling every pixel a defect
+    if best["best_f1"] < trivial + 0.1 * (1 - trivial):
+        return fallback, (f"kept {fallback:.4g}: the model has not learned to separate defects on the validation "
+                          f"split (best pixel F1 {best['best_f1']:.3f}, calling every pixel a defect gives "
+                          f"{trivial:.3f}); train longer, or see docs/results.md for recipes that learn")
+    return best["best_f1_threshold"], f"best validation pixel F1 {best['best_f1']:.3f}"
 
 
 def predictions(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device, num_classes: int,
@@ -640,6 +666,7 @@ class Trainer:
                               torch.bfloat16 if cfg.train.amp else None, cfg.train.channels_last,
                               cfg.train.grad_clip)
         self.start_epoch, self.steps, self.best, self.best_epoch = 0, 0, -math.inf, -1
+        self.threshold_note = ""  # how _choose_threshold chose the operating threshold (for report.md)
         if ckpt is not None:
             _load_weights(self.model, ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -772,7 +799,7 @@ class Trainer:
 
             plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
             write_report(self.run_dir / "report.md", self.cfg, self.spec, self.split, test_metrics, self.best_epoch,
-                         time.time() - self.t_start)
+                         time.time() - self.t_start, self.threshold_note)
         if self.world.world > 1:
             dist.barrier()
         return RunResult(self.run_dir, self.best_path, self.last_path, test_metrics, epochs_done,
@@ -785,9 +812,13 @@ class Trainer:
         rule = self.cfg.infer.threshold_from
         if rule == "fixed" or self.task != "segment" or not len(self.eval_sets["val"]):
             return
-        thr = calibrate_threshold(model, self.eval_sets["val"], self.cfg, self.device, self.n_logits, rule,
-                                  self.cfg.infer.target_frr, self.cfg.train.batch_size)
-        self.progress.log(f"threshold {thr:.4f} chosen on the validation split ({rule})")
+        thr, how = calibrate_threshold(model, self.eval_sets["val"], self.cfg, self.device, self.n_logits, rule,
+                                       self.cfg.infer.target_frr, self.cfg.train.batch_size)
+        self.threshold_note = how
+        if how.startswith("kept"):  # a warning the user must see, even with -q
+            print(f"warning: threshold {how}", file=sys.stderr, flush=True)
+        else:
+            self.progress.log(f"threshold {thr:.4f} chosen on the validation split ({rule}: {how})")
         self.cfg.infer.threshold = thr
         ckpt = load_checkpoint(self.best_path)
         ckpt["config"]["infer"]["threshold"] = thr
@@ -822,7 +853,7 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
 
 
 def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[str, list[str]],
-                 metrics: dict[str, float], best_epoch: int, seconds: float) -> None:
+                 metrics: dict[str, float], best_epoch: int, seconds: float, threshold_note: str = "") -> None:
     how = ("images resized to the training size, as the gate sees them" if cfg.train.task == "classify" else
            "each image at its native size through the predict path: threshold, min_area and connected "
            "components of `localize.PostProcess`")
@@ -834,7 +865,8 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[st
              f"test {len(split.get('test', []))} (split.json)",
              f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}, schedule {cfg.train.schedule}, "
              f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
-             f"- post-processing: threshold {cfg.infer.threshold:.4g} ({cfg.infer.threshold_from}), min_area "
+             f"- post-processing: threshold {cfg.infer.threshold:.4g} ({cfg.infer.threshold_from}"
+             f"{': ' + threshold_note if threshold_note else ''}), min_area "
              f"{cfg.infer.min_area}, connectivity "
              f"{cfg.infer.connectivity}, {'tiles of ' + str(cfg.infer.tile) if cfg.infer.tile else 'resize mode'}",
              f"- best epoch (by validation {cfg.train.monitor}): {best_epoch}; wall time {seconds:.0f} s", "",
