@@ -657,7 +657,8 @@ def test_cheapmix_variants_options_and_general_count():
             assert model.blocks == blocks
             assert count_params(model) == _cheapmix_params(8, cin=3, ncls=4, blocks=blocks)
         assert count_params(create_model("cheapmix-s", blocks=0)) == 8 * 16 * 16 + 116 * 16 + 1
-    for bad in ({"width": 0}, {"width": -3}, {"blocks": -1}, {"blocks": 1.5}):
+        assert count_params(create_model("cheapmix-m", context=True)) == 17_665 + 32 * 32 + 32
+    for bad in ({"width": 0}, {"width": -3}, {"blocks": -1}, {"blocks": 1.5}, {"context": "yes"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             create_model("cheapmix", **bad)
     with pytest.raises(ValueError, match="cheapmix"):
@@ -683,6 +684,20 @@ def test_cheapmix_layers_follow_the_design():
     enc = {id(p) for p in model.encoder.parameters()}
     assert enc == {id(p) for m in (model.stem, *model.stages) for p in m.parameters()}
     assert not enc & {id(p) for m in (model.decoder, model.head) for p in m.parameters()}
+
+
+def test_cheapmix_context_reaches_every_pixel():
+    """With context=True a change in one corner of the input changes the output in the far corner (beyond the
+    convolutions' receptive field); without it, it does not."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 256, 256)
+    y = x.clone()
+    y[..., :16, :16] += 5.0
+    for context, changes in ((False, False), (True, True)):
+        model = create_model("cheapmix-s", context=context).eval()
+        with torch.no_grad():
+            far = (model(x) - model(y))[..., -16:, -16:].abs().max().item()
+        assert (far > 0) == changes, (context, far)  # random init: small but nonzero through the context
 
 
 def test_cheapmix_forward_matches_a_hand_written_reference():

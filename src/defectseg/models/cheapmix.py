@@ -13,8 +13,12 @@ Why it differs from the paper's CheapNet (models/cheapnet.py), which keeps the a
   width stays G everywhere (no concat), upsampling has no parameters and no MACs, and it is fast on a CPU,
   where grouped transposed convs are slow.
 
+- Optional global context (`context=True`): the bottleneck's mean over all positions, through a biased 1x1
+  G->G conv, is added back at every position, so each pixel's decision sees the whole image (the receptive
+  field of the convolutions alone is about 120 pixels). Under tiled inference the context is the tile's.
+
 Parameters for in_channels C, N classes, b residual blocks per stage (every conv before a BatchNorm has no bias):
-    9*C*G + 2*G  +  4*(1+b)*(G^2 + 13*G)  +  4*(G^2 + 13*G)  +  N*(G + 1)
+    9*C*G + 2*G  +  4*(1+b)*(G^2 + 13*G)  +  4*(G^2 + 13*G)  +  N*(G + 1)  [+ G^2 + G with context]
 i.e. 12*G^2 + 168*G + 1 for C = N = 1, b = 1 (G=16: 5,761; G=32: 17,665; G=64: 59,905).
 """
 from __future__ import annotations
@@ -54,20 +58,25 @@ class CheapMix(nn.Module):
     """Constant-width depthwise-separable U-Net with four stride-2 downsamplings (inputs: multiples of 16).
 
     Modules: `stem` (3x3 conv C->G, BN, ReLU, full resolution); `stages[i]` (separable stride-2 block, then
-    `blocks` residual blocks); `decoder[i]` (separable block after upsample x2 + skip); `head` (1x1 G->N, bias).
+    `blocks` residual blocks); `context` (global pooling + 1x1 conv, or None); `decoder[i]` (separable block after upsample x2 + skip); `head` (1x1 G->N, bias).
     forward: x (B, in_channels, H, W) -> logits (B, num_classes, H, W).
     """
 
     size_multiple = 2 ** DOWNSAMPLES
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 1, width: int = 32, blocks: int = 1) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 1, width: int = 32, blocks: int = 1,
+                 context: bool = False) -> None:
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive integer (e.g. 16, 32, 64), got {width!r}")
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
             raise ValueError(f"blocks (residual blocks per encoder stage) must be an integer >= 0, got {blocks!r}")
+        if not isinstance(context, bool):
+            raise ValueError(f"context (global context at the bottleneck) must be true or false, got {context!r}")
         g = width
         self.width, self.blocks = g, blocks
+        # Global context: no BatchNorm here (its input is one value per channel and image).
+        self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(g, g, 1)) if context else None
         self.stem = ConvBNAct(in_channels, g, 3)
         self.stages = nn.ModuleList(
             nn.Sequential(_separable(g, stride=2), *(ResidualBlock(g) for _ in range(blocks)))
@@ -88,6 +97,8 @@ class CheapMix(nn.Module):
         for stage in self.stages:
             skips.append(stage(skips[-1]))
         d = skips.pop()  # the bottleneck, 1/16 resolution
+        if self.context is not None:
+            d = d + self.context(d)  # (B, G, 1, 1) broadcast over every position
         for block, skip in zip(self.decoder, reversed(skips)):
             # x2 to the skip's size (exact: inputs are multiples of 16); size= rather than scale_factor= keeps
             # traced and exported graphs tied to the skip's shape.
