@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -132,12 +133,20 @@ def evaluate(
     from .engine import evaluate_checkpoint
 
     try:
+        if checkpoint.suffix.lower() == ".onnx":
+            raise ValueError(f"{checkpoint} is an exported model; evaluate the checkpoint it came from "
+                             "(--checkpoint runs/<name>/best.pt), or run `defectseg predict` with the .onnx")
         metrics = evaluate_checkpoint(checkpoint, data, split, format, device, split_file=split_file)
     except ValueError as exc:
         _fail(exc)
     console.print(_metrics_table(f"{split} split: {checkpoint}", metrics))
     if json_out:
-        json_out.write_text(json.dumps(metrics, indent=2))
+        # NaN (a metric undefined on this split) is not JSON: write null.
+        clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+        try:
+            json_out.write_text(json.dumps(clean, indent=2))
+        except OSError as exc:
+            _fail(ValueError(f"cannot write {json_out}: {exc.strerror}; choose a writable path for --json"))
 
 
 @app.command()
@@ -192,6 +201,7 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
     gate_threshold: float = typer.Option(0.5, help="Gate probability below which an image is OK."),
     reference: Optional[Path] = typer.Option(None, help="Defect-free reference image (reference-mode models)."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Write masks and results only."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous prediction in --out."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also predict images in sub-folders (mask "
                                                                    "folders such as Label/ stay skipped)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
@@ -212,7 +222,10 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
     from .infer import Predictor, ResultWriter
 
     try:
-        paths, skipped = find_images(inputs, recursive=recursive)
+        paths, skipped = find_images(inputs, recursive=recursive, exclude=out)
+        if any(p.resolve().parent == out.resolve() for p in paths):
+            raise ValueError(f"--out {out} holds input images: masks written there could replace inputs "
+                             "(a_mask.png) and be read back as inputs; choose a separate output folder")
         if not paths:
             raise ValueError(f"no image files ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in "
                              f"{', '.join(map(str, inputs))}" + (f" ({len(skipped)} entries skipped: "
@@ -232,7 +245,7 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
             console.print(f"  {path}: {why}")
     t0 = time.perf_counter()
     try:
-        with ResultWriter(out, overlays=not no_overlays) as writer:
+        with ResultWriter(out, overlays=not no_overlays, overwrite=overwrite) as writer:
             for r in predictor.predict_paths(paths):
                 writer.write(r)
                 if r.error is not None:

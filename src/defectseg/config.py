@@ -199,7 +199,10 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 # Ranges: key -> (test on a non-None value, what is expected).
 _RANGES: dict[str, tuple[Any, str]] = {
-    "name": (lambda v: v.strip() not in ("", ".", ".."), "a non-empty run name (it names the run folder)"),
+    # A plain folder name: "../x" or "/tmp/x" would put the run outside out_dir.
+    "name": (lambda v: v.strip() not in ("", ".", "..") and not re.search(r"[/\\]", v),
+             "a plain run name without / or \\ (it names the folder inside out_dir; choose the parent with "
+             "--out-dir)"),
     "data.size": (lambda v: v >= 1, ">= 1"),
     "data.crop": (lambda v: v >= 1, "null or >= 1 (a multiple of the model's size multiple)"),
     "data.defect_crops": (lambda v: 0 <= v <= 1, "in [0, 1]"),

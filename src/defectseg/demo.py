@@ -56,7 +56,7 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False,
               [smp.image for smp in test if not smp.defective][:4])
     from .infer import write_results
 
-    n_ng = write_results(predictor.predict_paths(images), pred_dir)
+    n_ng = write_results(predictor.predict_paths(images), pred_dir, overwrite=True)  # a rerun replaces them
     console.print(f"\n[bold green]demo done in {time.time() - t0:.0f} s[/bold green]")
     console.print(f"  test defect IoU: {m['defect_iou']:.3f}  (mIoU {m['miou']:.3f}, image AUROC "
                   f"{m['image_auroc']:.3f})")

@@ -576,6 +576,10 @@ class Trainer:
         self.device = self._device(cfg.train.device)
         ckpt = load_checkpoint(resume) if resume else None
         self.cfg = cfg = C.from_dict(ckpt["config"] if ckpt else cfg.to_dict())  # a copy: the caller's stays
+        # Stored resolved, so evaluate and predict find the data from any working directory.
+        cfg.data.root = str(Path(cfg.data.root).resolve()) if cfg.data.root else cfg.data.root
+        if cfg.data.split_file:
+            cfg.data.split_file = str(Path(cfg.data.split_file).resolve())
         if cfg.data.crop and cfg.infer.tile is None:
             # A model trained on native-resolution crops must see native pixels: evaluation and predict run it
             # on whole images (padded), in windows of at most NATIVE_TILE when larger.

@@ -682,9 +682,10 @@ class ResultWriter:
     defect columns, so every input appears. Counters: n_images, n_ok, n_ng, n_errors, n_defects, errors.
     """
 
-    def __init__(self, out_dir: str | Path, overlays: bool = True, masks: bool = True) -> None:
+    def __init__(self, out_dir: str | Path, overlays: bool = True, masks: bool = True,
+                 overwrite: bool = False) -> None:
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        _claim_output(self.out_dir, overwrite)
         self.overlays, self.masks = overlays, masks
         self._jsonl = open(self.out_dir / "results.jsonl", "w")
         self._csv_file = open(self.out_dir / "results.csv", "w", newline="")
@@ -732,9 +733,9 @@ class ResultWriter:
                 write_png(self.out_dir / f"{stem}_overlay.png", overlay(r.image, r.mask, r.defects))
                 rec["overlay"] = f"{stem}_overlay.png"
         self._jsonl.write(json.dumps(rec) + "\n")
-        base = {"path": rec["path"], "width": rec["width"], "height": rec["height"], "verdict": r.verdict,
+        base = {"path": _csv_safe(rec["path"]), "width": rec["width"], "height": rec["height"], "verdict": r.verdict,
                 "gate_probability": "" if r.gate_probability is None else f"{r.gate_probability:.6f}",
-                "error": r.error or ""}
+                "error": _csv_safe(r.error or "")}
         if r.defects:
             for i, d in enumerate(r.defects):
                 self._csv.writerow({**base, "defect": i, **{k: d[k] for k in ("x1", "y1", "x2", "y2", "area",
@@ -744,9 +745,41 @@ class ResultWriter:
             self._csv.writerow(base)
 
 
-def write_results(results: Iterable[Result], out_dir: str | Path, overlays: bool = True) -> int:
+def _csv_safe(text: str | None) -> str | None:
+    """A cell a spreadsheet shows as text: one starting with = + - @ or a tab/CR (a file named "=1+1.png")
+    would be run as a formula, so it gets a leading apostrophe (the OWASP CSV-injection rule)."""
+    return "'" + text if text and text[0] in "=+-@\t\r" else text
+
+
+def _claim_output(out_dir: Path, overwrite: bool) -> None:
+    """Create `out_dir`, or refuse one that already holds files unless `overwrite`; then the previous run's
+    results.jsonl/csv and the masks and overlays it lists are removed (nothing else), so no stale file stays."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output {out_dir} is a file; give a folder for --out")
+    held = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    if held and not overwrite:
+        raise ValueError(f"output folder {out_dir} is not empty ({len(held)} entries, e.g. {held[0].name}); "
+                         "choose a new --out, or pass --overwrite to replace a previous prediction there")
+    old = out_dir / "results.jsonl"
+    if held and old.is_file():
+        for line in old.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            for key in ("mask", "overlay"):
+                if rec.get(key):
+                    (out_dir / Path(rec[key]).name).unlink(missing_ok=True)
+    for name in ("results.jsonl", "results.csv"):
+        (out_dir / name).unlink(missing_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose a writable --out") \
+            from None
+
+
+def write_results(results: Iterable[Result], out_dir: str | Path, overlays: bool = True,
+                  overwrite: bool = False) -> int:
     """Write every result with a `ResultWriter`; returns the number of NG images."""
-    with ResultWriter(out_dir, overlays=overlays) as w:
+    with ResultWriter(out_dir, overlays=overlays, overwrite=overwrite) as w:
         for r in results:
             w.write(r)
     return w.n_ng

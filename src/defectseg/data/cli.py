@@ -19,10 +19,23 @@ def synth(out: Path = typer.Option(..., "--out", help="Folder to write the DAGM-
           seed: int = typer.Option(0, help="Random seed (same seed, same data)."),
           defective_fraction: float = typer.Option(1 / 7, help="Fraction of defective images per class."),
           classes: int = typer.Option(10, help="Number of texture classes (1..10)."),
-          test_fraction: float = typer.Option(0.5, help="Fraction of each class written to Test/.")) -> None:
+          test_fraction: float = typer.Option(0.5, help="Fraction of each class written to Test/."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace the Class<k> folders of an earlier "
+                                                                     "synth in --out.")) -> None:
     """Write synthetic DAGM-like data (Class<k>/{Train,Test}/, Label/Labels.txt, Label/<id>_label.PNG)."""
+    import shutil
+
     from .synthetic import write_dagm
 
+    # Old files mixed with new ones leave a dataset that no longer loads (labels of one run, images of another).
+    held = sorted(out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise typer.BadParameter(f"{out} is not empty ({len(held)} entries, e.g. {held[0].name}); choose an empty "
+                                 "or new folder, or pass --overwrite to replace an earlier synth there",
+                                 param_hint="--out")
+    for entry in held:
+        if entry.is_dir() and entry.name.startswith("Class"):
+            shutil.rmtree(entry)
     try:
         path = write_dagm(out, n_per_class=n_per_class, size=size, defective_fraction=defective_fraction,
                           seed=seed, classes=classes, test_fraction=test_fraction)

@@ -177,7 +177,7 @@ def is_mask_name(path: Path) -> bool:
 _MASK_DIRS = frozenset({*MASK_DIR_NAMES, "label"})
 
 
-def find_images(inputs: Iterable[str | Path], recursive: bool = False
+def find_images(inputs: Iterable[str | Path], recursive: bool = False, exclude: str | Path | None = None
                 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders into the images to predict: (images, [(skipped path, reason)]).
 
@@ -185,8 +185,11 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False
     anything else skipped is listed with a reason: non-image files, mask files (stem ending in MASK_SUFFIXES),
     mask folders (MASK_DIR_NAMES, Label) and, unless recursive, other sub-folders. Files given explicitly are
     kept as given (even with another suffix, a mask name or missing: the reader reports them). A path given
-    twice (or reached twice) is kept once.
+    twice (or reached twice) is kept once. The folder `exclude` (predict's output folder) is never searched, so
+    a second run does not read the first one's masks and overlays back as inputs; nor is any folder holding
+    a results.jsonl (an earlier prediction's output).
     """
+    excluded = Path(exclude).resolve() if exclude is not None else None
     images: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     kept: set[Path] = set()  # resolved, so a/b.png and ./a/b.png are one image
@@ -206,7 +209,11 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False
             if entry.name.startswith("."):
                 continue  # .DS_Store, .ipynb_checkpoints, editor swap files: never meant as input
             if entry.is_dir():
-                if entry.name.lower() in _MASK_DIRS:
+                if entry.resolve() == excluded:
+                    skipped.append((entry, "the output folder"))
+                elif (entry / "results.jsonl").is_file():
+                    skipped.append((entry, "an earlier prediction's output folder (holds results.jsonl)"))
+                elif entry.name.lower() in _MASK_DIRS:
                     skipped.append((entry, "mask/label folder"))
                 elif not recursive:
                     skipped.append((entry, "sub-folder (pass --recursive)"))

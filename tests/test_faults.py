@@ -1,0 +1,138 @@
+"""Bad inputs and faults a production user hits: nothing overwritten, nothing read back, nothing silent, and a
+one-line error that says how to fix it (docs/reliability.md lists the cases)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from defectseg.cli import app
+from defectseg.data.synthetic import write_dagm
+
+runner = CliRunner()
+
+
+def _ok(args: list[str]):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _refused(args: list[str], *needles: str):
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception  # no traceback
+    flat = " ".join(res.output.replace("│", " ").split())  # rich wraps long messages in a box
+    for n in needles:
+        assert n in flat, (n, res.output)
+    return res
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict[str, Path]:
+    """A one-epoch run on tiny synthetic data, trained with a relative data path from another folder."""
+    root = tmp_path_factory.mktemp("faults")
+    write_dagm(root / "data", n_per_class=8, size=32, defective_fraction=0.5, seed=3, classes=1)
+    images = root / "images"
+    images.mkdir()
+    for p in sorted((root / "data" / "Class1" / "Test").glob("*.PNG"))[:3]:
+        shutil.copy(p, images / p.name)
+    shutil.copy(next(images.iterdir()), images / "=1+1.png")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)  # the data path is given relative to here
+    try:
+        _ok(["train", "--data", "data", "--size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+             "--model", "cheapmix-s", "--out-dir", "runs", "--name", "r", "-q"])
+    finally:
+        os.chdir(cwd)
+    return {"root": root, "ckpt": root / "runs" / "r" / "best.pt", "images": images}
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a/b", "a\\b", ".."])
+def test_run_name_cannot_escape_out_dir(tmp_path, name):
+    _refused(["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "runs"), "--name", name],
+             "name:", "plain run name")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "runs").exists()
+
+
+def test_data_root_is_stored_resolved_and_evaluate_runs_from_anywhere(run, tmp_path, monkeypatch):
+    cfg = yaml.safe_load((run["ckpt"].parent / "config.yaml").read_text())
+    assert Path(cfg["data"]["root"]).is_absolute() and Path(cfg["data"]["root"]) == (run["root"] / "data")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the relative "data" would not resolve here
+    out = tmp_path / "m.json"
+    _ok(["evaluate", "--checkpoint", str(run["ckpt"]), "--json", str(out)])
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["defect_iou"] >= 0
+
+
+def test_evaluate_json_writes_null_for_undefined_metrics(run, tmp_path):
+    out = tmp_path / "m.json"
+    _ok(["evaluate", "--checkpoint", str(run["ckpt"]), "--split", "train", "--json", str(out)])
+    values = json.loads(out.read_text())  # json.loads accepts NaN; the text must not hold it
+    assert "NaN" not in out.read_text() and all(v is None or v == v for v in values.values())
+
+
+def test_evaluate_refuses_an_onnx_file_with_what_to_pass(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not used")
+    _refused(["evaluate", "--checkpoint", str(model)], "exported model", "best.pt")
+
+
+def test_predict_never_writes_into_its_input_folder(run):
+    before = sorted(p.name for p in run["images"].iterdir())
+    _refused(["predict", str(run["images"]), "--checkpoint", str(run["ckpt"]), "--out", str(run["images"]), "-q"],
+             "holds input images", "separate output folder")
+    assert sorted(p.name for p in run["images"].iterdir()) == before
+
+
+def test_predict_refuses_a_non_empty_output_unless_overwrite_then_leaves_no_stale_file(run, tmp_path):
+    out = tmp_path / "pred"
+    args = ["predict", str(run["images"]), "--checkpoint", str(run["ckpt"]), "--out", str(out), "-q"]
+    _ok(args)
+    assert len(list(out.glob("*_overlay.png"))) == 4
+    _refused(args, "not empty", "--overwrite")
+    (out / "mine.txt").write_text("a user's own file")
+    _ok(args + ["--overwrite", "--no-overlays"])
+    assert not list(out.glob("*_overlay.png"))  # the previous run's overlays are gone, not left stale
+    assert (out / "mine.txt").read_text() == "a user's own file"  # what predict did not write stays
+    assert len(out.joinpath("results.jsonl").read_text().splitlines()) == 4
+
+
+def test_predict_does_not_read_its_output_folder_back_as_input(run, tmp_path, monkeypatch):
+    work = tmp_path / "line"
+    shutil.copytree(run["images"], work)
+    monkeypatch.chdir(work)
+    _ok(["predict", ".", "--checkpoint", str(run["ckpt"]), "-r", "-q"])  # default --out: predictions/ in here
+    for out, why in (("predictions", "the output folder"), ("second", "an earlier prediction's output folder")):
+        res = _ok(["predict", ".", "--checkpoint", str(run["ckpt"]), "-r", "-q", "--out", out, "--overwrite"])
+        assert why in " ".join(res.output.split())
+        rows = list(csv.DictReader(open(work / out / "results.csv")))
+        assert len(rows) == 4 and not any("predictions" in r["path"] for r in rows)
+
+
+def test_csv_cells_cannot_run_as_spreadsheet_formulas(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(run["images"])
+    _ok(["predict", "=1+1.png", "--checkpoint", str(run["ckpt"]), "--out", str(tmp_path / "p"), "-q"])
+    rows = list(csv.DictReader(open(tmp_path / "p" / "results.csv")))
+    assert [r["path"] for r in rows] == ["'=1+1.png"]
+    assert json.loads((tmp_path / "p" / "results.jsonl").read_text())["path"] == "=1+1.png"  # JSON keeps it
+
+
+def test_data_synth_refuses_a_non_empty_folder(tmp_path):
+    out = tmp_path / "syn"
+    _ok(["data", "synth", "--out", str(out), "--n-per-class", "6", "--size", "32", "--classes", "1"])
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    _refused(["data", "synth", "--out", str(out), "--n-per-class", "3", "--size", "32", "--classes", "1"],
+             "not empty", "--overwrite")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    _ok(["data", "synth", "--out", str(out), "--n-per-class", "3", "--size", "32", "--classes", "1",
+         "--overwrite"])
+    _ok(["data", "stats", str(out)])  # the replaced data loads (no files of the first synth left)
+    assert len(list((out / "Class1").rglob("*.PNG"))) < len([p for p in before if p.suffix == ".PNG"])
