@@ -136,3 +136,55 @@ def test_data_synth_refuses_a_non_empty_folder(tmp_path):
          "--overwrite"])
     _ok(["data", "stats", str(out)])  # the replaced data loads (no files of the first synth left)
     assert len(list((out / "Class1").rglob("*.PNG"))) < len([p for p in before if p.suffix == ".PNG"])
+
+
+def test_unwritable_outputs_are_one_line_errors(run, tmp_path):
+    """A path under a regular file cannot be created, even as root (chmod would not stop root)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    ck = str(run["ckpt"])
+    _refused(["train", "--data", str(run["root"] / "data"), "--size", "32", "--epochs", "1", "--device", "cpu",
+              "--out-dir", str(blocker / "runs"), "--name", "r", "-q"], "cannot write the run folder", "--out-dir")
+    _refused(["predict", str(run["images"]), "--checkpoint", ck, "--out", str(blocker / "p"), "-q"],
+             "cannot create the output folder", "writable --out")
+    _refused(["export", "--checkpoint", ck, "--out", str(blocker / "m.onnx")], "cannot write", "writable --out")
+    _refused(["evaluate", "--checkpoint", ck, "--json", str(blocker / "m.json")], "cannot write", "--json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_plainly(tmp_path):
+    import os
+
+    import torch
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "ran"),))
+
+    torch.save({"format": "defectseg-checkpoint-v2", "x": RunsCode()}, tmp_path / "evil.pt")
+    res = _refused(["evaluate", "--checkpoint", str(tmp_path / "evil.pt")], "is not a safe checkpoint",
+                   "will not be loaded", "system")
+    assert "weights_only" not in res.output and not (tmp_path / "ran").exists()
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    """A full disk mid-write (torch.save raising after writing part of the file) leaves the old file whole and
+    no temp file behind."""
+    import torch
+
+    from defectseg import engine
+
+    path = tmp_path / "last.pt"
+    engine.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        engine.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert engine.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -21,7 +21,9 @@ import csv
 import functools
 import math
 import os
+import pickle
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -61,8 +63,18 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write atomically: a temp file in the same folder, then rename (a crash never leaves half a file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave an empty file
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill: the previous checkpoint stays, no temp file is left
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
     return path
 
 
@@ -73,6 +85,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"checkpoint {path} does not exist; pass runs/<name>/best.pt or last.pt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused an object: never retry with weights_only=False
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # the refused object, e.g. posix.system
+        raise ValueError(f"{path} is not a safe checkpoint: it holds Python objects other than tensors and plain "
+                         f"values{' (' + found.group(1) + ')' if found else ''}, which could run code when loaded, "
+                         "so it will not be loaded. Use a best.pt/last.pt written by `defectseg train`") from None
     except Exception as exc:
         raise ValueError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); "
                          "the file is corrupt or not a torch checkpoint: use a best.pt/last.pt written by "
@@ -616,8 +633,12 @@ class Trainer:
             if self.world.world > 1:
                 dist.barrier()
         if self.world.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            C.save_yaml(self.cfg, self.run_dir / "config.yaml")
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                C.save_yaml(self.cfg, self.run_dir / "config.yaml")
+            except OSError as exc:
+                raise ValueError(f"cannot write the run folder {self.run_dir}: {exc.strerror}; choose a writable "
+                                 "--out-dir") from None
 
     def _build_data(self) -> None:
         cfg = self.cfg

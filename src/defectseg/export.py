@@ -141,17 +141,23 @@ def _export_dynamo(model: nn.Module, dummy: torch.Tensor, dynamic: bool, opset: 
 
 
 def _write_atomic(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `data` to `path` through a temp file and a rename; an unwritable place is a ValueError."""
     # Same folder, so os.replace is an atomic rename; plain open (not mkstemp's 0600) gives the umask's mode.
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself is unusable: nothing was written
+        if isinstance(exc, OSError):
+            raise ValueError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from None
         raise
 
 

@@ -752,11 +752,14 @@ def _csv_safe(text: str | None) -> str | None:
 
 
 def _claim_output(out_dir: Path, overwrite: bool) -> None:
-    """Create `out_dir`, or refuse one that already holds files unless `overwrite`; then the previous run's
+    """Create `out_dir`, and refuse one that already holds files unless `overwrite`; then the previous run's
     results.jsonl/csv and the masks and overlays it lists are removed (nothing else), so no stale file stays."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output {out_dir} is a file; give a folder for --out")
-    held = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose a writable --out") \
+            from None
+    held = sorted(out_dir.iterdir())
     if held and not overwrite:
         raise ValueError(f"output folder {out_dir} is not empty ({len(held)} entries, e.g. {held[0].name}); "
                          "choose a new --out, or pass --overwrite to replace a previous prediction there")
@@ -769,11 +772,6 @@ def _claim_output(out_dir: Path, overwrite: bool) -> None:
                     (out_dir / Path(rec[key]).name).unlink(missing_ok=True)
     for name in ("results.jsonl", "results.csv"):
         (out_dir / name).unlink(missing_ok=True)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose a writable --out") \
-            from None
 
 
 def write_results(results: Iterable[Result], out_dir: str | Path, overlays: bool = True,
