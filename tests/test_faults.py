@@ -188,3 +188,67 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "save", real_save)
     assert engine.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def _train_args(run, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(run["root"] / "data"), "--size", "32", "--epochs", "1", "--batch-size", "4",
+            "--device", "cpu", "--model", "cheapmix-s", "--out-dir", str(out), "--name", "r", "-q", *extra]
+
+
+def test_a_second_training_into_a_locked_run_folder_is_refused(run, tmp_path):
+    import socket
+    import subprocess
+
+    folder = tmp_path / "r"
+    folder.mkdir()
+    live = subprocess.Popen(["sleep", "60"])  # stands for a training that is still running
+    try:
+        (folder / ".lock").write_text(f"{live.pid} {socket.gethostname()}")
+        _refused(_train_args(run, tmp_path), "in use by another training", str(live.pid), "another --name")
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # nothing of the refused run was written
+    finally:
+        live.kill()
+        live.wait()
+    # Its process is gone now: the lock is stale and the next run takes it, then releases it.
+    _ok(_train_args(run, tmp_path))
+    assert (folder / "best.pt").is_file() and not (folder / ".lock").exists()
+
+
+def test_a_stale_split_file_in_the_run_folder_does_not_override_split_file(run, tmp_path):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    all_keys = json.loads((run["ckpt"].parent / "split.json").read_text())
+    stale = {k: all_keys[k] for k in ("train", "val", "test")}
+    stale["test"], stale["val"] = stale["val"], stale["test"]  # a different split, left by a failed start
+    (folder / "split.json").write_text(json.dumps(stale))
+    chosen = tmp_path / "chosen.json"
+    chosen.write_text(json.dumps({k: all_keys[k] for k in ("train", "val", "test")}))
+    _ok(_train_args(run, tmp_path, "--split-file", str(chosen)))
+    used = json.loads((folder / "split.json").read_text())
+    assert used["test"] == all_keys["test"] and used["val"] == all_keys["val"]
+
+
+def test_kill_9_during_training_then_resume_finishes(run, tmp_path):
+    """SIGKILL mid-run leaves a loadable last.pt (written atomically) and a stale lock; --resume finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "r"
+    args = _train_args(run, tmp_path)
+    args[args.index("--epochs") + 1] = "12"
+    proc = subprocess.Popen([sys.executable, "-m", "defectseg.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (folder / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (folder / ".lock").exists()  # left behind by the killed process
+    from defectseg import engine
+
+    epoch = engine.load_checkpoint(folder / "last.pt")["epoch"]  # never torn
+    assert 0 <= epoch < 11
+    _ok(["train", "--resume", str(folder / "last.pt"), "-q"])
+    assert engine.load_checkpoint(folder / "last.pt")["epoch"] == 11 and not (folder / ".lock").exists()

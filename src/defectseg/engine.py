@@ -609,7 +609,7 @@ class Trainer:
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
         self._prepare_run_folder(fresh=ckpt is None, overwrite=overwrite)
         seed_everything(cfg.train.seed)
-        self._build_data()
+        self._build_data(resumed=ckpt is not None)
         self._build_model(ckpt)
         self.progress = _Progress(quiet, self.world.main)
 
@@ -622,7 +622,16 @@ class Trainer:
         return device
 
     def _prepare_run_folder(self, fresh: bool, overwrite: bool) -> None:
-        """A fresh run refuses a folder that holds a run unless `overwrite` (then it is cleared)."""
+        """Lock the folder for this run (`RunLock`); a fresh run refuses a folder that holds a run unless
+        `overwrite` (then it is cleared)."""
+        self.lock = RunLock(self.run_dir) if self.world.main else None
+        if self.lock is not None:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"cannot write the run folder {self.run_dir}: {exc.strerror}; choose a writable "
+                                 "--out-dir") from None
+            self.lock.acquire()
         if fresh and self.last_path.exists():
             if not overwrite:
                 raise ValueError(f"run folder {self.run_dir} already holds a run; continue it with --resume "
@@ -640,11 +649,13 @@ class Trainer:
                 raise ValueError(f"cannot write the run folder {self.run_dir}: {exc.strerror}; choose a writable "
                                  "--out-dir") from None
 
-    def _build_data(self) -> None:
+    def _build_data(self, resumed: bool) -> None:
         cfg = self.cfg
         self.spec = load_dataset(cfg.data.root, cfg.data.format, skip_bad=cfg.data.skip_bad,
                                  allow_unlabeled=cfg.data.allow_unlabeled)
-        self.split = prepare_split(cfg, self.spec, self.run_dir)
+        # Only a resumed run keeps the split.json in its folder: one left by a failed start of a fresh run must
+        # not override --split-file or the seeded split.
+        self.split = prepare_split(cfg, self.spec, self.run_dir if resumed else None)
         if self.world.main:
             save_split(self.run_dir / "split.json", self.split, seed=cfg.train.seed,
                        fractions=list(cfg.data.fractions), data=str(cfg.data.root))
@@ -858,7 +869,72 @@ def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = Fals
     A fresh run refuses a run folder that already holds a run unless `overwrite` (then it is cleared).
     stop_after_epoch: stop (as if interrupted) once that epoch's checkpoint is written; used by tests.
     """
-    return Trainer(cfg, resume, quiet, overwrite).run(stop_after_epoch)
+    trainer = Trainer(cfg, resume, quiet, overwrite)
+    try:
+        return trainer.run(stop_after_epoch)
+    finally:
+        if trainer.lock is not None:
+            trainer.lock.release()
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of one training: the file `.lock` holding "pid host".
+
+    Two trainings into one folder would interleave metrics.csv and mix one's best.pt with the other's last.pt,
+    so a second is refused while the first's process lives. A lock left by a dead process (kill -9, a crash)
+    on this host is stale and taken over; one from another host (a shared drive) cannot be checked and is
+    refused with the file to delete. A lock of this very process is taken over too (a failed start in the
+    same Python session leaves one behind).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        import socket
+
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):  # the second try follows the removal of a stale lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.path.read_text().split() if self.path.is_file() else []
+                if self._stale(owner):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise ValueError(f"run folder {self.path.parent} is in use by another training (pid "
+                                 f"{' on '.join(owner) or '?'}); pick another --name, or wait for it to finish "
+                                 f"(if no training runs there, delete {self.path})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return
+        raise ValueError(f"cannot lock {self.path.parent}: another training took it at the same moment")
+
+    @staticmethod
+    def _stale(owner: list[str]) -> bool:
+        import socket
+
+        if len(owner) != 2 or not owner[0].isdigit():
+            return True  # torn or foreign content: no live owner can be named
+        pid, host = int(owner[0]), owner[1]
+        if host != socket.gethostname():
+            return False
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
