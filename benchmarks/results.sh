@@ -27,6 +27,25 @@ MT_SPLIT=(--data "$MT" --split-file "$MT/split-70-15-15.json" --batch-size 16)
 row $R/magnetic-tile long-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 128 \
     --set data.defective_share=0.5 --set train.eval_every=5 --set infer.threshold_from=val-f1 \
     --set train.monitor=pixel_ap
+# The same, 80 epochs; at 192x192 (about two-thirds scale), 40 epochs; with global context, 40 epochs.
+row $R/magnetic-tile long80-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 80 --size 128 \
+    --set data.defective_share=0.5 --set train.eval_every=10
+row $R/magnetic-tile long-resize192 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 192 \
+    --set data.defective_share=0.5 --set train.eval_every=5
+row $R/magnetic-tile ctx-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --set model.options.context=true --lr 0.01 \
+    --epochs 40 --size 128 --set data.defective_share=0.5 --set train.eval_every=5
+# The CheapNet paper's recipe (BCE, Adam 0.01, step decay x0.1 at half and three quarters, no augmentation, no
+# oversampling) with the paper's CheapNet-M, on our budget: 128x128 and 40 epochs instead of 512x512 and 120.
+row $R/magnetic-tile paper-cheapnet-m "${MT_SPLIT[@]}" --preset cheapnet-paper --model cheapnet-m --size 128 \
+    --epochs 40 --set "train.milestones=[20,30]" --set train.eval_every=5
+# The Mobile-UNet paper's recipe (RGB, cross-entropy with median-frequency weights, Adam 1e-3), 128x128, 40 epochs.
+row $R/magnetic-tile paper-mobile-unet "${MT_SPLIT[@]}" --preset mobile-unet-paper --size 128 --epochs 40 \
+    --set train.eval_every=5
+# Two more seeds of long-resize128 (seed 0 is that row).
+for seed in 1 2; do
+  row $R/magnetic-tile long-resize128-seed$seed "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 \
+      --size 128 --set data.defective_share=0.5 --set train.eval_every=10 --set train.seed=$seed
+done
 # The same protocol with unet-small (1.94 M parameters), 15 epochs.
 row $R/magnetic-tile long-unet-resize128 "${MT_SPLIT[@]}" --model unet-small --lr 0.003 --epochs 15 --size 128 \
     --set data.defective_share=0.5 --set train.eval_every=5 --set infer.threshold_from=val-f1 \
@@ -40,8 +59,11 @@ row $R/magnetic-tile mix-pw20 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --ep
 row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss ce --lr 0.01 --epochs 6 --batch-size 16 \
     --set train.eval_every=2 --set train.monitor=miou --set infer.threshold_from=fixed --set train.prior_init=false
 
-# CPU batch-1 latency at the training sizes (2 threads).
+# CPU batch-1 latency at the training sizes (2 threads), then the plot of defect IoU against it.
 for size in 128 192; do
   "$PY" -m defectseg.cli benchmark --models cheapmix-m,unet-small,cheapnet-m --size $size --batch 1 --device cpu \
       --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size.md"
 done
+"$PY" -m defectseg.cli benchmark --models mobile-unet --channels 3 --size 128 --batch 1 --device cpu --threads 2 \
+    --repeats 30 --max-seconds 10 --quiet --out "$R/latency-128-rgb.md"
+"$PY" benchmarks/results_plot.py docs/results.png

@@ -1,7 +1,7 @@
 """Test defect IoU against CPU batch-1 latency, one point per model and dataset (its best finished run) of the results table (docs/results.md).
 
 Reads each run folder benchmarks/results/<dataset>/<run>/ that holds report.md (test metrics) and config.yaml
-(model, training size), and the latency tables benchmarks/results/latency-<size>.md written by
+(model, training size), and the latency tables benchmarks/results/latency-<size>[-rgb].md written by
 `defectseg benchmark` (median ms per model at that size). A run whose model and size have no latency row is
 listed and left out of the plot. Usage: python benchmarks/results_plot.py [OUT.png]  (default docs/results.png)
 """
@@ -30,7 +30,7 @@ def latencies() -> dict[tuple[str, int], float]:
     """(model, size) -> median batch-1 ms from every latency-<size>.md."""
     out = {}
     for path in ROOT.glob("latency-*.md"):
-        size = int(re.fullmatch(r"latency-(\d+)\.md", path.name).group(1))
+        size = int(re.fullmatch(r"latency-(\d+)(-\w+)?\.md", path.name).group(1))  # -rgb: 3 channels
         for row in table(path):
             if row.get("batch") == "1" and row.get("median ms"):
                 out[(row["model"], size)] = float(row["median ms"])
