@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Subset
 from . import config as C
 from .data import DatasetSpec, SegmentationDataset, WithReference, group_references, load_dataset
 from .data.dataset import RandomCrops
-from .data.io import IGNORE_INDEX
+from .data.io import IGNORE_INDEX, image_size
 from .data.splits import load_split, make_split, save_split, select
 from .data.stats import class_pixel_counts, median_frequency_weights
 from .data.transforms import Augmenter
@@ -557,6 +557,7 @@ class RunResult:
 
 
 NATIVE_TILE = 1024
+CHECK_DECODE_LIMIT = 5000  # splits up to this many samples are decoded whole before training (Trainer._check_files)
 RUN_FILES = ("config.yaml", "split.json", "metrics.csv", "best.pt", "last.pt", "curves.png", "report.md")
 
 
@@ -670,6 +671,38 @@ class Trainer:
             self.defective = [bool(defect_pixels(ds.arrays(i)[1]).any()) for i in range(len(ds))]
         self.eval_sets = {name: eval_set(cfg, self.spec, select(self.spec, self.split.get(name, [])), pool,
                                          cfg.data.cache) for name in ("val", "test")}
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Read every sample of every split before the first epoch, so a truncated test image fails now and not
+        after the training: a full decode (which fills the cache evaluation uses anyway) for splits of up to
+        CHECK_DECODE_LIMIT samples, the headers only for larger ones. With data.skip_bad the datasets have
+        decoded every sample and dropped (and listed) the bad ones already; here they are reported."""
+        sets = {"train": getattr(self.train_set, "dataset", self.train_set),
+                **{name: ev.dataset for name, ev in self.eval_sets.items()}}
+        if self.cfg.data.skip_bad:
+            self.skipped = [*self.spec.skipped, *((p, f"{name} split: {why}") for name, ds in sets.items()
+                                                  for p, why in getattr(ds, "skipped", []))]
+            for p, why in self.skipped:
+                print(f"skipped {p}: {why}", file=sys.stderr, flush=True)
+            return
+        self.skipped = list(self.spec.skipped)
+        bad = []
+        for name, ds in sets.items():
+            for i, smp in enumerate(ds.samples):
+                try:
+                    if len(ds.samples) <= CHECK_DECODE_LIMIT:
+                        ds.arrays(i)
+                    else:
+                        image_size(smp.image)
+                        if smp.mask is not None:
+                            image_size(smp.mask)
+                except ValueError as exc:
+                    bad.append(f"  {name} split: {exc}")
+        if bad:
+            raise ValueError(f"{len(bad)} samples cannot be read:\n" + "\n".join(bad[:10]) +
+                             ("\n  ..." if len(bad) > 10 else "") + "\nreplace or remove them, or pass --skip-bad to "
+                             "skip them (each is listed, and in report.md)")
 
     def _build_model(self, ckpt: dict[str, Any] | None) -> None:
         cfg, world = self.cfg, self.world
@@ -834,8 +867,10 @@ class Trainer:
             from .viz import plot_curves
 
             plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
-            write_report(self.run_dir / "report.md", self.cfg, self.spec, self.split, test_metrics, self.best_epoch,
-                         time.time() - self.t_start, self.threshold_note)
+            used = {"train": len(getattr(self.train_set, "dataset", self.train_set).samples),
+                    **{name: len(ev.dataset.samples) for name, ev in self.eval_sets.items()}}
+            write_report(self.run_dir / "report.md", self.cfg, self.spec, used, test_metrics, self.best_epoch,
+                         time.time() - self.t_start, self.threshold_note, self.skipped)
         if self.world.world > 1:
             dist.barrier()
         return RunResult(self.run_dir, self.best_path, self.last_path, test_metrics, epochs_done,
@@ -953,8 +988,10 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[str, list[str]],
-                 metrics: dict[str, float], best_epoch: int, seconds: float, threshold_note: str = "") -> None:
+def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, used: dict[str, int],
+                 metrics: dict[str, float], best_epoch: int, seconds: float, threshold_note: str = "",
+                 skipped: Sequence[tuple[Any, str]] = ()) -> None:
+    """report.md: the run's settings, the images each split used (skipped files listed), the test metrics."""
     how = ("images resized to the training size, as the gate sees them" if cfg.train.task == "classify" else
            "each image at its native size through the predict path: threshold, min_area and connected "
            "components of `localize.PostProcess`")
@@ -962,8 +999,8 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[st
              f"- model: `{cfg.model.name}` {cfg.model.options or ''}",
              f"- data: `{cfg.data.root}` (format {spec.format}, classes {spec.class_names}), "
              f"size {cfg.data.size}, augment {cfg.data.augment}",
-             f"- split: train {len(split.get('train', []))} / val {len(split.get('val', []))} / "
-             f"test {len(split.get('test', []))} (split.json)",
+             f"- split: train {used.get('train', 0)} / val {used.get('val', 0)} / test {used.get('test', 0)} images "
+             f"used (split.json{'; ' + str(len(skipped)) + ' files skipped, listed below' if skipped else ''})",
              f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}, schedule {cfg.train.schedule}, "
              f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
              f"- post-processing: threshold {cfg.infer.threshold:.4g} ({cfg.infer.threshold_from}"
@@ -975,9 +1012,9 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, split: dict[st
              "What each number means: docs/metrics.md.", "",
              "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
-    if spec.skipped:
-        lines += ["", f"## Skipped files ({len(spec.skipped)})", ""]
-        lines += [f"- `{p}`: {why}" for p, why in spec.skipped]
+    if skipped:
+        lines += ["", f"## Skipped files ({len(skipped)})", ""]
+        lines += [f"- `{p}`: {why}" for p, why in skipped]
     path.write_text("\n".join(lines) + "\n")
 
 

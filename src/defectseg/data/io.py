@@ -17,6 +17,8 @@ Every failure is a ValueError naming the file.
 """
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Iterable
 
@@ -34,19 +36,45 @@ MASK_SUFFIXES = ("_mask", "_label", "_gt")
 # Mask folder names of the generic layout, in the order the generic reader looks for them.
 MASK_DIR_NAMES = ("masks", "mask", "labels", "annotations", "ground_truth", "gt")
 
-Image.MAX_IMAGE_PIXELS = None  # industrial images can be large; a truncated file still fails on load()
+# Our own cap replaces Pillow's (which warns, then fails at 2x its limit): checked from the header before any
+# pixel is decoded, so a 400 KB PNG claiming 20000x20000 costs nothing. 150 M pixels lets line-scan images of
+# e.g. 16384 x 8192 through (predict tiles them); raise it with DEFECTSEG_MAX_PIXELS for larger ones.
+Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_PIXELS = 150_000_000
+
+
+def max_pixels() -> int:
+    """The pixel cap per image: DEFECTSEG_MAX_PIXELS if set (a positive integer), else DEFAULT_MAX_PIXELS."""
+    raw = os.environ.get("DEFECTSEG_MAX_PIXELS", "")
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"DEFECTSEG_MAX_PIXELS must be a positive integer (pixels per image), got {raw!r}")
+    return int(raw)
 
 
 def _open(path: Path) -> Image.Image:
     try:
         im = Image.open(path)
+        w, h = im.size
+        if w * h > max_pixels() or w < 1 or h < 1:
+            im.close()
+            raise _TooLarge(f"{path}: {w}x{h} pixels " + (
+                f"is over the cap of {max_pixels():,} pixels per image; if the image is genuine, raise it with "
+                "the environment variable DEFECTSEG_MAX_PIXELS" if w and h else "is an empty image"))
         im.load()  # force the full decode: truncated files raise here
         return im
+    except _TooLarge as exc:
+        raise ValueError(str(exc)) from None
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
                          "replace it, or remove the sample (or pass --skip-bad to skip it)") from None
+
+
+class _TooLarge(Exception):
+    """An image refused from its header (over the pixel cap, or empty)."""
 
 
 def _scale16(a: np.ndarray) -> np.ndarray:
