@@ -304,3 +304,37 @@ def test_an_unreadable_file_in_any_split_fails_before_training_or_is_listed_with
     split = json.loads((tmp_path / "runs" / "r" / "split.json").read_text())
     used = re.search(r"split: train (\d+) / val (\d+) / test (\d+) images used", report).groups()
     assert sum(map(int, used)) + 2 == sum(len(split[k]) for k in ("train", "val", "test"))
+
+
+def _write_generic(root: Path, n: int, defective: int) -> Path:
+    """images/ + masks/ with a mask file for every image; the first `defective` masks hold a defect."""
+    import numpy as np
+
+    from defectseg.data.io import write_png
+
+    rng = np.random.default_rng(0)
+    for j in range(n):
+        write_png(root / "images" / f"p{j:03d}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+        mask = np.zeros((32, 32), np.uint8)
+        if j < defective:
+            mask[8:16, 8:16] = 255
+        write_png(root / "masks" / f"p{j:03d}.png", mask)
+    return root
+
+
+def test_generic_split_is_stratified_by_defect_and_a_split_without_defects_is_reported(tmp_path):
+    from defectseg.data import load_dataset
+    from defectseg.data.splits import make_split
+
+    # 40 images, 8 with a defect: each split gets defective ones in proportion (val and test 15 %: one or two).
+    spec = load_dataset(_write_generic(tmp_path / "g", 40, 8))
+    defective = {f"images/p{j:03d}.png" for j in range(8)}
+    for seed in range(4):  # unstratified, seeds 1-3 gave [4, 2, 2], [5, 1, 2], [4, 3, 1]
+        split = make_split(spec, (0.7, 0.15, 0.15), seed=seed)
+        assert [len(defective & set(split[k])) for k in ("train", "val", "test")] == [6, 1, 1], seed
+    # With a single defective image, one of validation or test has none: training says so.
+    one = _write_generic(tmp_path / "one", 12, 1)
+    res = _ok(["train", "--data", str(one), "--size", "32", "--epochs", "1", "--batch-size", "4", "--device",
+               "cpu", "--model", "cheapmix-s", "--out-dir", str(tmp_path / "runs"), "--name", "r", "-q"])
+    flat = " ".join(res.output.split())
+    assert "split has no defective image among its" in flat and "data.fractions" in flat

@@ -672,6 +672,20 @@ class Trainer:
         self.eval_sets = {name: eval_set(cfg, self.spec, select(self.spec, self.split.get(name, [])), pool,
                                          cfg.data.cache) for name in ("val", "test")}
         self._check_files()
+        if self.task == "segment":
+            self._warn_without_defects()
+
+    def _warn_without_defects(self) -> None:
+        """Say so when the validation or test split holds no defective image (its masks are decoded and cached
+        by now): best.pt, the threshold and the test figures would then be chosen on, or say, nothing."""
+        for name, ev in self.eval_sets.items():
+            ds, n = ev.dataset, len(ev.dataset.samples)
+            if 0 < n <= CHECK_DECODE_LIMIT and not any(defect_pixels(ds.arrays(i)[1]).any() for i in range(n)):
+                what = "best.pt and the threshold would be chosen on nothing" if name == "val" else \
+                    "the test figures would say nothing about defects"
+                print(f"warning: the {name} split has no defective image among its {n}: {what}; add defective "
+                      "images, or give more of them to it (data.fractions, --split-file)", file=sys.stderr,
+                      flush=True)
 
     def _check_files(self) -> None:
         """Read every sample of every split before the first epoch, so a truncated test image fails now and not

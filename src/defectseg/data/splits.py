@@ -1,6 +1,7 @@
 """Seeded, stratified train/val/test splits over sample keys, saved as JSON and reused.
 
-Stratum = (sample.group, sample.defective). Within each stratum (keys sorted, then shuffled with the seed)
+Stratum = (sample.group, sample.defective), the latter read from the mask where the layout leaves it unknown.
+Within each stratum (keys sorted, then shuffled with the seed)
 round(n * f_val) go to val, round(n * f_test) to test and the rest to train, so the split does not depend
 on the order samples come in. Dataset-given splits (`sample.split`) are kept; a split the dataset lacks is
 carved out of its train part (e.g. DAGM Train/Test -> val carved from Train, seeded and stratified).
@@ -10,6 +11,7 @@ File format (same as shared/data/magnetic-tile/split-70-15-15.json):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .formats import DatasetSpec, Sample
+from .io import read_mask
 
 SPLITS = ("train", "val", "test")
 
@@ -27,6 +30,18 @@ def _round(x: float) -> int:
 
 def _stratum(s: Sample) -> str:
     return f"{s.group}|{s.defective}"
+
+
+def _known(s: Sample) -> Sample:
+    """`s` with `defective` known: a layout that gives a mask file for every image (the generic one) cannot
+    tell a defect-free image from a defective one until the mask is decoded, and a split stratified on
+    "unknown" can leave validation without a single defective image."""
+    if s.defective is not None or s.mask is None:
+        return s
+    try:
+        return dataclasses.replace(s, defective=bool(read_mask(s.mask, s.mask_rule).any()))
+    except ValueError:
+        return s  # unreadable: the training's file check reports it (or --skip-bad lists it)
 
 
 def _stratified(samples: Sequence[Sample], fractions: dict[str, float], seed: int, salt: str
@@ -64,8 +79,8 @@ def make_split(samples: Sequence[Sample] | DatasetSpec, fractions: Sequence[floa
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ValueError(f"duplicated sample keys {dup}: every image must have a unique path")
-    given = [s for s in samples if s.split is not None]
-    free = [s for s in samples if s.split is None]
+    given = [_known(s) for s in samples if s.split is not None]
+    free = [_known(s) for s in samples if s.split is None]
     out = {k: [] for k in SPLITS}
     if free:
         for k, v in _stratified(free, frac, seed, "free").items():
