@@ -338,3 +338,18 @@ def test_generic_split_is_stratified_by_defect_and_a_split_without_defects_is_re
                "cpu", "--model", "cheapmix-s", "--out-dir", str(tmp_path / "runs"), "--name", "r", "-q"])
     flat = " ".join(res.output.split())
     assert "split has no defective image among its" in flat and "data.fractions" in flat
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--batch-size", "0"], "train.batch_size: expected >= 1, got 0"),
+    (["--size", "0"], "data.size: expected >= 1, got 0"),
+    (["--set", "train.lr=abc"], "train.lr: expected a number, got 'abc'"),
+    (["--lr", "0"], "train.lr: expected > 0"),
+    (["--epochs", "0"], "train.epochs: expected >= 1, got 0"),
+    (["--epochs", "-1"], "train.epochs: expected >= 1, got -1"),
+    (["--set", "train.iterations=0"], "train.iterations: expected null or >= 1, got 0"),
+    (["--set", "infer.min_area=-5"], "infer.min_area: expected >= 0, got -5"),
+])
+def test_bad_training_options_are_one_line_errors(tmp_path, option, message):
+    _refused(["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "runs"), *option], message)
+    assert not (tmp_path / "runs").exists()
