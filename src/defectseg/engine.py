@@ -629,10 +629,10 @@ class Trainer:
         if self.lock is not None:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire()
             except OSError as exc:
                 raise ValueError(f"cannot write the run folder {self.run_dir}: {exc.strerror}; choose a writable "
                                  "--out-dir") from None
-            self.lock.acquire()
         if fresh and self.last_path.exists():
             if not overwrite:
                 raise ValueError(f"run folder {self.run_dir} already holds a run; continue it with --resume "
@@ -643,12 +643,7 @@ class Trainer:
             if self.world.world > 1:
                 dist.barrier()
         if self.world.main:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                C.save_yaml(self.cfg, self.run_dir / "config.yaml")
-            except OSError as exc:
-                raise ValueError(f"cannot write the run folder {self.run_dir}: {exc.strerror}; choose a writable "
-                                 "--out-dir") from None
+            C.save_yaml(self.cfg, self.run_dir / "config.yaml")  # the folder was made writable above
 
     def _build_data(self, resumed: bool) -> None:
         cfg = self.cfg
