@@ -353,3 +353,20 @@ def test_generic_split_is_stratified_by_defect_and_a_split_without_defects_is_re
 def test_bad_training_options_are_one_line_errors(tmp_path, option, message):
     _refused(["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "runs"), *option], message)
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_after_a_kill_between_the_metrics_row_and_last_pt_lists_each_epoch_once(run, tmp_path):
+    """The epoch loop appends the metrics row, then writes last.pt: a kill between the two leaves a row for an
+    epoch that --resume redoes. The resumed run drops it, so metrics.csv has one row per epoch."""
+    from defectseg import engine
+
+    args = _train_args(run, tmp_path)
+    args[args.index("--epochs") + 1] = "3"
+    _ok(args + ["--set", "train.seed=0"])
+    folder = tmp_path / "r"
+    last = engine.load_checkpoint(folder / "last.pt")
+    # Simulate the kill: last.pt back at epoch 1 (index 0) while metrics.csv already lists epochs 1-3.
+    engine.save_checkpoint(folder / "last.pt", {**{k: v for k, v in last.items() if k != "format"}, "epoch": 0})
+    _ok(["train", "--resume", str(folder / "last.pt"), "-q"])
+    epochs = [r["epoch"] for r in csv.DictReader(open(folder / "metrics.csv"))]
+    assert epochs == ["1", "2", "3"]

@@ -609,6 +609,8 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
         self._prepare_run_folder(fresh=ckpt is None, overwrite=overwrite)
+        if ckpt is not None and self.world.main:
+            _drop_rows_after(self.run_dir / "metrics.csv", ckpt["epoch"] + 1)
         seed_everything(cfg.train.seed)
         self._build_data(resumed=ckpt is not None)
         self._build_model(ckpt)
@@ -979,6 +981,19 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def _drop_rows_after(path: Path, epochs: int) -> None:
+    """Keep the metrics.csv rows of the first `epochs` epochs: a run killed after appending an epoch's row but
+    before its last.pt was written redoes that epoch on resume, and must not list it twice."""
+    if not path.exists():
+        return
+    rows = list(csv.DictReader(open(path, newline="")))
+    keep = [r for r in rows if not str(r.get("epoch", "")).isdigit() or int(r["epoch"]) <= epochs]
+    if len(keep) != len(rows):
+        path.unlink()
+        for r in keep:
+            _append_csv(path, {k: v for k, v in r.items() if v != ""})
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
