@@ -3,7 +3,8 @@
 # metrics.csv, report.md, best.pt) under benchmarks/results/<dataset>/, then the CPU batch-1 latencies at the
 # training size. A row whose run folder already holds report.md is skipped (delete it to rerun).
 # Usage: benchmarks/results.sh [DATA_DIR]   (default ../shared/data; PY=... to override the interpreter,
-# THREADS=N threads per training, default 2; two trainings side by side used THREADS=1 each)
+# THREADS=N threads per training, default 2; two trainings side by side used THREADS=1 each; LATENCY=0 skips the
+# latency rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -41,6 +42,11 @@ row $R/magnetic-tile paper-cheapnet-m "${MT_SPLIT[@]}" --preset cheapnet-paper -
 # The Mobile-UNet paper's recipe (RGB, cross-entropy with median-frequency weights, Adam 1e-3), 128x128, 40 epochs.
 row $R/magnetic-tile paper-mobile-unet "${MT_SPLIT[@]}" --preset mobile-unet-paper --size 128 --epochs 40 \
     --set train.eval_every=5
+# Two more seeds of long80-resize128 (seed 0 is that row).
+for seed in 1 2; do
+  row $R/magnetic-tile long80-resize128-seed$seed "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 80 \
+      --size 128 --set data.defective_share=0.5 --set train.eval_every=10 --set train.seed=$seed
+done
 # Two more seeds of long-resize128 (seed 0 is that row).
 for seed in 1 2; do
   row $R/magnetic-tile long-resize128-seed$seed "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 \
@@ -58,7 +64,10 @@ row $R/magnetic-tile mix-pw20 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --ep
 # NEU-Seg (its own split): the default model with cross-entropy over the three classes, 6 epochs.
 row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss ce --lr 0.01 --epochs 6 --batch-size 16 \
     --set train.eval_every=2 --set train.monitor=miou --set infer.threshold_from=fixed --set train.prior_init=false
+# NEU-Seg with every default but the size (cheapmix-m, bce-dice, val-f1 threshold), 6 epochs.
+row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
 
+[[ ${LATENCY:-1} == 1 ]] || exit 0  # LATENCY=0: trainings only
 # CPU batch-1 latency at the training sizes (2 threads), then the plot of defect IoU against it.
 for size in 128 192; do
   "$PY" -m defectseg.cli benchmark --models cheapmix-m,unet-small,cheapnet-m --size $size --batch 1 --device cpu \
