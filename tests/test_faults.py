@@ -304,10 +304,16 @@ def test_an_unreadable_file_in_any_split_fails_before_training_or_is_listed_with
     split = json.loads((tmp_path / "runs" / "r" / "split.json").read_text())
     used = re.search(r"split: train (\d+) / val (\d+) / test (\d+) images used", report).groups()
     assert sum(map(int, used)) + 2 == sum(len(split[k]) for k in ("train", "val", "test"))
+    res = _ok(["evaluate", "--checkpoint", str(tmp_path / "runs" / "r" / "best.pt"), "--device", "cpu"])
+    test_victims = [v for v in victims if any(v.name in k for k in split["test"])]
+    assert test_victims
+    for v in test_victims:  # evaluate leaves the same files out, and says so
+        assert f"skipped {v}" in res.output.replace("\n", "")
 
 
-def _write_generic(root: Path, n: int, defective: int) -> Path:
-    """images/ + masks/ with a mask file for every image; the first `defective` masks hold a defect."""
+def _write_generic(root: Path, n: int, defective: int, values: tuple[int, ...] = (255,)) -> Path:
+    """images/ + masks/ with a mask file for every image; the first `defective` masks hold a defect, one
+    square per value in `values`."""
     import numpy as np
 
     from defectseg.data.io import write_png
@@ -317,7 +323,8 @@ def _write_generic(root: Path, n: int, defective: int) -> Path:
         write_png(root / "images" / f"p{j:03d}.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
         mask = np.zeros((32, 32), np.uint8)
         if j < defective:
-            mask[8:16, 8:16] = 255
+            for k, v in enumerate(values):
+                mask[8:16, 8 * k: 8 * k + 6] = v
         write_png(root / "masks" / f"p{j:03d}.png", mask)
     return root
 
@@ -370,3 +377,44 @@ def test_resume_after_a_kill_between_the_metrics_row_and_last_pt_lists_each_epoc
     _ok(["train", "--resume", str(folder / "last.pt"), "-q"])
     epochs = [r["epoch"] for r in csv.DictReader(open(folder / "metrics.csv"))]
     assert epochs == ["1", "2", "3"]
+
+
+def test_read_mask_refuses_ambiguous_values_and_follows_the_chosen_rule(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from defectseg.data.io import read_mask
+
+    a = np.zeros((16, 16), np.uint8)
+    a[2:6, 2:6], a[2:6, 8:12], a[8:12, 2:6] = 1, 2, 255
+    Image.fromarray(a).save(tmp_path / "m.png")
+    with pytest.raises(ValueError, match=r"ambiguous mask values \(0, 1, 2, 255\).*data.mask_rule=gt0"):
+        read_mask(tmp_path / "m.png", "auto")
+    assert read_mask(tmp_path / "m.png", "gt0").sum() == 48
+    assert read_mask(tmp_path / "m.png", "gt127").sum() == 16
+    assert sorted(np.unique(read_mask(tmp_path / "m.png", "ids"))) == [0, 1, 2, 255]
+    # Unambiguous masks keep the automatic rule: 0/1 ids, 0/255 binary, and a noisy JPEG of a 0/255 mask.
+    for values, expect in [((0, 1), 16), ((0, 255), 16)]:
+        b = np.full((16, 16), values[0], np.uint8)
+        b[2:6, 2:6] = values[1]
+        Image.fromarray(b).save(tmp_path / "b.png")
+        assert read_mask(tmp_path / "b.png", "auto").sum() == expect
+    b = np.zeros((64, 64), np.uint8)
+    b[10:40, 10:40] = 255
+    Image.fromarray(b).save(tmp_path / "b.jpg", quality=50)
+    got = read_mask(tmp_path / "b.jpg", "auto")
+    assert got.max() == 1 and abs(int(got.sum()) - 900) < 60
+
+
+def test_an_ambiguous_mask_set_is_refused_before_training_and_a_chosen_rule_trains(tmp_path):
+    data = _write_generic(tmp_path / "data", 8, 4, values=(1, 2, 255))
+    _refused(["data", "stats", str(data)], "ambiguous mask values (0, 1, 2, 255)", "data.mask_rule=gt0")
+    res = _ok(["data", "stats", str(data), "--mask-rule", "gt0", "--json"])
+    assert json.loads(res.output)["defective"] == 4
+    common = ["train", "--data", str(data), "--size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+              "--model", "cheapmix-s", "--out-dir", str(tmp_path / "runs"), "-q"]
+    res = _refused([*common, "--name", "amb"], "ambiguous mask values", "data.mask_rule")
+    assert not (tmp_path / "runs" / "amb" / "metrics.csv").exists()  # refused before the first epoch
+    _ok([*common, "--name", "gt0", "--set", "data.mask_rule=gt0"])
+    cfg = yaml.safe_load((tmp_path / "runs" / "gt0" / "config.yaml").read_text())
+    assert cfg["data"]["mask_rule"] == "gt0"

@@ -30,6 +30,7 @@ class DataConfig:
     split_file: str | None = None        # reuse a split (e.g. magnetic-tile/split-70-15-15.json)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: str = "light"               # none | light | strong
+    mask_rule: str = "auto"              # auto (each format's own) | gt0 | gt127 | ids (data/io.py says which is which)
     cache: bool = True
     skip_bad: bool = False
     allow_unlabeled: bool = False        # generic layout: an image without a mask is defect-free
@@ -156,7 +157,8 @@ _REGISTRIES: dict[str, tuple[str, str]] = {
     "train.monitor": (".engine", "MONITORS"),
 }
 _ENUMS: dict[str, list[str]] = {"train.task": ["segment", "classify"], "infer.score": ["mean", "max"],
-                                "infer.threshold_from": ["fixed", "val-f1", "val-frr"]}
+                                "infer.threshold_from": ["fixed", "val-f1", "val-frr"],
+                                "data.mask_rule": ["auto", "gt0", "gt127", "ids"]}
 
 
 def _registry_choices() -> dict[str, Any]:

@@ -650,7 +650,7 @@ class Trainer:
     def _build_data(self, resumed: bool) -> None:
         cfg = self.cfg
         self.spec = load_dataset(cfg.data.root, cfg.data.format, skip_bad=cfg.data.skip_bad,
-                                 allow_unlabeled=cfg.data.allow_unlabeled)
+                                 allow_unlabeled=cfg.data.allow_unlabeled, mask_rule=cfg.data.mask_rule)
         # Only a resumed run keeps the split.json in its folder: one left by a failed start of a fresh run must
         # not override --split-file or the seeded split.
         self.split = prepare_split(cfg, self.spec, self.run_dir if resumed else None)
@@ -1050,7 +1050,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
     model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
     root = data or cfg.data.root
     spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad,
-                        allow_unlabeled=cfg.data.allow_unlabeled)
+                        allow_unlabeled=cfg.data.allow_unlabeled, mask_rule=cfg.data.mask_rule)
     run_split = Path(checkpoint).parent / "split.json"
     if split_name == "all":
         split = {"all": [s.key for s in spec.samples]}
@@ -1064,6 +1064,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
         raise ValueError(f"split {split_name!r} not found; choose one of {', '.join(split)}")
     pool = select(spec, split["train"]) if "train" in split else spec.samples
     ev = eval_set(cfg, spec, select(spec, split[split_name]), pool, cache=False)
+    # A run trained with skip_bad evaluates with it: say which files the metrics leave out.
+    for p, why in [*spec.skipped, *ev.dataset.skipped]:
+        print(f"skipped {p}: {why}", file=sys.stderr, flush=True)
     task = ckpt.get("task", "segment")
     return evaluate_model(model, ev, cfg, pick_device(device), ckpt["num_classes"], task,
                           regions=task == "segment", batch_size=batch_size or cfg.train.batch_size)

@@ -57,6 +57,9 @@ def stats(root: Path = typer.Argument(..., help="Dataset folder."),
                                                                   "instead of stopping at the first."),
           allow_unlabeled: bool = typer.Option(False, "--allow-unlabeled",
                                                help="Treat images without a mask as defect-free."),
+          mask_rule: str = typer.Option("auto", "--mask-rule",
+                                        help="How mask values become classes: auto (the format's rule), gt0, "
+                                             "gt127 or ids."),
           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
     """Counts, defective fraction, image sizes, mean/std, class pixel frequencies and
     median-frequency-balancing weights."""
@@ -65,7 +68,8 @@ def stats(root: Path = typer.Argument(..., help="Dataset folder."),
 
     console = Console()
     try:
-        spec = load_dataset(root, format=format, skip_bad=skip_bad, allow_unlabeled=allow_unlabeled)
+        spec = load_dataset(root, format=format, skip_bad=skip_bad, allow_unlabeled=allow_unlabeled,
+                            mask_rule=mask_rule)
         st = dataset_stats(spec, skip_bad=skip_bad)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)

@@ -14,7 +14,7 @@ registered names in detection order (the order of registration: specific layouts
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -479,8 +479,9 @@ def detect_format(root: str | Path) -> str:
 
 
 def load_dataset(root: str | Path, format: str = "auto", skip_bad: bool = False,
-                 allow_unlabeled: bool = False) -> DatasetSpec:
-    """List the samples of the dataset at root. format: "auto" or one of FORMATS."""
+                 allow_unlabeled: bool = False, mask_rule: str = "auto") -> DatasetSpec:
+    """List the samples of the dataset at root. format: "auto" or one of FORMATS. mask_rule: "auto" keeps
+    each format's rule (data/io.py), any other rule replaces it for every mask."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder; give the dataset's root folder")
@@ -497,6 +498,8 @@ def load_dataset(root: str | Path, format: str = "auto", skip_bad: bool = False,
         raise ValueError(f"{root}: no usable samples found for format {fmt!r}"
                          + (f" (all skipped: {found})" if found else "") +
                          "; check that the folder holds the images and masks")
+    if mask_rule != "auto":
+        samples = [replace(s, mask_rule=mask_rule) for s in samples]
     samples.sort(key=lambda s: s.key)
     return DatasetSpec(root=root, format=fmt, samples=samples, class_names=class_names,
                        skipped=problems.skipped)

@@ -11,7 +11,10 @@
 - ``"gt127"``: defect (1) where the gray value is > 127 (DAGM 0/255, magnetic tile, MVTec).
 - ``"ids"``:   pixel values are class ids already (NEU-Seg 0..3). Palette masks use the palette index.
 - ``"auto"``:  ``"ids"`` when every value is <= 127 (0/1 or small class ids), else ``"gt127"``
-  (0/255 or JPEG-noisy binary masks). Used by the generic reader.
+  (0/255 or JPEG-noisy binary masks). Used by the generic reader. A lossless mask holding both small values
+  (1..127) and large ones (128..255), e.g. 0/1/2/255, is refused as ambiguous: > 127 would silently turn the
+  small values into background, and "ids" would read 255 as "ignore". The user picks the rule
+  (``--set data.mask_rule=...``).
 
 Every failure is a ValueError naming the file.
 """
@@ -163,6 +166,16 @@ def read_mask(path: str | Path, rule: str) -> np.ndarray:
             a = a[..., 0] if rule in ("ids", "auto") else to_gray(a)
     if rule == "auto":
         rule = "ids" if (a.size == 0 or int(a.max()) <= 127) else "gt127"
+        # JPEG masks are binary masks with compression noise (every value occurs near edges): > 127 is right.
+        # A lossless mask with small and large values was written that way on purpose, and no rule is safe.
+        if rule == "gt127" and im.format != "JPEG" and np.any((a > 0) & (a <= 127)):
+            values = np.unique(a)
+            shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
+            raise ValueError(
+                f"{path}: ambiguous mask values ({shown}): small values (1..127) and large ones (128..255) both "
+                "occur, so the automatic rule cannot tell a 0/255 mask from class ids. Choose the rule with "
+                "--set data.mask_rule=gt0 (every value > 0 is defect), gt127 (values > 127 are defect, the "
+                "small ones background) or ids (values are class ids, 255 = ignore)")
     if rule == "gt0":
         return (a > 0).astype(np.uint8)
     if rule == "gt127":
