@@ -241,7 +241,8 @@ def test_read_mask_rules(tmp_path):
     assert read_mask(p, "gt0").tolist() == [[0, 1, 1, 1, 1]]
     assert read_mask(p, "gt127").tolist() == [[0, 0, 0, 1, 1]]
     assert read_mask(p, "ids").tolist() == m.tolist()
-    assert read_mask(p, "auto").tolist() == [[0, 0, 0, 1, 1]]
+    with pytest.raises(ValueError, match="ambiguous mask values"):  # 1 and 100 next to 128 and 255
+        read_mask(p, "auto")
     small = save(tmp_path / "s.png", np.array([[0, 1, 3]], np.uint8))
     assert read_mask(small, "auto").tolist() == [[0, 1, 3]]
     with pytest.raises(ValueError, match="unknown mask rule"):
