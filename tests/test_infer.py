@@ -333,7 +333,7 @@ def onnx_dir(ckpt: Path, tmp_path_factory) -> Path:
 def test_onnx_backend_matches_torch(ckpt: Path, onnx_dir: Path, tile) -> None:
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 256, (70, 45), dtype=np.uint8), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)]
-    pt = Predictor.from_checkpoint(ckpt, device="cpu", tile=tile, tile_overlap=8)
+    pt = Predictor.from_checkpoint(ckpt, device="cpu", backend="torch", tile=tile, tile_overlap=8)
     ox = Predictor.from_checkpoint(onnx_dir / "model.onnx", device="cpu", tile=tile, tile_overlap=8)
     assert ox.segmenter.backend == "onnxruntime" and ox.segmenter.size_multiple == 16
     for a, b in zip(pt.predict_arrays(imgs), ox.predict_arrays(imgs)):

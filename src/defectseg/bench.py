@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fuse import fuse_for_inference
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those with requires_grad)."""
@@ -80,7 +82,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 # (model, mode, dtype, batch): `median_ms`/`p95_ms` are per-batch times, `img_per_s` = batch / median time.
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-BACKENDS = ("torch", "onnxruntime")
+# "-fused": the model after `fuse.fuse_for_inference` (BatchNorm folded, CheapNet's full-resolution head rewritten);
+# "auto": what the Predictor runs by default (onnxruntime-fused on the CPU, torch on CUDA).
+BACKENDS = ("torch", "torch-fused", "onnxruntime", "onnxruntime-fused", "auto")
 ABLATION_WIDTHS: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ABLATION_CONVS: tuple[str, ...] = ("depthwise", "standard")
 COLUMNS = ("model", "mode", "backend", "device", "dtype", "batch", "size", "channels", "channels_last", "compile",
@@ -179,7 +183,7 @@ def validate_setting(setting: BenchSetting, batches: Sequence[int]) -> torch.dev
     dev = resolve_device(setting.device)
     parse_dtype(setting.dtype)
     if setting.backend not in BACKENDS:
-        raise ValueError(f"unknown backend {setting.backend!r}; use torch or onnxruntime")
+        raise ValueError(f"unknown backend {setting.backend!r}; use one or more of {', '.join(BACKENDS)}")
     if setting.size < 1 or setting.channels < 1:
         raise ValueError(f"--size and --channels must be positive, got {setting.size} and {setting.channels}")
     if not batches or any(b < 1 for b in batches):
@@ -191,7 +195,9 @@ def validate_setting(setting: BenchSetting, batches: Sequence[int]) -> torch.dev
                          f"{setting.repeats}, {setting.max_seconds}")
     if setting.cuda_graphs and dev.type != "cuda":
         raise ValueError("--cuda-graphs captures CUDA graphs and needs --device cuda; drop it on the CPU")
-    if setting.backend == "onnxruntime":
+    if setting.train and resolve_backend(setting, dev) != "torch":
+        raise ValueError(f"--train times the training step, which runs on torch; drop --backend {setting.backend}")
+    if resolve_backend(setting, dev).startswith("onnxruntime"):
         bad = [flag for flag, on in (("--channels-last", setting.channels_last), ("--compile", setting.compile),
                                      ("--cuda-graphs", setting.cuda_graphs), ("--train", setting.train)) if on]
         if bad:
@@ -201,6 +207,15 @@ def validate_setting(setting: BenchSetting, batches: Sequence[int]) -> torch.dev
                              f"not {setting.dtype}")
     _check_dtype_supported(dev, setting.dtype)
     return dev
+
+
+def resolve_backend(setting: BenchSetting, device: torch.device) -> str:
+    """"auto" -> what the Predictor runs: onnxruntime-fused for float32 inference on the CPU, torch otherwise
+    (CUDA, training, or a torch-only option such as --channels-last or --compile); any other name unchanged."""
+    if setting.backend != "auto":
+        return setting.backend
+    torch_only = setting.train or setting.channels_last or setting.compile or setting.cuda_graphs
+    return "onnxruntime-fused" if device.type == "cpu" and setting.dtype == "fp32" and not torch_only else "torch"
 
 
 # ------------------------------------------------------------------------------------------------ measurement
@@ -436,12 +451,14 @@ def macs_per_image(model: nn.Module, channels: int, size: int) -> int:
 
 # ------------------------------------------------------------------------------------------------ the table
 def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: int = 1, device: str = "cpu",
-                  batches: Sequence[int] = (1,), dtypes: Sequence[str] = ("fp32",), *, backend: str = "torch",
+                  batches: Sequence[int] = (1,), dtypes: Sequence[str] = ("fp32",), *,
+                  backend: str | Sequence[str] = "torch",
                   channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False, train: bool = False,
                   threads: int | None = None, warmup: int = 5, repeats: int = 30, max_seconds: float = 10.0,
                   min_repeats: int = 5, progress: Callable[[dict[str, Any]], None] | None = None
                   ) -> list[dict[str, Any]]:
-    """One row (dict with the keys of COLUMNS) per model x dtype x batch; inputs are (batch, channels, size, size).
+    """One row (dict with the keys of COLUMNS) per model x backend x dtype x batch; inputs are (batch, channels,
+    size, size). `backend`: one of BACKENDS or several (rows of one run, so their ratios are comparable).
 
     params and macs (per image, count_params / count_macs conventions) are counted on the float32 model.
     `threads` sets torch's intra-op threads (and ORT's) for the run, restored afterwards. `progress` is called
@@ -450,10 +467,11 @@ def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: 
     specs = [m if isinstance(m, ModelSpec) else ModelSpec(m, m) for m in models]
     if not specs:
         raise ValueError("no models given; e.g. --models cheapnet-s,cheapnet-m")
-    settings = [BenchSetting(size, channels, device, d, backend, channels_last, compile, cuda_graphs, train, threads,
-                             warmup, repeats, max_seconds, min_repeats) for d in dtypes]
+    backends = [backend] if isinstance(backend, str) else list(backend)
+    settings = [BenchSetting(size, channels, device, d, bk, channels_last, compile, cuda_graphs, train, threads,
+                             warmup, repeats, max_seconds, min_repeats) for bk in backends for d in dtypes]
     if not settings:
-        raise ValueError("no dtypes given; e.g. --dtype fp32,bf16")
+        raise ValueError("no dtypes or backends given; e.g. --dtype fp32,bf16 --backend torch,onnxruntime")
     dev = validate_setting(settings[0], batches)
     for s in settings[1:]:
         validate_setting(s, batches)
@@ -474,14 +492,16 @@ def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: 
             params, macs = count_params(model), macs_per_image(model, channels, size)
             for s in settings:
                 for b in batches:
-                    fresh = copy.deepcopy(model)  # each setting starts from the same untouched weights
+                    bk = resolve_backend(s, dev)
+                    # each setting starts from the same untouched weights
+                    fresh = fuse_for_inference(model) if bk.endswith("-fused") else copy.deepcopy(model)
                     shape = (b, channels, size, size)
                     kw = dict(warmup=warmup, repeats=repeats, max_seconds=max_seconds, min_repeats=min_repeats)
                     try:
                         if train:
                             result = time_training(fresh, shape, dev, s.dtype, channels_last=channels_last,
                                                    compile=compile, **kw)
-                        elif backend == "onnxruntime":
+                        elif bk.startswith("onnxruntime"):
                             result = time_onnxruntime(fresh, shape, dev, threads=torch.get_num_threads(), **kw)
                         else:
                             result = time_inference(fresh, shape, dev, s.dtype, channels_last=channels_last,
@@ -491,7 +511,7 @@ def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: 
                         result = {"mean_ms": None, "median_ms": None, "p95_ms": None, "img_per_s": None,
                                   "repeats": 0, "peak_mem_mb": None, "mem_source": None,
                                   "note": f"skipped: out of memory ({type(exc).__name__})"}
-                    row = {"model": spec.label, "mode": "train" if train else "infer", "backend": backend,
+                    row = {"model": spec.label, "mode": "train" if train else "infer", "backend": bk,
                            "device": str(dev), "dtype": s.dtype, "batch": b, "size": size, "channels": channels,
                            "channels_last": channels_last, "compile": compile, "cuda_graphs": cuda_graphs,
                            "threads": torch.get_num_threads() if dev.type == "cpu" else None,

@@ -190,7 +190,9 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
     min_area: Optional[int] = typer.Option(None, help="Drop defects smaller than this many pixels."),
     batch_size: int = typer.Option(8, help="Images (or tiles) per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    backend: str = typer.Option("auto", help="auto (by file suffix), torch or onnxruntime."),
+    backend: str = typer.Option("auto", help="auto (.onnx: onnxruntime; .pt on the CPU: exported to ONNX at load "
+                                             "and run by onnxruntime when it matches PyTorch; else torch), torch "
+                                             "or onnxruntime."),
     dtype: Optional[str] = typer.Option(None, help="bf16 or fp16 autocast (torch backend on CUDA)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (CUDA)."),
     tile: Optional[int] = typer.Option(None, help="Tile mode: native-resolution NxN windows (0: resize mode; "
@@ -239,6 +241,8 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
     if not quiet:
         console.print(f"predicting {len(paths)} images with {checkpoint} ({predictor.segmenter.backend}, "
                       f"{predictor.mode} mode{', gate ' + str(gate) if gate else ''}) -> {out}")
+        if predictor.segmenter.note:
+            console.print(f"backend {predictor.segmenter.backend}: {predictor.segmenter.note}")
     if skipped:
         console.print(f"skipped {len(skipped)} entries that are not images to predict:")
         for path, why in skipped[:20] if quiet else skipped:
@@ -348,7 +352,10 @@ def benchmark_cmd(
     compile: bool = typer.Option(False, "--compile", help="torch.compile (a row is skipped with a note if it "
                                                           "fails)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Capture one CUDA graph, time replays (CUDA)."),
-    backend: str = typer.Option("torch", help="torch, or onnxruntime (exported float32 graph)."),
+    backend: str = typer.Option("auto", help="Comma-separated: torch (eager), torch-fused (BatchNorm folded, "
+                                             "CheapNet's head rewritten), onnxruntime, onnxruntime-fused (the "
+                                             "exported float32 graph), auto (what predict runs: onnxruntime-fused "
+                                             "on the CPU, torch on CUDA)."),
     train: bool = typer.Option(False, "--train", help="Time full training steps (augmentation, bce-dice, Adam)."),
     ablation: Optional[str] = typer.Option(None, help="'cheapnet': sweep width G for depthwise and standard "
                                                       "convs instead of --models."),
@@ -396,7 +403,8 @@ def benchmark_cmd(
 
         load_start = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else None
         rows = run_benchmark(specs, size, channels, device, _int_list(batch, "batch"), _split_list(dtype, "dtype"),
-                             backend=backend, channels_last=channels_last, compile=compile, cuda_graphs=cuda_graphs,
+                             backend=_split_list(backend, "backend"), channels_last=channels_last, compile=compile,
+                             cuda_graphs=cuda_graphs,
                              train=train, threads=threads, warmup=warmup, repeats=repeats, max_seconds=max_seconds,
                              progress=progress)
         header = bench_header(rows[0]["device"], _benchmark_command_line(ctx), threads)

@@ -110,6 +110,8 @@ def _export_torchscript(model: nn.Module, dummy: torch.Tensor, dynamic: bool, op
         # torch 2.9+ warns on every call that this exporter is legacy; the choice is deliberate (module docstring).
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", category=DeprecationWarning, message="The feature will be removed")
+        # F.pad lowers to a Slice with step -1 that the exporter leaves to ONNX Runtime (which folds it at load)
+        warnings.filterwarnings("ignore", category=UserWarning, message="Constant folding - Only steps=1")
         # Only the input's axes are declared: the exporter's shape inference makes the output's matching axes
         # symbolic, whatever its rank (segmenter or classifier), without running the model an extra time.
         torch.onnx.export(model, (dummy,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

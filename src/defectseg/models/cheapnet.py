@@ -6,10 +6,13 @@ checkpoints load. Parameters for one output class: 137*G + 3 (depthwise), 99*G^2
 """
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .layers import check_input_size
+from .layers import check_input_size, fold_sequential_batchnorms, subpixel_weight
 
 # Variants as data: registry name -> width G.
 VARIANTS = {"cheapnet-s": 2, "cheapnet-m": 32, "cheapnet-l": 1024}
@@ -73,6 +76,74 @@ class CheapNet(nn.Module):
         d3 = self.decoder3(torch.cat([e3, d2], 1))
         d4 = self.decoder4(torch.cat([e2, d3], 1))
         return self.output(torch.cat([e1, d4], 1))
+
+
+    def for_inference(self) -> "CheapNetInference":
+        """The same function in the form fast CPU kernels serve (`fuse.fuse_for_inference` calls this)."""
+        return CheapNetInference(self)
+
+
+class CheapNetInference(nn.Module):
+    """CheapNet's function, rebuilt for inference (eval mode; equal up to float rounding, tested).
+
+    The costly part of CheapNet on a CPU is full resolution: `decoder4` (a grouped transposed conv that no fast
+    kernel serves) writes G channels at H x W, the concat with `encoder1` doubles them, and the 1x1 `output` conv
+    reads all 2G back. Here:
+    - BatchNorm is folded into every conv;
+    - `decoder4` is its sub-pixel form (`layers.subpixel_weight`): a stride-1 grouped conv on the half-resolution
+      concat giving the four output phases as channels, with its LeakyReLU (element-wise, so it commutes with
+      the phase interleave). The first row and column of its 3x3 kernel are zero for k=3, p=1, so it is a 2x2
+      conv on the input padded by one on the bottom and right;
+    - the 1x1 output conv is split over the concat: its decoder half runs per phase at half resolution (4G -> 4N
+      channels), is interleaved by `pixel_shuffle` (N channels only), and is added to its encoder1 half (G -> N at
+      full resolution). The G-channel full-resolution decoder output and the 2G concat are never built.
+    Decoders 1-3 stay transposed convs: at 1/16 to 1/4 of the pixels they cost little, and the sub-pixel form
+    measured slower there in ONNX Runtime (its pixel interleave is a slow 6-D transpose; docs/benchmarks.md).
+
+    forward: x (B, in_channels, H, W) -> logits (B, num_classes, H, W), H and W multiples of 16.
+    """
+
+    size_multiple = CheapNet.size_multiple
+
+    def __init__(self, net: CheapNet) -> None:
+        super().__init__()
+        net = copy.deepcopy(net).eval()
+        fold_sequential_batchnorms(net)
+        self.registry_name = getattr(net, "registry_name", "CheapNet")
+        self.encoder1, self.encoder2, self.encoder3 = net.encoder1, net.encoder2, net.encoder3
+        self.encoder4, self.bottleneck = net.encoder4, net.bottleneck
+        self.decoder1, self.decoder2, self.decoder3 = net.decoder1, net.decoder2, net.decoder3
+        t, self.act4 = net.decoder4[0], net.decoder4[2]
+        weight, bias = subpixel_weight(t)
+        assert not weight[:, :, 0].any() and not weight[:, :, :, 0].any(), "k=3, p=1 uses offsets 0 and +1 only"
+        self.phases = nn.Conv2d(t.in_channels, 4 * t.out_channels, 2, groups=t.groups)
+        out, g = net.output[0], net.width
+        n = out.out_channels
+        self.head_act = net.output[2] if len(net.output) > 2 else nn.Identity()
+        self.head_skip = nn.Conv2d(g, n, 1)  # the encoder1 half of the output conv, with the output bias
+        self.head_phases = nn.Conv2d(4 * g, 4 * n, 1, bias=False)  # the decoder4 half, per phase
+        with torch.no_grad():
+            self.phases.weight.copy_(weight[:, :, 1:, 1:])
+            self.phases.bias.copy_(bias)
+            self.head_skip.weight.copy_(out.weight[:, :g])
+            self.head_skip.bias.copy_(out.bias)
+            w = torch.zeros_like(self.head_phases.weight)
+            for p in range(4):  # output channel k·4 + p (pixel_shuffle's order) reads phase p of every channel
+                w[p::4, p::4] = out.weight[:, g:]
+            self.head_phases.weight.copy_(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x, self.size_multiple, self.registry_name)
+        e1 = self.encoder1(x)
+        e2 = self.encoder2(e1)
+        e3 = self.encoder3(e2)
+        e4 = self.encoder4(e3)
+        d1 = self.decoder1(self.bottleneck(e4))
+        d2 = self.decoder2(torch.cat([e4, d1], 1))
+        d3 = self.decoder3(torch.cat([e3, d2], 1))
+        y = self.act4(self.phases(F.pad(torch.cat([e2, d3], 1), (0, 1, 0, 1))))  # (B, 4G, H/2, W/2)
+        z = F.pixel_shuffle(self.head_phases(y), 2)  # (B, N, H, W)
+        return self.head_act(self.head_skip(e1) + z)
 
 
 def unwrap_authors_checkpoint(state: dict) -> dict:

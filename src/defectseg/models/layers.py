@@ -1,4 +1,5 @@
-"""Blocks shared by several model families."""
+"""Blocks shared by several model families, and the inference rewrites they share (BatchNorm folding, the
+sub-pixel form of a stride-2 transposed convolution)."""
 from __future__ import annotations
 
 import torch
@@ -88,3 +89,64 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     reps = -(-in_channels // cin)
     return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (cin / in_channels)
+
+
+# ----------------------------------------------------------------------------- inference rewrites
+@torch.no_grad()
+def fold_batchnorm(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> None:
+    """Fold `bn` (its eval statistics) into `conv` in place: per output channel w' = w·γ/σ, b' = (b − μ)·γ/σ + β.
+    conv gets a bias if it had none; `bn` is then the identity to drop."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (Co,)
+    w = conv.weight
+    if isinstance(conv, nn.ConvTranspose2d):
+        # weight (Ci, Co/groups, kh, kw): output channel q·(Co/groups) + j sits at [group q's inputs, j]
+        g, (ci, co_g) = conv.groups, w.shape[:2]
+        w.mul_(scale.view(g, 1, co_g, 1, 1).expand(g, ci // g, co_g, 1, 1).reshape(ci, co_g, 1, 1))
+    else:
+        w.mul_(scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+
+
+def fold_sequential_batchnorms(module: nn.Module) -> None:
+    """In every nn.Sequential inside `module`: fold each conv -> BatchNorm pair and put nn.Identity in the BN's
+    place (so state-dict-like positions and the other layers stay where they were). In place; eval use only."""
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for name, nxt in zip(names, names[1:]):
+            conv, bn = seq._modules[name], seq._modules[nxt]
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d) \
+                    and bn.track_running_stats and bn.running_var is not None:
+                fold_batchnorm(conv, bn)
+                seq._modules[nxt] = nn.Identity()
+
+
+@torch.no_grad()
+def subpixel_weight(t: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stride-2 transposed convolution as a stride-1 convolution whose outputs are the four phases.
+
+    Output pixel (2m + a, 2n + b) of `t` sums input pixels (m + dy, n + dx) through the taps ky = a + p − 2·dy
+    (likewise kx). Returns (weight (4·Co, Ci/groups, 3, 3), bias (4·Co,)) for a 3x3 convolution with padding 1
+    and the same groups, whose output channel o·4 + 2a + b is phase (a, b) of output channel o: followed by
+    `pixel_shuffle(·, 2)` it equals `t(x)` exactly. Needs stride 2, no dilation, and an output twice the input
+    (k + output_padding − 2·padding = 2) with every tap within one input pixel (k <= 4).
+    """
+    ci, co_g, kh, kw = t.weight.shape
+    g = t.groups
+    if t.stride != (2, 2) or t.dilation != (1, 1) or any(
+            k + op - 2 * p != 2 or k > 4 for k, p, op in zip(t.kernel_size, t.padding, t.output_padding)):
+        raise ValueError(f"{t} is not a stride-2 transposed convolution with output twice its input and k <= 4")
+    co = co_g * g
+    v = t.weight.new_zeros(4 * co, ci // g, 3, 3)
+    w = t.weight.view(g, ci // g, co_g, kh, kw)
+    for a in (0, 1):
+        for b in (0, 1):
+            for ky in range(kh):
+                dy, ry = divmod(a + t.padding[0] - ky, 2)
+                for kx in range(kw):
+                    dx, rx = divmod(b + t.padding[1] - kx, 2)
+                    if not (ry or rx):
+                        # output channel q·co_g + j of group q reads inputs [q·Ci/g, (q+1)·Ci/g)
+                        v[2 * a + b::4, :, 1 + dy, 1 + dx] = w[:, :, :, ky, kx].permute(0, 2, 1).reshape(co, ci // g)
+    bias = t.bias if t.bias is not None else t.weight.new_zeros(co)
+    return v, bias.repeat_interleave(4)
