@@ -7,6 +7,7 @@ into the image, and any error in resizing, padding, tiling or blending shows up 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,53 @@ def test_predict_paths_streams_in_chunks_and_reports_bad_files(ckpt: Path, tmp_p
     for i, r in enumerate(r for r in results if not r.error):
         assert r.size == (40 + i, 50) and r.verdict == "NG" and r.seconds > 0
         assert _close(_box(r.defects[0]), (5, 5, 10 + i, 10), 2)
+
+
+def test_overlapped_pipeline_gives_the_serial_results_and_files(ckpt: Path, tmp_path: Path) -> None:
+    """Reading, post-processing and writing in threads change nothing but the time: same results in the same
+    order, byte-identical files; a consumer that stops early leaves no thread behind."""
+    import threading
+
+    from defectseg.infer import ResultWriter
+
+    paths = []
+    for i in range(7):
+        write_png(tmp_path / "in" / f"img{i}.png", _scene(40 + i, 50, (5, 5, 10 + i, 10)))
+        paths.append(tmp_path / "in" / f"img{i}.png")
+    paths.insert(3, tmp_path / "in" / "missing.png")
+    pred = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=2)
+    pred.segmenter.logits = bright_detector()
+    outputs = {}
+    for overlap in (False, True):
+        pred.overlap = overlap
+        out = tmp_path / f"out-{overlap}"
+        with ResultWriter(out, background=overlap) as w:
+            for r in pred.predict_paths(paths):
+                w.write(r)
+        outputs[overlap] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+        records = [json.loads(line) for line in outputs[overlap].pop("results.jsonl").splitlines()]
+        outputs[overlap]["records"] = [{k: v for k, v in rec.items() if k != "seconds"} for rec in records]
+    assert outputs[True] == outputs[False] and len(outputs[True]) == 2 + 2 * 7
+    assert [rec["error"] is not None for rec in outputs[True]["records"]] == [False] * 3 + [True] + [False] * 4
+    before = threading.active_count()
+    for r in pred.predict_paths(paths):
+        break
+    assert threading.active_count() <= before
+
+
+def test_read_ahead_raises_the_producer_s_error_in_order() -> None:
+    from defectseg.infer import _read_ahead
+
+    def items():
+        yield 1
+        yield 2
+        raise RuntimeError("disk gone")
+
+    got = []
+    with pytest.raises(RuntimeError, match="disk gone"):
+        for it in _read_ahead(items()):
+            got.append(it)
+    assert got == [1, 2]
 
 
 def test_predict_arrays_rejects_non_uint8(ckpt: Path) -> None:

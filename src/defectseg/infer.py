@@ -38,7 +38,11 @@ from __future__ import annotations
 
 import csv
 import json
+import queue
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -300,13 +304,16 @@ AUTO_PARITY = 1e-3
 
 
 def _cpu_onnx_net(path: Path, threads: int | None) -> _Net:
-    """backend "auto" for a .pt on the CPU: export its model (BatchNorm folded, `fuse.fuse_for_inference`) to a
-    temporary ONNX file, check the logits against PyTorch on a random image, and run ONNX Runtime; falls back
+    """backend "auto" for a .pt on the CPU: export its model after `fuse.fuse_for_inference` to a temporary ONNX
+    file, check the logits against the checkpoint's PyTorch model on a random image, and run ONNX Runtime; falls back
     to PyTorch (with `note` saying why) when onnxruntime is missing, the export fails or the logits differ."""
     import tempfile
 
+    import torch
+
     from .engine import input_channels, load_checkpoint, model_from_checkpoint
     from .export import export_onnx, onnx_metadata
+    from .fuse import fuse_for_inference
 
     ckpt = load_checkpoint(path)
     cfg, num_classes, names, task = _checkpoint_fields(ckpt, path)
@@ -319,10 +326,13 @@ def _cpu_onnx_net(path: Path, threads: int | None) -> _Net:
         side = max(m, min(cfg.data.size, 256) // m * m)
         shape = (1, input_channels(cfg), side, side)
         with tempfile.TemporaryDirectory(prefix="defectseg-") as tmp:
-            onnx_path = export_onnx(model, Path(tmp) / "model.onnx", shape, metadata=onnx_metadata(ckpt))
+            onnx_path = export_onnx(fuse_for_inference(model), Path(tmp) / "model.onnx", shape,
+                                    metadata=onnx_metadata(ckpt))
             net = _onnx_net(onnx_path, "cpu", None, False, threads)  # the session holds the graph in memory
         x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-        ref, got = torch_version.logits(x), net.logits(x)
+        with torch.inference_mode():  # the checkpoint's own model, not a rewritten one, is the reference
+            ref = model(torch.from_numpy(x)).numpy()
+        got = net.logits(x)
         diff = float(np.abs(ref - got).max())
         if not diff <= AUTO_PARITY * max(1.0, float(np.abs(ref).max())):
             torch_version.note = f"ONNX Runtime logits differ from PyTorch by {diff:.2g}; running PyTorch"
@@ -432,7 +442,7 @@ class Predictor:
 
     def __init__(self, segmenter: _Net, infer: C.InferConfig, batch_size: int = 8, tile: int | None = None,
                  gate: _Net | None = None, gate_threshold: float = 0.5,
-                 reference: np.ndarray | None = None) -> None:
+                 reference: np.ndarray | None = None, overlap: bool = True) -> None:
         if segmenter.task != "segment":
             raise ValueError(f"{segmenter.source} is a {segmenter.task} model; predict needs a segmentation "
                              "checkpoint (pass a classifier as the gate: --gate)")
@@ -444,6 +454,7 @@ class Predictor:
         if not 0.0 <= gate_threshold <= 1.0:
             raise ValueError(f"gate_threshold={gate_threshold} is not a probability; pass a value in [0, 1]")
         self.segmenter, self.gate = segmenter, gate
+        self.overlap = overlap  # predict_paths: read and post-process in threads beside the network
         self.infer = infer
         self.post = PostProcess.from_config(infer)
         self.batch_size = batch_size
@@ -564,8 +575,23 @@ class Predictor:
                     continue
                 yield _Item(str(p), img, time.perf_counter() - t0)
 
-        for chunk in self._chunks(read()):
-            yield from self._run_chunk(chunk)
+        chunks = self._chunks(read())
+        if not self.overlap:
+            for chunk in chunks:
+                yield from self._finish_chunk(*self._infer_chunk(chunk))
+            return
+        # Overlapped: a reader thread decodes the next chunk and a worker post-processes the previous one while
+        # this thread runs the network (decoders, OpenCV and ONNX Runtime release the GIL). At most three chunks
+        # are in memory: one being read, one in the network, one being post-processed.
+        with ThreadPoolExecutor(1, thread_name_prefix="defectseg-post") as post:
+            pending = None
+            for chunk in _read_ahead(chunks):
+                inferred = self._infer_chunk(chunk)
+                if pending is not None:
+                    yield from pending.result()
+                pending = post.submit(self._finish_chunk, *inferred)
+            if pending is not None:
+                yield from pending.result()
 
     # ---------------------------------------------------------------- internals
     def _chunks(self, items: Iterator[_Item]) -> Iterator[list[_Item]]:
@@ -686,6 +712,12 @@ class Predictor:
         assert next_out == len(images), "every image's windows were processed"
 
     def _run_chunk(self, chunk: list[_Item]) -> list[Result]:
+        return self._finish_chunk(*self._infer_chunk(chunk))
+
+    def _infer_chunk(self, chunk: list[_Item]) -> tuple[list[_Item], list[float | None], list[int],
+                                                        list[np.ndarray], float]:
+        """The networks' part of a chunk: gate probabilities, and the probability maps of the images the gate
+        passes (indices `run` into the readable images). Returns what `_finish_chunk` needs, with the time."""
         t0 = time.perf_counter()
         ok = [it for it in chunk if it.image is not None]
         images = [it.image for it in ok]
@@ -694,7 +726,14 @@ class Predictor:
             gate_p = list(self._gate_probabilities(images))
         run = [j for j in range(len(ok)) if gate_p[j] is None or gate_p[j] >= self.gate_threshold]
         sub = [images[j] for j in run]
-        maps = self._segment_tiles(sub) if self.tile else self._segment_resize(sub)
+        maps = list(self._segment_tiles(sub) if self.tile else self._segment_resize(sub))
+        return chunk, gate_p, run, maps, time.perf_counter() - t0
+
+    def _finish_chunk(self, chunk: list[_Item], gate_p: list[float | None], run: list[int], maps: list[np.ndarray],
+                      infer_seconds: float) -> list[Result]:
+        """Post-processing (the one shared step, `localize.PostProcess`) and the Results of a chunk, in order."""
+        t0 = time.perf_counter() - infer_seconds
+        ok = [it for it in chunk if it.image is not None]
         results: dict[int, Result] = {}
         for j, prob in zip(run, maps):
             det = self.post(prob)
@@ -724,6 +763,48 @@ class Predictor:
         return out
 
 
+def _read_ahead(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """`items`, produced by a background thread up to `depth` ahead. An exception in the producer is raised here;
+    when the consumer stops early, the producer stops at its next item."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for it in items:
+                while not stop.is_set():
+                    try:
+                        q.put((it, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            q.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="defectseg-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            it, exc = q.get()
+            if exc is not None:
+                raise exc
+            if it is done:
+                return
+            yield it
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)
+
+
 # ----------------------------------------------------------------------------- files
 _CSV_FIELDS = ("path", "width", "height", "verdict", "gate_probability", "defect", "x1", "y1", "x2", "y2",
                "area", "score", "class", "error")
@@ -742,10 +823,14 @@ class ResultWriter:
     """
 
     def __init__(self, out_dir: str | Path, overlays: bool = True, masks: bool = True,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, background: bool = True) -> None:
         self.out_dir = Path(out_dir)
         _claim_output(self.out_dir, overwrite)
         self.overlays, self.masks = overlays, masks
+        # background: overlays are drawn and PNGs encoded by one worker thread (zlib and OpenCV release the GIL),
+        # beside the network; at most MAX_PENDING images wait, and a failed write is raised at the next call.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="defectseg-write") if background else None
+        self._pending: deque = deque()
         self._jsonl = open(self.out_dir / "results.jsonl", "w")
         self._csv_file = open(self.out_dir / "results.csv", "w", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=_CSV_FIELDS)
@@ -760,9 +845,17 @@ class ResultWriter:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    MAX_PENDING = 4
+
     def close(self) -> None:
-        self._jsonl.close()
-        self._csv_file.close()
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._jsonl.close()
+            self._csv_file.close()
 
     def _stem(self, path: str | None) -> str:
         stem = Path(path).stem if path else f"image{self.n_images:06d}"
@@ -771,8 +864,6 @@ class ResultWriter:
         return stem if n == 1 else f"{stem}_{n}"
 
     def write(self, r: Result) -> None:
-        from .viz import overlay
-
         self.n_images += 1
         rec = r.to_json()
         rec["mask"] = rec["overlay"] = None
@@ -785,12 +876,11 @@ class ResultWriter:
             self.n_defects += len(r.defects)
             stem = self._stem(r.path)
             if self.masks and r.mask is not None:
-                binary = r.prob is None or r.prob.ndim == 2 or r.prob.shape[0] == 2  # 2-logit softmax too
-                write_png(self.out_dir / f"{stem}_mask.png", r.mask * np.uint8(255) if binary else r.mask)
                 rec["mask"] = f"{stem}_mask.png"
             if self.overlays and r.image is not None and r.mask is not None:
-                write_png(self.out_dir / f"{stem}_overlay.png", overlay(r.image, r.mask, r.defects))
                 rec["overlay"] = f"{stem}_overlay.png"
+            if rec["mask"] or rec["overlay"]:
+                self._submit(r, rec["mask"], rec["overlay"])
         self._jsonl.write(json.dumps(rec) + "\n")
         base = {"path": _csv_safe(rec["path"]), "width": rec["width"], "height": rec["height"], "verdict": r.verdict,
                 "gate_probability": "" if r.gate_probability is None else f"{r.gate_probability:.6f}",
@@ -802,6 +892,24 @@ class ResultWriter:
                                     "score": f"{d['score']:.6f}"})
         else:
             self._csv.writerow(base)
+
+
+    def _submit(self, r: Result, mask_name: str | None, overlay_name: str | None) -> None:
+        if self._pool is None:
+            self._write_images(r, mask_name, overlay_name)
+            return
+        self._pending.append(self._pool.submit(self._write_images, r, mask_name, overlay_name))
+        while len(self._pending) > self.MAX_PENDING or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()  # raises a failed write here
+
+    def _write_images(self, r: Result, mask_name: str | None, overlay_name: str | None) -> None:
+        from .viz import overlay
+
+        if mask_name:
+            binary = r.prob is None or r.prob.ndim == 2 or r.prob.shape[0] == 2  # 2-logit softmax too
+            write_png(self.out_dir / mask_name, r.mask * np.uint8(255) if binary else r.mask)
+        if overlay_name:
+            write_png(self.out_dir / overlay_name, overlay(r.image, r.mask, r.defects))
 
 
 def _csv_safe(text: str | None) -> str | None:
