@@ -133,3 +133,14 @@ def test_benchmark_times_several_backends_in_one_run():
     assert rows[0]["backend"] == "torch" and rows[0]["mode"] == "train"
     with pytest.raises(ValueError, match="--train times the training step"):
         run_benchmark(["cheapnet-s"], size=32, device="cpu", backend="torch-fused", train=True)
+
+
+def test_openvino_backend_times_the_graph_or_says_it_is_missing(monkeypatch):
+    rows = run_benchmark(["cheapnet-s"], size=32, device="cpu", backend="openvino-fused", warmup=0, repeats=1,
+                         min_repeats=1, threads=1)
+    assert rows[0]["backend"] == "openvino-fused"
+    assert rows[0]["median_ms"] > 0 if rows[0]["repeats"] else "openvino is not installed" in rows[0]["note"]
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    rows = run_benchmark(["cheapnet-s"], size=32, device="cpu", backend="openvino-fused", warmup=0, repeats=1,
+                         min_repeats=1, threads=1)
+    assert rows[0]["median_ms"] is None and rows[0]["note"] == "skipped: openvino is not installed"

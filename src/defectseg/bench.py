@@ -84,7 +84,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # "-fused": the model after `fuse.fuse_for_inference` (BatchNorm folded, CheapNet's full-resolution head rewritten);
 # "auto": what the Predictor runs by default (onnxruntime-fused on the CPU, torch on CUDA).
-BACKENDS = ("torch", "torch-fused", "onnxruntime", "onnxruntime-fused", "auto")
+# "openvino-fused": the same graph compiled by OpenVINO's CPU plugin (`pip install openvino`; not a dependency).
+BACKENDS = ("torch", "torch-fused", "onnxruntime", "onnxruntime-fused", "openvino-fused", "auto")
 ABLATION_WIDTHS: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ABLATION_CONVS: tuple[str, ...] = ("depthwise", "standard")
 COLUMNS = ("model", "mode", "backend", "device", "dtype", "batch", "size", "channels", "channels_last", "compile",
@@ -197,13 +198,16 @@ def validate_setting(setting: BenchSetting, batches: Sequence[int]) -> torch.dev
         raise ValueError("--cuda-graphs captures CUDA graphs and needs --device cuda; drop it on the CPU")
     if setting.train and resolve_backend(setting, dev) != "torch":
         raise ValueError(f"--train times the training step, which runs on torch; drop --backend {setting.backend}")
-    if resolve_backend(setting, dev).startswith("onnxruntime"):
+    if setting.backend.startswith("openvino") and dev.type != "cpu":
+        raise ValueError("the openvino backend runs on the CPU here; use --device cpu")
+    if resolve_backend(setting, dev).startswith(("onnxruntime", "openvino")):
         bad = [flag for flag, on in (("--channels-last", setting.channels_last), ("--compile", setting.compile),
                                      ("--cuda-graphs", setting.cuda_graphs), ("--train", setting.train)) if on]
         if bad:
-            raise ValueError(f"{', '.join(bad)} apply to the torch backend only; drop them with --backend onnxruntime")
+            raise ValueError(f"{', '.join(bad)} apply to the torch backend only; drop them with --backend "
+                             f"{setting.backend}")
         if setting.dtype != "fp32":
-            raise ValueError(f"the onnxruntime backend runs the exported float32 graph; use --dtype fp32, "
+            raise ValueError(f"the {setting.backend} backend runs the exported float32 graph; use --dtype fp32, "
                              f"not {setting.dtype}")
     _check_dtype_supported(dev, setting.dtype)
     return dev
@@ -375,6 +379,32 @@ def time_onnxruntime(model: nn.Module, input_shape: tuple[int, int, int, int], d
             "note": note}
 
 
+def time_openvino(model: nn.Module, input_shape: tuple[int, int, int, int], *, threads: int | None = None,
+                  warmup: int = 5, repeats: int = 30, max_seconds: float = 10.0, min_repeats: int = 5
+                  ) -> dict[str, Any]:
+    """Export `model` to ONNX (dynamic axes) and time OpenVINO's CPU plugin on it (float32, latency hint);
+    a row with empty figures and a note when the `openvino` package is not installed."""
+    from .export import export_onnx
+
+    try:
+        import openvino as ov
+    except ImportError:
+        return {"mean_ms": None, "median_ms": None, "p95_ms": None, "img_per_s": None, "repeats": 0,
+                "peak_mem_mb": None, "mem_source": None, "note": "skipped: openvino is not installed"}
+    b, c, h, w = input_shape
+    with tempfile.TemporaryDirectory(prefix="defectseg-bench-") as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", input_shape=(1, c, h, w), dynamic=True)
+        compiled = ov.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal((b, c, h, w), dtype=np.float32)
+    source = _reset_peak_memory(torch.device("cpu"))
+    times = _timed(lambda: request.infer({0: x}), torch.device("cpu"), warmup, repeats, max_seconds, min_repeats)
+    return {**_stats(times, b), "peak_mem_mb": _peak_memory_mb(torch.device("cpu"), source), "mem_source": source,
+            "note": f"openvino {ov.__version__}"}
+
+
 def _training_batch(input_shape: tuple[int, int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A synthetic batch: images uint8 (B, C, H, W) and masks (B, H, W) 0/1 with one darker defect square each."""
     b, c, h, w = input_shape
@@ -501,6 +531,8 @@ def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: 
                         if train:
                             result = time_training(fresh, shape, dev, s.dtype, channels_last=channels_last,
                                                    compile=compile, **kw)
+                        elif bk.startswith("openvino"):
+                            result = time_openvino(fresh, shape, threads=torch.get_num_threads(), **kw)
                         elif bk.startswith("onnxruntime"):
                             result = time_onnxruntime(fresh, shape, dev, threads=torch.get_num_threads(), **kw)
                         else:
