@@ -144,3 +144,13 @@ def test_openvino_backend_times_the_graph_or_says_it_is_missing(monkeypatch):
     rows = run_benchmark(["cheapnet-s"], size=32, device="cpu", backend="openvino-fused", warmup=0, repeats=1,
                          min_repeats=1, threads=1)
     assert rows[0]["median_ms"] is None and rows[0]["note"] == "skipped: openvino is not installed"
+
+
+@pytest.mark.parametrize("name,blocked", [("cheapnet-s", False), ("cheapnet-m", True), ("cheapmix-s", True)])
+def test_onnxruntime_uses_the_blocked_layout_only_for_convs_of_8_channels_or_more(tmp_path, name, blocked):
+    model = PixelModel(create_model(name)).eval()
+    om = OnnxModel(export_onnx(fuse_for_inference(model), tmp_path / "m.onnx", (1, 1, 32, 32)), threads=1)
+    assert om.blocked_layout is blocked
+    x = np.random.default_rng(0).integers(0, 256, (1, 1, 32, 48)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(om(x), model(torch.from_numpy(x)).numpy(), atol=1e-4)
