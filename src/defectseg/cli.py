@@ -274,6 +274,36 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
         raise typer.Exit(1)
 
 
+@app.command("serve")
+def serve_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A .pt checkpoint or an exported .onnx."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs an API key."),
+    port: int = typer.Option(8000, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="DEFECTSEG_API_KEY",
+                                          help="Required on every endpoint but /health and the page "
+                                               "(X-API-Key header or Authorization: Bearer)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    backend: str = typer.Option("auto", help="auto, torch or onnxruntime (as predict)."),
+    tile: Optional[int] = typer.Option(None, help="Tile images larger than this (as predict)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads of the network (default: all available)."),
+    max_batch: int = typer.Option(8, help="Images per network call, gathered across concurrent requests."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a batch waits for more images."),
+    max_body_mb: float = typer.Option(64.0, help="Larger request bodies get 413."),
+    max_images: int = typer.Option(16, help="Images per request."),
+    max_pixels: int = typer.Option(0, help="Pixels per image (0: DEFECTSEG_MAX_PIXELS or 150 M); larger get 413."),
+) -> None:
+    """Serve a model over HTTP: POST /inspect, GET /health, GET /metrics, and a page at / (docs/service.md)."""
+    from .serve import ServeConfig, serve
+
+    try:
+        cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb,
+                          max_images=max_images, max_pixels=max_pixels)
+        cfg.check()
+        serve(checkpoint, host, port, api_key, cfg, device=device, backend=backend, tile=tile, threads=threads)
+    except ValueError as exc:
+        _fail(exc)
+
+
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Option(..., help="runs/<name>/best.pt"),

@@ -714,52 +714,57 @@ class Predictor:
     def _run_chunk(self, chunk: list[_Item]) -> list[Result]:
         return self._finish_chunk(*self._infer_chunk(chunk))
 
-    def _infer_chunk(self, chunk: list[_Item]) -> tuple[list[_Item], list[float | None], list[int],
-                                                        list[np.ndarray], float]:
-        """The networks' part of a chunk: gate probabilities, and the probability maps of the images the gate
-        passes (indices `run` into the readable images). Returns what `_finish_chunk` needs, with the time."""
-        t0 = time.perf_counter()
-        ok = [it for it in chunk if it.image is not None]
-        images = [it.image for it in ok]
-        gate_p: list[float | None] = [None] * len(ok)
-        if self.gate is not None and ok:
-            gate_p = list(self._gate_probabilities(images))
-        run = [j for j in range(len(ok)) if gate_p[j] is None or gate_p[j] >= self.gate_threshold]
+    def probability_maps(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray | None, float | None]]:
+        """The networks' part of predict for decoded uint8 images (H, W) or (H, W, 3), in batches: per image
+        (prob, gate_probability). prob: the native-size probability map, (H, W) for a binary head or (N, H, W)
+        class probabilities; None for an image the gate judged OK (not segmented). gate_probability: None
+        without a gate. `result` turns a pair into a Result."""
+        gate_p: list[float | None] = [None] * len(images)
+        if self.gate is not None and images:
+            gate_p = list(self._gate_probabilities(list(images)))
+        run = [j for j in range(len(images)) if gate_p[j] is None or gate_p[j] >= self.gate_threshold]
         sub = [images[j] for j in run]
-        maps = list(self._segment_tiles(sub) if self.tile else self._segment_resize(sub))
-        return chunk, gate_p, run, maps, time.perf_counter() - t0
+        maps = dict(zip(run, self._segment_tiles(sub) if self.tile else self._segment_resize(sub)))
+        return [(maps.get(j), gate_p[j]) for j in range(len(images))]
 
-    def _finish_chunk(self, chunk: list[_Item], gate_p: list[float | None], run: list[int], maps: list[np.ndarray],
-                      infer_seconds: float) -> list[Result]:
+    def result(self, image: np.ndarray, prob: np.ndarray | None, gate_probability: float | None = None,
+               path: str | None = None, post: PostProcess | None = None) -> Result:
+        """One image's Result from its probability map through `post` (default: the checkpoint's post-processing
+        with this Predictor's overrides; the service passes one with a request's own threshold and min_area).
+        prob None (the gate's OK): an all-background map, no defects, verdict OK."""
+        h, w = image.shape[:2]
+        if prob is None:
+            k = self.segmenter.num_classes
+            prob = np.zeros((h, w) if k == 1 else (k, h, w), np.float32)
+            if k > 1:
+                prob[0] = 1.0  # all background
+            return Result(path, (h, w), prob, np.zeros((h, w), np.uint8), [], "OK", 0.0, gate_probability,
+                          image=image)
+        det = (post or self.post)(prob)
+        return Result(path, (h, w), prob, det.mask, det.defects, det.verdict, det.score, gate_probability,
+                      image=image)
+
+    def _infer_chunk(self, chunk: list[_Item]) -> tuple[list[_Item], list, float]:
+        """The networks' part of a chunk; returns what `_finish_chunk` needs, with the time it took."""
+        t0 = time.perf_counter()
+        pairs = self.probability_maps([it.image for it in chunk if it.image is not None])
+        return chunk, pairs, time.perf_counter() - t0
+
+    def _finish_chunk(self, chunk: list[_Item], pairs: list, infer_seconds: float) -> list[Result]:
         """Post-processing (the one shared step, `localize.PostProcess`) and the Results of a chunk, in order."""
         t0 = time.perf_counter() - infer_seconds
         ok = [it for it in chunk if it.image is not None]
-        results: dict[int, Result] = {}
-        for j, prob in zip(run, maps):
-            det = self.post(prob)
-            it = ok[j]
-            results[j] = Result(it.path, tuple(it.image.shape[:2]), prob, det.mask, det.defects, det.verdict,
-                                det.score, gate_p[j], image=it.image)
-        for j, it in enumerate(ok):
-            if j not in results:  # the gate judged it OK: no segmentation
-                h, w = it.image.shape[:2]
-                k = self.segmenter.num_classes
-                prob = np.zeros((h, w) if k == 1 else (k, h, w), np.float32)
-                if k > 1:
-                    prob[0] = 1.0  # all background
-                results[j] = Result(it.path, (h, w), prob, np.zeros((h, w), np.uint8), [], "OK", 0.0, gate_p[j],
-                                    image=it.image)
+        results = [self.result(it.image, prob, gp, it.path) for it, (prob, gp) in zip(ok, pairs)]
         share = (time.perf_counter() - t0) / max(1, len(ok))
         out: list[Result] = []
-        j = 0
+        done = iter(results)
         for it in chunk:
             if it.image is None:
                 out.append(Result(it.path, None, verdict="ERROR", error=it.error, seconds=it.read_seconds))
             else:
-                r = results[j]
+                r = next(done)
                 r.seconds = it.read_seconds + share
                 out.append(r)
-                j += 1
         return out
 
 

@@ -20,8 +20,8 @@ Every failure is a ValueError naming the file.
 """
 from __future__ import annotations
 
+import io
 import os
-
 from pathlib import Path
 from typing import Iterable
 
@@ -140,6 +140,35 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     elif channels == 3 and a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     return np.ascontiguousarray(a)
+
+
+class ImageTooLarge(ValueError):
+    """An image refused from its header: more pixels than the cap allows."""
+
+
+def decode_image(data: bytes, name: str = "upload", cap: int | None = None) -> np.ndarray:
+    """Decode image bytes (an upload) as `read_image` decodes a file: uint8 (H, W) gray or (H, W, 3) RGB.
+
+    The pixel count is checked from the header before any pixel is decoded: over `cap` (default `max_pixels()`)
+    raises ImageTooLarge; empty data, a 0-pixel image, a format Pillow does not know or a truncated file raise a
+    ValueError naming `name`."""
+    if not data:
+        raise ValueError(f"{name}: empty file; send the image's bytes")
+    limit = cap or max_pixels()
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ValueError(f"{name}: not an image this server reads (PNG, JPEG, BMP, TIFF, ...)") from None
+    if w < 1 or h < 1:
+        raise ValueError(f"{name}: empty image ({w}x{h} pixels)")
+    if w * h > limit:
+        raise ImageTooLarge(f"{name}: {w}x{h} pixels is over the cap of {limit:,} pixels per image")
+    try:
+        im.load()
+        return np.ascontiguousarray(_to_array(im, Path(name)))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot decode the image ({exc}); the file is truncated or damaged") from None
 
 
 def read_mask(path: str | Path, rule: str) -> np.ndarray:
