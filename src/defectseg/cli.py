@@ -304,6 +304,36 @@ def serve_cmd(
         _fail(exc)
 
 
+@app.command("watch")
+def watch_cmd(
+    in_dir: Path = typer.Argument(..., help="The folder the line drops images into."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A .pt checkpoint or an exported .onnx."),
+    out: Path = typer.Option(..., "--out", help="Results folder (results.jsonl/csv, masks, overlays)."),
+    interval: float = typer.Option(1.0, help="Seconds between polls."),
+    settle: float = typer.Option(1.0, help="An image is taken once unchanged for this many seconds."),
+    once: bool = typer.Option(False, "--once", help="Inspect what is there now, then exit."),
+    no_overlays: bool = typer.Option(False, "--no-overlays", help="Write masks and records only."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    tile: Optional[int] = typer.Option(None, help="Tile images larger than this (as predict)."),
+) -> None:
+    """Inspect every image dropped into IN_DIR once (also across restarts), writing predict's records to --out."""
+    from .infer import Predictor
+    from .watch import watch
+
+    try:
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, tile=tile)
+        console.print(f"watching {in_dir} with {checkpoint} ({predictor.segmenter.backend}) -> {out}; Ctrl-C stops")
+        n = watch(predictor, in_dir, out, interval, settle, once, overlays=not no_overlays,
+                  on_result=lambda r: console.print(f"{r.verdict}  {r.path}  {len(r.defects)} defects"
+                                                    + (f"  {r.error}" if r.error else "")))
+    except ValueError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        console.print("stopped")
+        return
+    console.print(f"{n} images inspected")
+
+
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Option(..., help="runs/<name>/best.pt"),

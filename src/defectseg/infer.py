@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import queue
 import threading
 import time
@@ -828,19 +829,31 @@ class ResultWriter:
     """
 
     def __init__(self, out_dir: str | Path, overlays: bool = True, masks: bool = True,
-                 overwrite: bool = False, background: bool = True) -> None:
+                 overwrite: bool = False, background: bool = True, append: bool = False) -> None:
         self.out_dir = Path(out_dir)
-        _claim_output(self.out_dir, overwrite)
+        # append (folder watching): continue the results of an earlier run in out_dir; `done` lists its inputs
+        previous = _read_records(self.out_dir / "results.jsonl") if append else []
+        if not previous:
+            _claim_output(self.out_dir, overwrite)
+        self.done: set[str] = {str(rec.get("path")) for rec in previous}
         self.overlays, self.masks = overlays, masks
         # background: overlays are drawn and PNGs encoded by one worker thread (zlib and OpenCV release the GIL),
         # beside the network; at most MAX_PENDING images wait, and a failed write is raised at the next call.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="defectseg-write") if background else None
         self._pending: deque = deque()
-        self._jsonl = open(self.out_dir / "results.jsonl", "w")
-        self._csv_file = open(self.out_dir / "results.csv", "w", newline="")
+        if previous and not (self.out_dir / "results.jsonl").read_bytes().endswith(b"\n"):
+            # a crash mid-line: keep the whole records only, so the next one starts on its own line
+            (self.out_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in previous))
+        mode = "a" if previous else "w"
+        self._jsonl = open(self.out_dir / "results.jsonl", mode)
+        self._csv_file = open(self.out_dir / "results.csv", mode, newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=_CSV_FIELDS)
-        self._csv.writeheader()
+        if not previous:
+            self._csv.writeheader()
         self._stems: dict[str, int] = {}
+        for rec in previous:  # later images with a stem used before get the next free suffix
+            if rec.get("path"):
+                self._stem(rec["path"])
         self.n_images = self.n_ok = self.n_ng = self.n_errors = self.n_defects = 0
         self.errors: list[tuple[str, str]] = []
 
@@ -915,6 +928,28 @@ class ResultWriter:
             write_png(self.out_dir / mask_name, r.mask * np.uint8(255) if binary else r.mask)
         if overlay_name:
             write_png(self.out_dir / overlay_name, overlay(r.image, r.mask, r.defects))
+
+
+    def flush(self) -> None:
+        """Finish the pending image writes and put the records on disk (fsync): what is listed exists."""
+        while self._pending:
+            self._pending.popleft().result()
+        for f in (self._jsonl, self._csv_file):
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a results.jsonl ([] when there is none); a torn last line (a crash mid-write) is dropped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def _csv_safe(text: str | None) -> str | None:

@@ -1,0 +1,85 @@
+"""`defectseg watch`: each image dropped into the folder is inspected once, across restarts; files still being
+written wait; a torn results.jsonl line (a crash) is dropped, not appended to."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from test_infer import _save, _scene, bright_detector  # a checkpoint as training writes one; the fake network
+from typer.testing import CliRunner
+
+from defectseg.cli import app
+from defectseg.data.io import write_png
+from defectseg.infer import Predictor
+from defectseg.watch import watch
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> Predictor:
+    pred = Predictor.from_checkpoint(_save(tmp_path_factory.mktemp("watch") / "seg.pt"), device="cpu",
+                                     backend="torch")
+    pred.segmenter.logits = bright_detector()
+    return pred
+
+
+def _drop(folder: Path, *names: str) -> None:
+    for n in names:
+        write_png(folder / n, _scene(40, 50, (5, 5, 15, 12)))
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_each_image_is_inspected_once_across_restarts(predictor, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    _drop(inbox, "a.png", "b.png", "c.png")
+    assert watch(predictor, inbox, out, settle=0, once=True) == 3
+    _drop(inbox, "d.png", "e.png")
+    assert watch(predictor, inbox, out, settle=0, once=True) == 2  # a restart: only the new ones
+    assert watch(predictor, inbox, out, settle=0, once=True) == 0
+    recs = _records(out)
+    assert sorted(Path(r["path"]).name for r in recs) == ["a.png", "b.png", "c.png", "d.png", "e.png"]
+    assert all(r["verdict"] == "NG" and (out / r["mask"]).is_file() for r in recs)
+    assert (out / "results.csv").read_text().count("path,width") == 1  # one header
+
+
+def test_a_file_still_being_written_waits_for_the_next_poll(predictor, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    _drop(inbox, "old.png", "new.png")
+    past = time.time() - 60
+    os.utime(inbox / "old.png", (past, past))
+    assert watch(predictor, inbox, out, settle=30, once=True) == 1  # new.png changed a moment ago
+    assert [Path(r["path"]).name for r in _records(out)] == ["old.png"]
+    polls = iter([False, True])
+    n = watch(predictor, inbox, out, interval=0.01, settle=30, should_stop=lambda: next(polls))
+    assert n == 1 and len(_records(out)) == 2  # unchanged over one poll interval: taken at the second poll
+
+
+def test_a_torn_last_record_is_dropped_and_its_image_inspected_again(predictor, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    _drop(inbox, "a.png", "b.png")
+    watch(predictor, inbox, out, settle=0, once=True)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n" + lines[1][:20])  # a crash in the middle of b's record
+    assert watch(predictor, inbox, out, settle=0, once=True) == 1
+    assert sorted(Path(r["path"]).name for r in _records(out)) == ["a.png", "b.png"]
+
+
+def test_watch_cli_once_and_refusals(predictor, tmp_path):
+    ckpt = predictor.segmenter.source
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    _drop(inbox, "a.png")
+    os.utime(inbox / "a.png", (time.time() - 10, time.time() - 10))
+    res = CliRunner().invoke(app, ["watch", str(inbox), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                                   "--once", "--device", "cpu"])
+    assert res.exit_code == 0 and "1 images inspected" in res.output, res.output
+    res = CliRunner().invoke(app, ["watch", str(inbox), "--checkpoint", str(ckpt), "--out", str(inbox), "--once"])
+    assert res.exit_code == 2 and "must not be the watched folder" in res.output.replace("\n", " ")
