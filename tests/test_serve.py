@@ -106,6 +106,7 @@ def _bad_requests(client) -> list[tuple[int, str]]:
         client.post("/inspect?threshold=2", files={"image": ("a.png", png, "image/png")}),
         client.post("/inspect?min_area=-5", files={"image": ("a.png", png, "image/png")}),
         client.post("/inspect?mask=jpg", files={"image": ("a.png", png, "image/png")}),
+        client.post("/inspect", files=[("image", (f"{i}.png", png, "image/png")) for i in range(17)]),
         client.post("/inspect", files={"image": ("rgba.png", _png(rgba), "image/png")}),  # converted: fine
     ]
     return [(r.status_code, r.text) for r in cases]
@@ -114,10 +115,10 @@ def _bad_requests(client) -> list[tuple[int, str]]:
 def test_bad_input_is_a_4xx_with_a_message_and_the_server_goes_on(client):
     got = _bad_requests(client)
     codes = [c for c, _ in got]
-    assert codes == [400, 400, 400, 400, 400, 400, 413, 413, 422, 422, 422, 200], got
+    assert codes == [400, 400, 400, 400, 400, 400, 413, 413, 422, 422, 422, 400, 200], got
     assert "not an image" in got[0][1] and ("truncated" in got[1][1] or "not an image" in got[1][1])
     assert "empty file" in got[2][1] and "multipart field 'image'" in got[5][1] and "over the cap" in got[6][1]
-    assert "over the limit" in got[7][1]
+    assert "over the limit" in got[7][1] and "Too many files" in got[11][1]
     assert client.post("/inspect", files={"image": ("a.png", _png(_scene(32, 32, (4, 4, 8, 8))),
                                                     "image/png")}).status_code == 200
 

@@ -86,6 +86,13 @@ def train(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and list) unreadable or inconsistent samples."),
     allow_unlabeled: bool = typer.Option(False, "--allow-unlabeled",
                                          help="Generic layout: images without a mask are defect-free."),
+    synthetic_defects: Optional[float] = typer.Option(None, help="Probability per good training image of a "
+                                                      "painted synthetic defect (with its mask)."),
+    copy_paste: Optional[float] = typer.Option(None, help="Probability per good training image of a real "
+                                               "defect pasted from another image of the batch."),
+    defect_free_only: bool = typer.Option(False, "--defect-free-only",
+                                          help="Ignore the real defective training images (learn from good parts "
+                                               "with --synthetic-defects); threshold set on good validation images."),
     set_: list[str] = typer.Option([], "--set", help="Any config value: section.key=value (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch, no progress bar."),
@@ -102,7 +109,8 @@ def train(
                 "name": name, "out_dir": out_dir,
                 "data": {"root": data, "format": format, "size": size, "augment": augment,
                          "split_file": split_file, "skip_bad": skip_bad or None, "reference": reference,
-                         "allow_unlabeled": allow_unlabeled or None},
+                         "allow_unlabeled": allow_unlabeled or None, "synthetic_defects": synthetic_defects,
+                         "copy_paste": copy_paste, "defect_free_only": defect_free_only or None},
                 "model": {"name": model, "encoder_weights": encoder_weights,
                           "freeze_encoder_epochs": freeze_encoder_epochs},
                 "train": {"task": task, "epochs": epochs, "iterations": iterations, "batch_size": batch_size,

@@ -35,6 +35,10 @@ class DataConfig:
     skip_bad: bool = False
     allow_unlabeled: bool = False        # generic layout: an image without a mask is defect-free
     defective_only: bool = False         # train on defective images only (the cascade's segmenter)
+    defect_free_only: bool = False       # train on defect-free images only (with synthetic_defects: learn from
+                                         # good parts); the threshold then comes from val-frr (good val images)
+    synthetic_defects: float = 0.0       # probability per good training image of a painted defect (data/defects.py)
+    copy_paste: float = 0.0              # probability per good training image of a pasted real defect
     reference: str | None = None         # reference mode: a defect-free image file, or "group"
     workers: int = 0
     mean: float = 0.5                    # normalisation after scaling to [0, 1]: (x - mean) / std
@@ -208,6 +212,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "data.size": (lambda v: v >= 1, ">= 1"),
     "data.crop": (lambda v: v >= 1, "null or >= 1 (a multiple of the model's size multiple)"),
     "data.defect_crops": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.synthetic_defects": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.copy_paste": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.defective_share": (lambda v: 0 < v < 1, "null or in (0, 1)"),
     "data.workers": (lambda v: v >= 0, ">= 0"),
     "data.std": (lambda v: v > 0, "> 0 (images are divided by it)"),

@@ -27,7 +27,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -41,8 +41,9 @@ from . import config as C
 from .data import DatasetSpec, SegmentationDataset, WithReference, group_references, load_dataset
 from .data.dataset import RandomCrops
 from .data.io import IGNORE_INDEX, image_size
-from .data.splits import load_split, make_split, save_split, select
+from .data.splits import load_split, make_split, save_split, select, with_known_defect
 from .data.stats import class_pixel_counts, median_frequency_weights
+from .data.defects import CopyPaste, SyntheticDefects
 from .data.transforms import Augmenter
 from .localize import RegionMetrics, defect_probability, defects_from_mask
 from .losses import build_loss
@@ -292,7 +293,7 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
     pm, pr = cm.compute(), ranking.compute()
     out = {"defect_iou": pm["defect_iou"], "miou": pm["miou"], "macc": pm["macc"], "pixel_acc": pm["pixel_acc"],
            "mean_dice": pm["mean_dice"], **{f"iou_{i}": v for i, v in enumerate(pm["iou"])}, **_image_metrics(img),
-           "pixel_auroc": pr["pixel_auroc"], "pixel_ap": pr["pixel_ap"]}
+           "pixel_auroc": pr["pixel_auroc"], "pixel_ap": pr["pixel_ap"], "aupro": pr["aupro"]}
     if reg is not None:
         rm = reg.compute()
         out.update({"region_ap50": rm["ap50"], "region_ap": rm["ap"], "region_precision50": rm["precision@0.5"],
@@ -483,14 +484,17 @@ class TrainStep:
     amp: torch.dtype | None = None   # autocast dtype (CUDA only), e.g. torch.bfloat16
     channels_last: bool = False
     grad_clip: float | None = None
+    defects: list = field(default_factory=list)  # SyntheticDefects / CopyPaste, after the augmentation
 
     def __call__(self, images: torch.Tensor, mask: torch.Tensor) -> float:
         """images uint8 (B, C, H, W), mask (B, H, W) class ids, both on the model's device -> the batch loss."""
-        # The image label: any defect pixel (IGNORE_INDEX marks padding, not a defect).
-        labels = defect_pixels(mask).flatten(1).any(1).float()
         # Image and mask are augmented together on the device; the Augmenter works in [0, 1], the model in 0..255.
         x, mask = self.augment(images.float() / 255.0, mask.long())
+        for make_defects in self.defects:  # painted or pasted defects on good images, with their masks
+            x, mask = make_defects(x, mask)
         x = x * 255.0
+        # The image label: any defect pixel (IGNORE_INDEX marks padding, not a defect), made ones included.
+        labels = defect_pixels(mask).flatten(1).any(1).float()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(x.device, self.amp):
@@ -659,6 +663,10 @@ class Trainer:
                        fractions=list(cfg.data.fractions), data=str(cfg.data.root))
         pool = select(self.spec, self.split.get("train", []))
         train = pool if not cfg.data.defective_only else [s for s in pool if s.defective is not False]
+        if cfg.data.defect_free_only:  # good parts only: a layout that cannot tell needs the masks decoded
+            train = [s for s in map(with_known_defect, train) if s.defective is False]
+            if not train:
+                raise ValueError("data.defect_free_only: the training split holds no defect-free image")
         self.train_set = split_dataset(cfg, self.spec, train, pool, cfg.data.cache)
         if len(self.train_set) == 0:
             raise ValueError(f"the training split of {cfg.data.root} is empty; check the data folder and split file")
@@ -806,6 +814,8 @@ class Trainer:
                 if cfg.data.crop else Subset(self.train_set, order))
         loader = DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False, num_workers=cfg.data.workers)
         step.augment = Augmenter(cfg.data.augment, seed=epoch_seed, ignore_index=IGNORE_INDEX)
+        step.defects = [f for f in (SyntheticDefects(cfg.data.synthetic_defects, seed=epoch_seed + 1),
+                                    CopyPaste(cfg.data.copy_paste, seed=epoch_seed + 2)) if f.p > 0]
         step.model.train()
         set_encoder_frozen(self.model.net, epoch < cfg.model.freeze_encoder_epochs)
         self.progress.start(f"epoch {epoch + 1}/{self.epochs}", len(loader))
@@ -894,9 +904,12 @@ class Trainer:
         rule = self.cfg.infer.threshold_from
         if rule == "fixed" or self.task != "segment" or not len(self.eval_sets["val"]):
             return
+        if rule == "val-f1" and self.cfg.data.defect_free_only:
+            rule = "val-frr"  # a model that saw no real defect is set on good parts: target_frr of them rejected
         thr, how = calibrate_threshold(model, self.eval_sets["val"], self.cfg, self.device, self.n_logits, rule,
                                        self.cfg.infer.target_frr, self.cfg.train.batch_size)
-        self.threshold_note = how
+        self.threshold_note = how if rule == self.cfg.infer.threshold_from else \
+            f"val-frr, as data.defect_free_only: {how}"
         if how.startswith("kept"):  # a warning the user must see, even with -q
             print(f"warning: threshold {how}", file=sys.stderr, flush=True)
         else:

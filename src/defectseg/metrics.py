@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -188,6 +189,20 @@ class ConfusionMatrix:
         }
 
 
+def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """Trapezoidal area under y(x) for x from 0 to `limit` (x non-decreasing from 0; y linear between points)."""
+    area = 0.0
+    for i in range(1, len(x)):
+        x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+        if x0 >= limit:
+            break
+        if x1 > limit:  # the last segment, cut at the limit
+            y1 = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+            x1 = limit
+        area += (x1 - x0) * (y0 + y1) / 2
+    return float(area)
+
+
 class PixelRanking:
     """Threshold-free pixel metrics: how well the defect probability ranks defect pixels above background ones.
 
@@ -200,10 +215,16 @@ class PixelRanking:
     to choose the threshold on validation (`engine.calibrate_threshold`, rule val-f1).
     """
 
+    AUPRO_MAX_FPR = 0.3  # the MVTec AD convention: the PRO curve integrated up to this false-positive rate
+
     def __init__(self, bins: int = 1000) -> None:
         self.bins = bins
         self.pos = np.zeros(bins, np.int64)
         self.neg = np.zeros(bins, np.int64)
+        # AUPRO: for each ground-truth region (a connected component of defect pixels), the histogram of its pixels'
+        # probabilities divided by its size, summed over all regions; and the number of regions.
+        self.regions = np.zeros(bins, np.float64)
+        self.n_regions = 0
 
     def update(self, prob: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> None:
         """prob (H, W) defect probability in [0, 1]; truth (H, W) bool defect pixels; valid (H, W) bool pixels
@@ -213,17 +234,29 @@ class PixelRanking:
         truth = np.asarray(truth, bool)
         self.pos += np.bincount(k[keep & truth], minlength=self.bins)
         self.neg += np.bincount(k[keep & ~truth], minlength=self.bins)
+        n, labels = cv2.connectedComponents((keep & truth).astype(np.uint8), connectivity=8)
+        if n > 1:
+            inside = labels > 0
+            per_region = np.bincount((labels[inside] - 1) * self.bins + k[inside],
+                                     minlength=(n - 1) * self.bins).reshape(n - 1, self.bins)
+            self.regions += (per_region / per_region.sum(1, keepdims=True)).sum(0)
+            self.n_regions += n - 1
 
     def reduce_distributed(self) -> None:
         """Sum the histograms over all ranks (a no-op unless torch.distributed is initialised)."""
         if _dist_ready():
             self.pos, self.neg = _sum_over_ranks(torch.from_numpy(np.stack([self.pos, self.neg]))).cpu().numpy()
+            both = _sum_over_ranks(torch.from_numpy(np.append(self.regions, self.n_regions))).cpu().numpy()
+            self.regions, self.n_regions = both[:-1], int(round(both[-1]))
 
     def compute(self) -> dict[str, float]:
-        """pixel_auroc, pixel_ap, best_f1, best_f1_iou, best_f1_threshold (NaN where a class of pixels is absent)."""
+        """pixel_auroc, pixel_ap, aupro, best_f1, best_f1_iou, best_f1_threshold (NaN where a class of pixels is
+        absent). aupro: the area under the per-region overlap (PRO: the mean over ground-truth regions of the share
+        of each region's pixels called defect) against the background false-positive rate, from 0 to
+        AUPRO_MAX_FPR, divided by AUPRO_MAX_FPR (1 is perfect), with the curve's points at the bin edges."""
         n_pos, n_neg = int(self.pos.sum()), int(self.neg.sum())
-        nan = {"pixel_auroc": math.nan, "pixel_ap": math.nan, "best_f1": math.nan, "best_f1_iou": math.nan,
-               "best_f1_threshold": math.nan}
+        nan = {"pixel_auroc": math.nan, "pixel_ap": math.nan, "aupro": math.nan, "best_f1": math.nan,
+               "best_f1_iou": math.nan, "best_f1_threshold": math.nan}
         if n_pos == 0 or n_neg == 0:
             return nan
         # tp[k], fp[k]: pixels with probability in bin k or above, i.e. called defect at threshold k / bins.
@@ -236,7 +269,11 @@ class PixelRanking:
         ap = float(np.sum(self.pos[::-1] / n_pos * precision[::-1]))
         f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
         best = int(np.argmax(f1))
-        return {"pixel_auroc": auroc, "pixel_ap": ap, "best_f1": float(f1[best]),
+        # PRO and FPR at each threshold k / bins, from the highest (nothing called defect) down.
+        pro = np.concatenate([[0.0], (np.cumsum(self.regions[::-1]) / max(self.n_regions, 1))])
+        fpr = np.concatenate([[0.0], np.cumsum(self.neg[::-1]) / n_neg])
+        aupro = _area_up_to(fpr, pro, self.AUPRO_MAX_FPR) / self.AUPRO_MAX_FPR
+        return {"pixel_auroc": auroc, "pixel_ap": ap, "aupro": aupro, "best_f1": float(f1[best]),
                 "best_f1_iou": float(f1[best] / (2 - f1[best])), "best_f1_threshold": best / self.bins}
 
 

@@ -32,7 +32,7 @@ def _stratum(s: Sample) -> str:
     return f"{s.group}|{s.defective}"
 
 
-def _known(s: Sample) -> Sample:
+def with_known_defect(s: Sample) -> Sample:
     """`s` with `defective` known: a layout that gives a mask file for every image (the generic one) cannot
     tell a defect-free image from a defective one until the mask is decoded, and a split stratified on
     "unknown" can leave validation without a single defective image."""
@@ -79,8 +79,8 @@ def make_split(samples: Sequence[Sample] | DatasetSpec, fractions: Sequence[floa
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ValueError(f"duplicated sample keys {dup}: every image must have a unique path")
-    given = [_known(s) for s in samples if s.split is not None]
-    free = [_known(s) for s in samples if s.split is None]
+    given = [with_known_defect(s) for s in samples if s.split is not None]
+    free = [with_known_defect(s) for s in samples if s.split is None]
     out = {k: [] for k in SPLITS}
     if free:
         for k, v in _stratified(free, frac, seed, "free").items():
