@@ -154,3 +154,14 @@ def test_onnxruntime_uses_the_blocked_layout_only_for_convs_of_8_channels_or_mor
     x = np.random.default_rng(0).integers(0, 256, (1, 1, 32, 48)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(om(x), model(torch.from_numpy(x)).numpy(), atol=1e-4)
+
+
+def test_openvino_runs_the_fused_graph_with_pytorch_s_logits(tmp_path):
+    ov = pytest.importorskip("openvino")
+    model = PixelModel(_randomise_batchnorm(create_model("cheapnet-m"))).eval()
+    path = export_onnx(fuse_for_inference(model), tmp_path / "m.onnx", (1, 1, 32, 32))
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = np.random.default_rng(0).integers(0, 256, (1, 1, 48, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(compiled.create_infer_request().infer({0: x})[0], want, atol=1e-4)
