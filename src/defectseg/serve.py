@@ -322,21 +322,24 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
         except Exception as exc:  # noqa: BLE001 - any malformed body is the client's error
             raise HTTPException(400, f"cannot read the request body as multipart/form-data ({exc}); send the "
                                      "images as multipart field 'image'") from None
-        uploads = [u for u in form.getlist("image") if hasattr(u, "read")]
-        if not uploads:
-            raise HTTPException(400, "no image: send one or more files as multipart field 'image' "
-                                     "(curl -F image=@part.png ...)")
         names, images = [], []
-        for i, u in enumerate(uploads):
-            name = Path(u.filename or f"image{i}").name  # a name for messages only, never a path on disk
-            data = await u.read()
-            try:
-                images.append(await run_in_threadpool(decode_image, data, name, cap))
-            except ImageTooLarge as exc:
-                raise HTTPException(413, str(exc)) from None
-            except ValueError as exc:
-                raise HTTPException(400, str(exc)) from None
-            names.append(name)
+        try:  # the uploads are spooled to temporary files until the form is closed
+            uploads = [u for u in form.getlist("image") if hasattr(u, "read")]
+            if not uploads:
+                raise HTTPException(400, "no image: send one or more files as multipart field 'image' "
+                                         "(curl -F image=@part.png ...)")
+            for i, u in enumerate(uploads):
+                name = Path(u.filename or f"image{i}").name  # a name for messages only, never a path on disk
+                data = await u.read()
+                try:
+                    images.append(await run_in_threadpool(decode_image, data, name, cap))
+                except ImageTooLarge as exc:
+                    raise HTTPException(413, str(exc)) from None
+                except ValueError as exc:
+                    raise HTTPException(400, str(exc)) from None
+                names.append(name)
+        finally:
+            await form.close()
         t_decoded = time.perf_counter()
         pairs = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(im)) for im in images))
         t_inferred = time.perf_counter()
