@@ -113,3 +113,20 @@ def test_training_with_made_defects_and_on_good_parts_only(tmp_path):
     assert "val-frr, as data.defect_free_only" in report
     cfg = (tmp_path / "runs" / "good" / "config.yaml").read_text()
     assert "defect_free_only: true" in cfg and "synthetic_defects: 1.0" in cfg
+
+
+def test_defective_images_keeps_a_seeded_subset_of_the_real_defects(tmp_path):
+    from defectseg import config as C
+    from defectseg.data.synthetic import write_dagm
+    from defectseg.engine import Trainer
+
+    write_dagm(tmp_path / "data", n_per_class=20, size=32, defective_fraction=0.5, seed=1, classes=1)
+    chosen = []
+    for _ in range(2):
+        cfg = C.from_dict({"data": {"root": str(tmp_path / "data"), "size": 32, "defective_images": 3},
+                           "train": {"device": "cpu"}, "out_dir": str(tmp_path / "runs"), "name": f"r{len(chosen)}"})
+        t = Trainer(cfg, quiet=True)
+        samples = t.train_set.samples
+        chosen.append(sorted(s.key for s in samples if s.defective))
+        assert len(chosen[-1]) == 3 and sum(not s.defective for s in samples) > 3
+    assert chosen[0] == chosen[1]  # the same three images for the same seed

@@ -37,6 +37,7 @@ class DataConfig:
     defective_only: bool = False         # train on defective images only (the cascade's segmenter)
     defect_free_only: bool = False       # train on defect-free images only (with synthetic_defects: learn from
                                          # good parts); the threshold then comes from val-frr (good val images)
+    defective_images: int | None = None  # keep only this many real defective training images (seeded; few-label)
     synthetic_defects: float = 0.0       # probability per good training image of a painted defect (data/defects.py)
     copy_paste: float = 0.0              # probability per good training image of a pasted real defect
     reference: str | None = None         # reference mode: a defect-free image file, or "group"
@@ -213,6 +214,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "data.crop": (lambda v: v >= 1, "null or >= 1 (a multiple of the model's size multiple)"),
     "data.defect_crops": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.synthetic_defects": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "data.defective_images": (lambda v: v >= 0, "null or an integer >= 0"),
     "data.copy_paste": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.defective_share": (lambda v: 0 < v < 1, "null or in (0, 1)"),
     "data.workers": (lambda v: v >= 0, ">= 0"),

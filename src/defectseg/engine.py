@@ -663,10 +663,15 @@ class Trainer:
                        fractions=list(cfg.data.fractions), data=str(cfg.data.root))
         pool = select(self.spec, self.split.get("train", []))
         train = pool if not cfg.data.defective_only else [s for s in pool if s.defective is not False]
-        if cfg.data.defect_free_only:  # good parts only: a layout that cannot tell needs the masks decoded
-            train = [s for s in map(with_known_defect, train) if s.defective is False]
+        if cfg.data.defect_free_only or cfg.data.defective_images is not None:
+            # a layout that cannot tell a good image from a defective one needs the masks decoded here
+            train = [with_known_defect(s) for s in train]
+            bad = [s for s in train if s.defective is not False]
+            keep = 0 if cfg.data.defect_free_only else min(cfg.data.defective_images, len(bad))
+            chosen = set(random.Random(cfg.train.seed).sample(range(len(bad)), keep))  # seeded: the same k images
+            train = [s for s in train if s.defective is False] + [s for i, s in enumerate(bad) if i in chosen]
             if not train:
-                raise ValueError("data.defect_free_only: the training split holds no defect-free image")
+                raise ValueError("the training split holds no defect-free image to train on (data.defect_free_only)")
         self.train_set = split_dataset(cfg, self.spec, train, pool, cfg.data.cache)
         if len(self.train_set) == 0:
             raise ValueError(f"the training split of {cfg.data.root} is empty; check the data folder and split file")
