@@ -22,3 +22,7 @@ row() {  # row NAME ARGS...
 
 # 0 real defective images: good parts with a synthetic defect on half of them; threshold on good validation images.
 row fewlabel-0-synth --defect-free-only --synthetic-defects 0.5 --epochs 30 --set train.eval_every=5
+# 10 real defective images (seeded choice), drawn a quarter of the time; with and without made defects.
+row fewlabel-10-synth --set data.defective_images=10 --set data.defective_share=0.25 --synthetic-defects 0.5 \
+    --copy-paste 0.5 --epochs 30 --set train.eval_every=5
+row fewlabel-10 --set data.defective_images=10 --set data.defective_share=0.25 --epochs 30 --set train.eval_every=5
