@@ -26,3 +26,7 @@ row fewlabel-0-synth --defect-free-only --synthetic-defects 0.5 --epochs 30 --se
 row fewlabel-10-synth --set data.defective_images=10 --set data.defective_share=0.25 --synthetic-defects 0.5 \
     --copy-paste 0.5 --epochs 30 --set train.eval_every=5
 row fewlabel-10 --set data.defective_images=10 --set data.defective_share=0.25 --epochs 30 --set train.eval_every=5
+# All real defective images (drawn half the time), with and without made defects.
+row fewlabel-all-synth --set data.defective_share=0.5 --synthetic-defects 0.5 --copy-paste 0.5 --epochs 30 \
+    --set train.eval_every=5
+row fewlabel-all --set data.defective_share=0.5 --epochs 30 --set train.eval_every=5
