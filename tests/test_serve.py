@@ -37,6 +37,16 @@ def _png(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (with a valid CRC) and holds no pixel data: a 0x0 image."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     return _save(tmp_path_factory.mktemp("serve") / "seg.pt")
@@ -107,6 +117,7 @@ def _bad_requests(client) -> list[tuple[int, str]]:
         client.post("/inspect?min_area=-5", files={"image": ("a.png", png, "image/png")}),
         client.post("/inspect?mask=jpg", files={"image": ("a.png", png, "image/png")}),
         client.post("/inspect", files=[("image", (f"{i}.png", png, "image/png")) for i in range(17)]),
+        client.post("/inspect", files={"image": ("zero.png", _png_header(0, 0), "image/png")}),
         client.post("/inspect", files={"image": ("rgba.png", _png(rgba), "image/png")}),  # converted: fine
     ]
     return [(r.status_code, r.text) for r in cases]
@@ -115,7 +126,7 @@ def _bad_requests(client) -> list[tuple[int, str]]:
 def test_bad_input_is_a_4xx_with_a_message_and_the_server_goes_on(client):
     got = _bad_requests(client)
     codes = [c for c, _ in got]
-    assert codes == [400, 400, 400, 400, 400, 400, 413, 413, 422, 422, 422, 400, 200], got
+    assert codes == [400, 400, 400, 400, 400, 400, 413, 413, 422, 422, 422, 400, 400, 200], got
     assert "not an image" in got[0][1] and ("truncated" in got[1][1] or "not an image" in got[1][1])
     assert "empty file" in got[2][1] and "multipart field 'image'" in got[5][1] and "over the cap" in got[6][1]
     assert "over the limit" in got[7][1] and "Too many files" in got[11][1]
@@ -245,6 +256,30 @@ def test_a_client_killed_mid_upload_and_garbage_do_not_disturb_a_good_request(li
     assert _post(live.url, png)[0] == 200  # and the server is still there
 
 
+def test_a_network_failure_on_one_image_is_answered_to_its_request_only(ckpt):
+    """The batcher runs a failed batch again image by image: the poisoned image's request fails, the others in
+    its batch get their answers."""
+    pred = _predictor(ckpt)
+    detector = pred.segmenter.logits
+
+    def poisoned(x):
+        if (x == 7).any():  # the poisoned image holds pixels of value 7
+            raise RuntimeError("kernel fault")
+        return detector(x)
+
+    pred.segmenter.logits = poisoned
+    server = _Server(create_app(pred, ServeConfig(max_batch=8, max_wait_ms=300)))
+    try:
+        good, bad = _png(_scene(48, 48, (4, 4, 12, 12))), _png(np.full((48, 48), 7, np.uint8))
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda data: _post(server.url, data), [good, bad, good, good]))
+    finally:
+        server.stop()
+    assert [code for code, _ in results] == [200, 500, 200, 200]
+    assert all(body["verdict"] == "NG" for code, body in results if code == 200)
+
+
+@pytest.mark.slow
 def test_bounded_load_on_loopback(live):
     spec = importlib.util.spec_from_file_location("load", _LOAD)
     load = importlib.util.module_from_spec(spec)

@@ -341,7 +341,10 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
         finally:
             await form.close()
         t_decoded = time.perf_counter()
-        pairs = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(im)) for im in images))
+        try:
+            pairs = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(im)) for im in images))
+        except Exception as exc:  # noqa: BLE001 - the network failed on this request's images (a server fault)
+            raise HTTPException(500, f"inspection failed: {type(exc).__name__}: {exc}") from None
         t_inferred = time.perf_counter()
 
         def finish() -> list[dict[str, Any]]:
