@@ -68,11 +68,13 @@ row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss ce --l
 row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
 
 [[ ${LATENCY:-1} == 1 ]] || exit 0  # LATENCY=0: trainings only
-# CPU batch-1 latency at the training sizes (2 threads), then the plot of defect IoU against it.
+# CPU batch-1 latency at the training sizes (2 threads, eager PyTorch as in the plot's label; docs/benchmarks.md has
+# every backend), then the plot of defect IoU against it.
 for size in 128 192; do
   "$PY" -m defectseg.cli benchmark --models cheapmix-m,unet-small,cheapnet-m --size $size --batch 1 --device cpu \
-      --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size.md"
+      --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size.md"
 done
-"$PY" -m defectseg.cli benchmark --models mobile-unet --channels 3 --size 128 --batch 1 --device cpu --threads 2 \
+"$PY" -m defectseg.cli benchmark --models mobile-unet --channels 3 --size 128 --batch 1 --device cpu --backend torch \
+    --threads 2 \
     --repeats 30 --max-seconds 10 --quiet --out "$R/latency-128-rgb.md"
 "$PY" benchmarks/results_plot.py docs/results.png
