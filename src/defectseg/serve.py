@@ -37,7 +37,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from .data.io import ImageTooLarge, decode_image, max_pixels
+from .data.io import ImageTooLarge, decode_image
 from .infer import Predictor, Result
 from .localize import PostProcess
 
@@ -257,7 +257,6 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
     /health reports."""
     cfg = cfg or ServeConfig()
     cfg.check()
-    cap = cfg.max_pixels or max_pixels()
     predictor.batch_size = cfg.max_batch
     batcher = Batcher(predictor, cfg.max_batch, cfg.max_wait_ms / 1000)
     metrics = Metrics()
@@ -332,7 +331,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
                 name = Path(u.filename or f"image{i}").name  # a name for messages only, never a path on disk
                 data = await u.read()
                 try:
-                    images.append(await run_in_threadpool(decode_image, data, name, cap))
+                    images.append(await run_in_threadpool(decode_image, data, name, cfg.max_pixels or None))
                 except ImageTooLarge as exc:
                     raise HTTPException(413, str(exc)) from None
                 except ValueError as exc:

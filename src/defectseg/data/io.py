@@ -56,28 +56,42 @@ def max_pixels() -> int:
     return int(raw)
 
 
+class ImageTooLarge(ValueError):
+    """An image refused from its header: more pixels than the cap allows."""
+
+
+def check_pixels(w: int, h: int, label: str | Path, cap: int | None = None) -> None:
+    """The header check every decode passes before any pixel is read: an empty image is a ValueError, one over
+    `cap` pixels (default `max_pixels()`) an ImageTooLarge, both naming `label`."""
+    if w < 1 or h < 1:
+        raise ValueError(f"{label}: {w}x{h} pixels is an empty image")
+    limit = cap or max_pixels()
+    if w * h > limit:
+        where = "" if cap else " (the environment variable DEFECTSEG_MAX_PIXELS)"
+        raise ImageTooLarge(f"{label}: {w}x{h} pixels is over the cap of {limit:,} pixels per image; if the image "
+                            f"is genuine, raise the cap{where}")
+
+
 def _open(path: Path) -> Image.Image:
     try:
         im = Image.open(path)
         w, h = im.size
-        if w * h > max_pixels() or w < 1 or h < 1:
-            im.close()
-            raise _TooLarge(f"{path}: {w}x{h} pixels " + (
-                f"is over the cap of {max_pixels():,} pixels per image; if the image is genuine, raise it with "
-                "the environment variable DEFECTSEG_MAX_PIXELS" if w and h else "is an empty image"))
-        im.load()  # force the full decode: truncated files raise here
-        return im
-    except _TooLarge as exc:
-        raise ValueError(str(exc)) from None
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
                          "replace it, or remove the sample (or pass --skip-bad to skip it)") from None
-
-
-class _TooLarge(Exception):
-    """An image refused from its header (over the pixel cap, or empty)."""
+    try:
+        check_pixels(w, h, path)
+    except ValueError:
+        im.close()
+        raise
+    try:
+        im.load()  # force the full decode: truncated files raise here
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
+                         "replace it, or remove the sample (or pass --skip-bad to skip it)") from None
+    return im
 
 
 def _scale16(a: np.ndarray) -> np.ndarray:
@@ -142,10 +156,6 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-class ImageTooLarge(ValueError):
-    """An image refused from its header: more pixels than the cap allows."""
-
-
 def decode_image(data: bytes, name: str = "upload", cap: int | None = None) -> np.ndarray:
     """Decode image bytes (an upload) as `read_image` decodes a file: uint8 (H, W) gray or (H, W, 3) RGB.
 
@@ -154,16 +164,12 @@ def decode_image(data: bytes, name: str = "upload", cap: int | None = None) -> n
     ValueError naming `name`."""
     if not data:
         raise ValueError(f"{name}: empty file; send the image's bytes")
-    limit = cap or max_pixels()
     try:
         im = Image.open(io.BytesIO(data))
         w, h = im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ValueError(f"{name}: not an image this server reads (PNG, JPEG, BMP, TIFF, ...)") from None
-    if w < 1 or h < 1:
-        raise ValueError(f"{name}: empty image ({w}x{h} pixels)")
-    if w * h > limit:
-        raise ImageTooLarge(f"{name}: {w}x{h} pixels is over the cap of {limit:,} pixels per image")
+    check_pixels(w, h, name, cap)
     try:
         im.load()
         return np.ascontiguousarray(_to_array(im, Path(name)))
