@@ -306,7 +306,6 @@ def serve_cmd(
     try:
         cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb,
                           max_images=max_images, max_pixels=max_pixels)
-        cfg.check()
         serve(checkpoint, host, port, api_key, cfg, device=device, backend=backend, tile=tile, threads=threads)
     except ValueError as exc:
         _fail(exc)

@@ -58,7 +58,7 @@ class ServeConfig:
     cache: int = 64               # probability maps kept for GET /results/{id}
     api_key: str | None = None
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:  # a bad value fails where the config is made, before a model is loaded
         for name in ("max_batch", "max_images", "cache"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -256,7 +256,6 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
     """The ASGI app around `predictor` (its batch size becomes cfg.max_batch); `checksum` and `device` are what
     /health reports."""
     cfg = cfg or ServeConfig()
-    cfg.check()
     predictor.batch_size = cfg.max_batch
     batcher = Batcher(predictor, cfg.max_batch, cfg.max_wait_ms / 1000)
     metrics = Metrics()
