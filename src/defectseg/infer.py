@@ -95,6 +95,12 @@ class Result:
     seconds: float = 0.0
     image: np.ndarray | None = field(default=None, repr=False)
 
+    def mask_image(self) -> np.ndarray:
+        """The mask as predict writes it and serve sends it: (H, W) uint8, 0/255 for a binary head (a sigmoid or a
+        2-class softmax), the class ids 0..N-1 for a multi-class one."""
+        binary = self.prob is None or self.prob.ndim == 2 or self.prob.shape[0] == 2
+        return self.mask * np.uint8(255) if binary else self.mask
+
     def to_json(self) -> dict[str, Any]:
         """The JSON record of results.jsonl (no arrays)."""
         h, w = self.size if self.size else (None, None)
@@ -924,8 +930,7 @@ class ResultWriter:
         from .viz import overlay
 
         if mask_name:
-            binary = r.prob is None or r.prob.ndim == 2 or r.prob.shape[0] == 2  # 2-logit softmax too
-            write_png(self.out_dir / mask_name, r.mask * np.uint8(255) if binary else r.mask)
+            write_png(self.out_dir / mask_name, r.mask_image())
         if overlay_name:
             write_png(self.out_dir / overlay_name, overlay(r.image, r.mask, r.defects))
 

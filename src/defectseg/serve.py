@@ -285,12 +285,11 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
     def record(r: Result, key: str, name: str, want_mask: bool, want_overlay: bool) -> dict[str, Any]:
         from .viz import overlay
 
-        rec = {"id": key, "name": name, "verdict": r.verdict, "score": None if r.score is None else round(r.score, 6),
-               "defects": r.to_json()["defects"], "width": r.size[1], "height": r.size[0],
-               "gate_probability": r.gate_probability}
+        j = r.to_json()  # the record predict writes, without the path and the timing
+        rec = {"id": key, "name": name, **{k: j[k] for k in ("verdict", "score", "defects", "width", "height",
+                                                            "gate_probability")}}
         if want_mask:
-            binary = r.prob is None or r.prob.ndim == 2 or r.prob.shape[0] == 2
-            rec["mask_png"] = _png_b64(r.mask * np.uint8(255) if binary else r.mask)
+            rec["mask_png"] = _png_b64(r.mask_image())
         if want_overlay:
             rec["overlay_png"] = _png_b64(overlay(r.image, r.mask, r.defects))
         return rec
