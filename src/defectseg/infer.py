@@ -975,10 +975,8 @@ def _claim_output(out_dir: Path, overwrite: bool) -> None:
     if held and not overwrite:
         raise ValueError(f"output folder {out_dir} is not empty ({len(held)} entries, e.g. {held[0].name}); "
                          "choose a new --out, or pass --overwrite to replace a previous prediction there")
-    old = out_dir / "results.jsonl"
-    if held and old.is_file():
-        for line in old.read_text().splitlines():
-            rec = json.loads(line) if line.strip() else {}
+    if held:
+        for rec in _read_records(out_dir / "results.jsonl"):
             for key in ("mask", "overlay"):
                 if rec.get(key):
                     (out_dir / Path(rec[key]).name).unlink(missing_ok=True)
