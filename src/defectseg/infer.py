@@ -873,8 +873,7 @@ class ResultWriter:
 
     def close(self) -> None:
         try:
-            while self._pending:
-                self._pending.popleft().result()
+            self._drain()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
@@ -918,6 +917,11 @@ class ResultWriter:
             self._csv.writerow(base)
 
 
+    def _drain(self) -> None:
+        """Wait for every pending image write; a failed one raises here."""
+        while self._pending:
+            self._pending.popleft().result()
+
     def _submit(self, r: Result, mask_name: str | None, overlay_name: str | None) -> None:
         if self._pool is None:
             self._write_images(r, mask_name, overlay_name)
@@ -937,8 +941,7 @@ class ResultWriter:
 
     def flush(self) -> None:
         """Finish the pending image writes and put the records on disk (fsync): what is listed exists."""
-        while self._pending:
-            self._pending.popleft().result()
+        self._drain()
         for f in (self._jsonl, self._csv_file):
             f.flush()
             os.fsync(f.fileno())
