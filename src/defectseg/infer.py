@@ -325,7 +325,12 @@ def _cpu_onnx_net(path: Path, threads: int | None) -> _Net:
     ckpt = load_checkpoint(path)
     cfg, num_classes, names, task = _checkpoint_fields(ckpt, path)
     model, _ = model_from_checkpoint(ckpt, source=path)
-    torch_version = torch_net(model, cfg, num_classes, names, task, "cpu", source=path)
+
+    def on_torch(why: str) -> _Net:  # built only when ONNX Runtime is not used
+        net = torch_net(model, cfg, num_classes, names, task, "cpu", source=path)
+        net.note = f"{why}; running PyTorch"
+        return net
+
     try:
         import onnxruntime  # noqa: F401
 
@@ -338,18 +343,15 @@ def _cpu_onnx_net(path: Path, threads: int | None) -> _Net:
             net = _onnx_net(onnx_path, "cpu", None, False, threads)  # the session holds the graph in memory
         x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
         with torch.inference_mode():  # the checkpoint's own model, not a rewritten one, is the reference
-            ref = model(torch.from_numpy(x)).numpy()
+            ref = model.eval()(torch.from_numpy(x)).numpy()
         got = net.logits(x)
         diff = float(np.abs(ref - got).max())
         if not diff <= AUTO_PARITY * max(1.0, float(np.abs(ref).max())):
-            torch_version.note = f"ONNX Runtime logits differ from PyTorch by {diff:.2g}; running PyTorch"
-            return torch_version
+            return on_torch(f"ONNX Runtime logits differ from PyTorch by {diff:.2g}")
     except ImportError:
-        torch_version.note = "onnxruntime is not installed; running PyTorch"
-        return torch_version
+        return on_torch("onnxruntime is not installed")
     except (ValueError, RuntimeError) as exc:
-        torch_version.note = f"ONNX export failed ({str(exc)[:120]}); running PyTorch"
-        return torch_version
+        return on_torch(f"ONNX export failed ({str(exc)[:120]})")
     net.source = path
     net.note = f"exported to ONNX at load (max logit difference to PyTorch {diff:.1g})"
     return net
