@@ -77,7 +77,6 @@ class CheapNet(nn.Module):
         d4 = self.decoder4(torch.cat([e2, d3], 1))
         return self.output(torch.cat([e1, d4], 1))
 
-
     def for_inference(self) -> "CheapNetInference":
         """The same function in the form fast CPU kernels serve (`fuse.fuse_for_inference` calls this)."""
         return CheapNetInference(self)
