@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Subset
 from . import config as C
 from .data import DatasetSpec, SegmentationDataset, WithReference, group_references, load_dataset
 from .data.dataset import RandomCrops
-from .data.io import IGNORE_INDEX, image_size
+from .data.io import IGNORE_INDEX, defect_pixels, image_size
 from .data.splits import load_split, make_split, save_split, select, with_known_defect
 from .data.stats import class_pixel_counts, median_frequency_weights
 from .data.defects import CopyPaste, SyntheticDefects
@@ -254,11 +254,6 @@ def _images(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, size
     refs = group_references(ds.samples, pool, size, cfg.data.channels, cfg.data.reference) \
         if cfg.data.reference else None
     return ds, refs
-
-
-def defect_pixels(mask: Any) -> Any:
-    """Boolean map of a mask's defect pixels (numpy or torch): any class but background and IGNORE_INDEX."""
-    return (mask > 0) & (mask != IGNORE_INDEX)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -28,14 +28,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .io import IGNORE_INDEX
+from .io import IGNORE_INDEX, defect_pixels
 
 SHAPES = ("noise", "scratch", "blob", "pits")
 
 
 def _defect_free(mask: torch.Tensor) -> torch.Tensor:
     """(B,) bool: images without a defect pixel."""
-    return ~((mask > 0) & (mask != IGNORE_INDEX)).flatten(1).any(1)
+    return ~defect_pixels(mask).flatten(1).any(1)
 
 
 def _blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -163,7 +163,7 @@ class CopyPaste:
         x, mask = x.clone(), mask.clone()
         for i in chosen:
             j = sources[self._int(0, len(sources) - 1)]
-            defect = (mask[j] > 0) & (mask[j] != IGNORE_INDEX)
+            defect = defect_pixels(mask[j])
             ys, xs = torch.nonzero(defect, as_tuple=True)
             mg = self.margin
             y0, y1 = max(0, int(ys.min()) - mg), min(h, int(ys.max()) + 1 + mg)

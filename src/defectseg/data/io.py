@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -33,6 +33,13 @@ MASK_RULES = ("gt0", "gt127", "ids", "auto")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm")
 # Mask pixels with this value count for nothing: not in the loss, not in the metrics, not a defect.
 IGNORE_INDEX = 255
+
+
+def defect_pixels(mask: Any) -> Any:
+    """Boolean map of a mask's defect pixels (numpy or torch): any class but background and IGNORE_INDEX."""
+    return (mask > 0) & (mask != IGNORE_INDEX)
+
+
 # How masks are named on disk. A mask stem may end in one of these (generic layout: a0_mask.png for a0.png;
 # also DAGM/KolektorSDD _label, MVTec _mask); find_images uses them so masks are never predicted on.
 MASK_SUFFIXES = ("_mask", "_label", "_gt")
