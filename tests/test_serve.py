@@ -28,7 +28,9 @@ from defectseg.cli import app as cli_app
 from defectseg.infer import Predictor
 from defectseg.serve import ServeConfig, check_bind, create_app
 
-_LOAD = Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
+_spec = importlib.util.spec_from_file_location("load", Path(__file__).resolve().parents[1] / "benchmarks" / "load.py")
+load = importlib.util.module_from_spec(_spec)  # benchmarks/load.py: the load test and its multipart encoder
+_spec.loader.exec_module(load)
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -212,9 +214,6 @@ def _post(url: str, data: bytes, name: str = "a.png") -> tuple[int, dict]:
     import http.client
     import urllib.parse
 
-    spec = importlib.util.spec_from_file_location("load", _LOAD)
-    load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(load)
     body, ctype = load.multipart(data, name)
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
@@ -281,9 +280,6 @@ def test_a_network_failure_on_one_image_is_answered_to_its_request_only(ckpt):
 
 @pytest.mark.slow
 def test_bounded_load_on_loopback(live):
-    spec = importlib.util.spec_from_file_location("load", _LOAD)
-    load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(load)
     r = load.load(live.url, clients=4, seconds=2.0, size=64, max_requests=400)
     assert r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
     assert r["mean_batch"] >= 1
