@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The few-label curve of docs/results.md (magnetic tile, split-70-15-15, the default model at 128x128 on the CPU):
 # trainings with 0 real defective images (good parts + synthetic defects), and later 5/10/20/50/all, with and
-# without synthetic defects and copy-paste. Each run folder lands in benchmarks/results/magnetic-tile/; a row whose
-# report.md exists is skipped. Usage: benchmarks/fewlabel.sh [DATA_DIR] (THREADS=N per training, default 1)
+# without synthetic defects and copy-paste; three seeds (which also choose the k real images) for 0 and 10. Each run
+# folder lands in benchmarks/results/magnetic-tile/; a row whose report.md exists is skipped, and a row another
+# instance of this script is training is skipped too (a lock file per row), so two instances side by side share the
+# rows between them: `benchmarks/fewlabel.sh & benchmarks/fewlabel.sh` uses both cores of a 2-core box.
+# Usage: benchmarks/fewlabel.sh [DATA_DIR] (THREADS=N per training, default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,9 +18,12 @@ COMMON=(--data "$MT" --split-file "$MT/split-70-15-15.json" --batch-size 16 --mo
 row() {  # row NAME ARGS...
   local name=$1; shift
   if [[ -f "$OUT/$name/report.md" ]]; then echo "== $name: done"; return; fi
+  exec 9>"$OUT/$name.lock"  # released when this shell moves on to the next row or dies
+  if ! flock -n 9; then echo "== $name: another instance is training it"; return; fi
   echo "== $name ($(date -Is), $(uptime))"
   "$PY" -m defectseg.cli train "${COMMON[@]}" "$@" --out-dir "$OUT" --name "$name" --overwrite -q > "$OUT/$name.log" 2>&1
   tail -n 30 "$OUT/$name.log"
+  exec 9>&-
 }
 
 # 0 real defective images: good parts with a synthetic defect on half of them; threshold on good validation images.
@@ -30,3 +36,19 @@ row fewlabel-10 --set data.defective_images=10 --set data.defective_share=0.25 -
 row fewlabel-all-synth --set data.defective_share=0.5 --synthetic-defects 0.5 --copy-paste 0.5 --epochs 30 \
     --set train.eval_every=5
 row fewlabel-all --set data.defective_share=0.5 --epochs 30 --set train.eval_every=5
+
+# Seeds 1 and 2 of the 0 and 10 rows (the seed also draws which 10 real images are kept).
+for seed in 1 2; do
+  row fewlabel-0-synth-seed$seed --defect-free-only --synthetic-defects 0.5 --epochs 30 --set train.eval_every=5 \
+      --set train.seed=$seed
+  row fewlabel-10-synth-seed$seed --set data.defective_images=10 --set data.defective_share=0.25 \
+      --synthetic-defects 0.5 --copy-paste 0.5 --epochs 30 --set train.eval_every=5 --set train.seed=$seed
+  row fewlabel-10-seed$seed --set data.defective_images=10 --set data.defective_share=0.25 --epochs 30 \
+      --set train.eval_every=5 --set train.seed=$seed
+done
+# 5, 20 and 50 real defective images, with and without made defects (0 without made defects has no defect at all).
+for k in 5 20 50; do
+  row fewlabel-$k-synth --set data.defective_images=$k --set data.defective_share=0.25 --synthetic-defects 0.5 \
+      --copy-paste 0.5 --epochs 30 --set train.eval_every=5
+  row fewlabel-$k --set data.defective_images=$k --set data.defective_share=0.25 --epochs 30 --set train.eval_every=5
+done

@@ -135,6 +135,30 @@ def test_cascade_gate_end_to_end(trained, tmp_path: Path) -> None:
     assert not read_image(tmp_path / "none" / gated_none[0]["mask"]).any()
 
 
+def test_evaluate_behind_a_gate_is_the_cascade(trained, tmp_path: Path) -> None:
+    # The one-epoch segmenter finds nothing at 0.5; at threshold 0 it calls every pixel of every image a defect.
+    seg = tmp_path / "run" / "best.pt"
+    seg.parent.mkdir()
+    shutil.copy(Path(trained["seg"]).parent / "split.json", seg.parent / "split.json")
+    ckpt = engine.load_checkpoint(trained["seg"])
+    ckpt["config"]["infer"]["threshold"] = 0.0
+    engine.save_checkpoint(seg, ckpt)
+    plain = engine.evaluate_checkpoint(seg, device="cpu")
+    assert plain["image_recall"] == 1.0 and plain["defect_iou"] > 0
+    # gate threshold 0 passes every image to the segmenter: the plain figures
+    passed = engine.evaluate_checkpoint(seg, device="cpu", gate=trained["gate"], gate_threshold=0.0)
+    assert json.dumps(passed) == json.dumps(plain)  # NaN-aware equality
+    # gate threshold 1 stops every image: all OK, no defect pixel, no region found
+    shut = engine.evaluate_checkpoint(seg, device="cpu", gate=trained["gate"], gate_threshold=1.0)
+    assert shut["image_recall"] == 0.0 and shut["defect_iou"] == 0.0 and shut["region_recall50"] == 0.0
+    res = _invoke(["evaluate", "--checkpoint", seg, "--device", "cpu", "--gate", trained["gate"],
+                   "--gate-threshold", "1", "--json", tmp_path / "m.json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text())["image_recall"] == 0.0
+    res = _invoke(["evaluate", "--checkpoint", trained["seg"], "--gate", trained["seg"]])
+    assert res.exit_code != 0 and "classifier" in res.output
+
+
 def test_export_then_predict_with_onnx_gives_the_same_defects(trained, tmp_path: Path) -> None:
     onnx_path = tmp_path / "deploy" / "model.onnx"
     res = _invoke(["export", "--checkpoint", trained["seg"], "--format", "onnx", "--out", onnx_path])

@@ -136,6 +136,9 @@ def evaluate(
     split_file: Optional[str] = typer.Option(None, help="Use this split file instead of the run's."),
     device: str = typer.Option("auto"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+    gate: Optional[Path] = typer.Option(None, help="Classifier checkpoint (task classify) in front of the "
+                                                   "segmenter: the cascade, as `predict --gate` runs it."),
+    gate_threshold: float = typer.Option(0.5, help="Gate probability below which an image is OK."),
 ) -> None:
     """Evaluate a checkpoint: pixel, image-level and per-defect metrics over a whole split."""
     from .engine import evaluate_checkpoint
@@ -144,10 +147,11 @@ def evaluate(
         if checkpoint.suffix.lower() == ".onnx":
             raise ValueError(f"{checkpoint} is an exported model; evaluate the checkpoint it came from "
                              "(--checkpoint runs/<name>/best.pt), or run `defectseg predict` with the .onnx")
-        metrics = evaluate_checkpoint(checkpoint, data, split, format, device, split_file=split_file)
+        metrics = evaluate_checkpoint(checkpoint, data, split, format, device, split_file=split_file, gate=gate,
+                                      gate_threshold=gate_threshold)
     except ValueError as exc:
         _fail(exc)
-    console.print(_metrics_table(f"{split} split: {checkpoint}", metrics))
+    console.print(_metrics_table(f"{split} split: {checkpoint}{f' behind gate {gate}' if gate else ''}", metrics))
     if json_out:
         # NaN (a metric undefined on this split) is not JSON: write null.
         clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}

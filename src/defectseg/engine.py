@@ -258,8 +258,8 @@ def _images(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, size
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device, num_classes: int,
-                   task: str = "segment", regions: bool = False, world: Dist = Dist(), batch_size: int = 8
-                   ) -> dict[str, float]:
+                   task: str = "segment", regions: bool = False, world: Dist = Dist(), batch_size: int = 8,
+                   gate: Any = None, gate_threshold: float = 0.5) -> dict[str, float]:
     """Whole-split metrics of `model`: one confusion matrix and one list of image scores, reduced once.
 
     A segmenter is evaluated through the Predictor with the config's `infer` section, exactly as
@@ -268,13 +268,15 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
     mask with the native-size ground truth; the image is predicted defective when it has any defect record,
     and image AUROC/AP rank the image score (the highest defect probability). Defect-free images are included.
     With `regions`, per-defect box metrics too. Under DDP each rank takes every world-th image.
+    gate: a classifier (`infer.load_net` of a task "classify" checkpoint) in front of the segmenter, as
+    `predict --gate` runs the cascade: images it scores below `gate_threshold` are OK with an empty mask.
     """
     indices = list(range(world.rank, len(split), world.world))
     if task == "classify":
         return _evaluate_classifier(model, split, indices, cfg, device, batch_size, world)
     cm, img, ranking = ConfusionMatrix(max(2, num_classes)), ImageLevel(), PixelRanking()
     reg = RegionMetrics() if regions else None
-    for r, gt in predictions(model, split, cfg, device, num_classes, indices, batch_size):
+    for r, gt in predictions(model, split, cfg, device, num_classes, indices, batch_size, gate, gate_threshold):
         cm.update(torch.from_numpy(r.mask)[None], torch.from_numpy(np.array(gt))[None])  # cached: read-only
         truth = defect_pixels(gt)
         ranking.update(defect_probability(r.prob), truth, gt != IGNORE_INDEX)
@@ -356,9 +358,11 @@ def f1_threshold(ranking: PixelRanking, fallback: float) -> tuple[float, str]:
 
 
 def predictions(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device, num_classes: int,
-                indices: list[int] | None = None, batch_size: int = 8) -> Iterator[tuple[Any, np.ndarray]]:
+                indices: list[int] | None = None, batch_size: int = 8, gate: Any = None,
+                gate_threshold: float = 0.5) -> Iterator[tuple[Any, np.ndarray]]:
     """(infer.Result, native ground-truth mask (H, W)) per image of `split` (or of `indices`), through the predict
-    path: the Predictor with the config's `infer` section and its one post-processing step."""
+    path: the Predictor with the config's `infer` section and its one post-processing step (behind `gate`, a
+    classifier net, when given)."""
     from .infer import Predictor, torch_net
 
     net = torch_net(model, cfg, num_classes, [], "segment", device)
@@ -366,7 +370,8 @@ def predictions(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: tor
     for chunk in _chunks(list(range(len(split))) if indices is None else indices, batch_size, split.references):
         ref = None if split.references is None else split.references[chunk[0]]
         if predictor is None:
-            predictor = Predictor(net, cfg.infer, batch_size=batch_size, tile=cfg.infer.tile, reference=ref)
+            predictor = Predictor(net, cfg.infer, batch_size=batch_size, tile=cfg.infer.tile, gate=gate,
+                                  gate_threshold=gate_threshold, reference=ref)
         predictor.use_reference(ref)
         images, masks = zip(*(split.dataset.arrays(i) for i in chunk))
         yield from zip(predictor.predict_arrays(images), masks)
@@ -1057,9 +1062,24 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, used: dict[str
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_name: str = "test",
                         format: str | None = None, device: str = "auto", batch_size: int | None = None,
-                        split_file: str | None = None) -> dict[str, float]:
-    """Evaluate a checkpoint on one split of a dataset (the run's split.json when it is beside the checkpoint)."""
+                        split_file: str | None = None, gate: str | Path | None = None,
+                        gate_threshold: float = 0.5) -> dict[str, float]:
+    """Evaluate a checkpoint on one split of a dataset (the run's split.json when it is beside the checkpoint);
+    with `gate` (a classifier checkpoint), the cascade: images the gate scores below `gate_threshold` are OK."""
+    from .infer import load_net
+
     ckpt = load_checkpoint(checkpoint)
+    task = ckpt.get("task", "segment")
+    gate_net = None
+    if gate is not None:
+        if task != "segment":
+            raise ValueError(f"{checkpoint} is a {task} model; --gate goes in front of a segmentation checkpoint")
+        if not 0.0 <= gate_threshold <= 1.0:
+            raise ValueError(f"gate_threshold={gate_threshold} is not a probability; pass a value in [0, 1]")
+        gate_net = load_net(gate, device, "torch")
+        if gate_net.task != "classify":
+            raise ValueError(f"gate {gate} is a {gate_net.task} model; the gate must be a classifier trained with "
+                             "`defectseg train --task classify`")
     model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
     root = data or cfg.data.root
     spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad,
@@ -1080,6 +1100,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
     # A run trained with skip_bad evaluates with it: say which files the metrics leave out.
     for p, why in [*spec.skipped, *ev.dataset.skipped]:
         print(f"skipped {p}: {why}", file=sys.stderr, flush=True)
-    task = ckpt.get("task", "segment")
     return evaluate_model(model, ev, cfg, pick_device(device), ckpt["num_classes"], task,
-                          regions=task == "segment", batch_size=batch_size or cfg.train.batch_size)
+                          regions=task == "segment", batch_size=batch_size or cfg.train.batch_size,
+                          gate=gate_net, gate_threshold=gate_threshold)
