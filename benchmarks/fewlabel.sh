@@ -2,9 +2,8 @@
 # The few-label curve of docs/results.md (magnetic tile, split-70-15-15, the default model at 128x128 on the CPU):
 # trainings with 0 real defective images (good parts + synthetic defects), and later 5/10/20/50/all, with and
 # without synthetic defects and copy-paste; three seeds (which also choose the k real images) for 0 and 10. Each run
-# folder lands in benchmarks/results/magnetic-tile/; a row whose report.md exists is skipped, and a row another
-# instance of this script is training is skipped too (a lock file per row), so two instances side by side share the
-# rows between them: `benchmarks/fewlabel.sh & benchmarks/fewlabel.sh` uses both cores of a 2-core box.
+# folder lands in benchmarks/results/magnetic-tile/; finished rows are skipped, and two instances side by side
+# share the rows (benchmarks/row.sh): `benchmarks/fewlabel.sh & benchmarks/fewlabel.sh` uses both cores of a 2-core box.
 # Usage: benchmarks/fewlabel.sh [DATA_DIR] (THREADS=N per training, default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,16 +14,8 @@ OUT=benchmarks/results/magnetic-tile
 export OMP_NUM_THREADS=${THREADS:-1}
 COMMON=(--data "$MT" --split-file "$MT/split-70-15-15.json" --batch-size 16 --model cheapmix-m --lr 0.01 --size 128)
 
-row() {  # row NAME ARGS...
-  local name=$1; shift
-  if [[ -f "$OUT/$name/report.md" ]]; then echo "== $name: done"; return; fi
-  exec 9>"$OUT/$name.lock"  # released when this shell moves on to the next row or dies
-  if ! flock -n 9; then echo "== $name: another instance is training it"; return; fi
-  echo "== $name ($(date -Is), $(uptime))"
-  "$PY" -m defectseg.cli train "${COMMON[@]}" "$@" --out-dir "$OUT" --name "$name" --overwrite -q > "$OUT/$name.log" 2>&1
-  tail -n 30 "$OUT/$name.log"
-  exec 9>&-
-}
+source benchmarks/row.sh
+row() { train_row "$OUT" "$1" "${COMMON[@]}" "${@:2}"; }  # row NAME ARGS...
 
 # 0 real defective images: good parts with a synthetic defect on half of them; threshold on good validation images.
 row fewlabel-0-synth --defect-free-only --synthetic-defects 0.5 --epochs 30 --set train.eval_every=5

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reruns the rows of docs/results.md on this machine's CPU: each training writes its run folder (config.yaml,
 # metrics.csv, report.md, best.pt) under benchmarks/results/<dataset>/, then the CPU batch-1 latencies at the
-# training size. A row whose run folder already holds report.md is skipped (delete it to rerun).
+# training size. A row whose run folder already holds report.md is skipped (delete it to rerun); two instances
+# side by side share the rows (benchmarks/row.sh).
 # Usage: benchmarks/results.sh [DATA_DIR]   (default ../shared/data; PY=... to override the interpreter,
 # THREADS=N threads per training, default 2; two trainings side by side used THREADS=1 each; LATENCY=0 skips the
 # latency rows)
@@ -13,59 +14,76 @@ MT=$DATA/magnetic-tile
 NEU=$DATA/neu-seg
 export OMP_NUM_THREADS=${THREADS:-2}
 
-row() {  # row DATASET_DIR NAME ARGS...: one training, skipped when its report exists
-  local out=$1 name=$2; shift 2
-  if [[ -f "$out/$name/report.md" ]]; then echo "== $name: done ($out/$name/report.md)"; return; fi
-  echo "== $name ($(date -Is), $(uptime))"
-  "$PY" -m defectseg.cli train "$@" --out-dir "$out" --name "$name" --overwrite -q > "$out/$name.log" 2>&1
-  tail -n 30 "$out/$name.log"
-}
+source benchmarks/row.sh  # train_row OUT NAME ARGS...: one training
 
 R=benchmarks/results
 MT_SPLIT=(--data "$MT" --split-file "$MT/split-70-15-15.json" --batch-size 16)
 
 # Magnetic tile: the default model on the whole tile resized to 128x128 (about half scale), 40 epochs.
-row $R/magnetic-tile long-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 128 \
+train_row $R/magnetic-tile long-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 128 \
     --set data.defective_share=0.5 --set train.eval_every=5 --set infer.threshold_from=val-f1 \
     --set train.monitor=pixel_ap
 # The same, 80 epochs; at 192x192 (about two-thirds scale), 40 epochs; with global context, 40 epochs.
-row $R/magnetic-tile long80-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 80 --size 128 \
+train_row $R/magnetic-tile long80-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 80 --size 128 \
     --set data.defective_share=0.5 --set train.eval_every=10
-row $R/magnetic-tile long-resize192 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 192 \
+train_row $R/magnetic-tile long-resize192 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 192 \
     --set data.defective_share=0.5 --set train.eval_every=5
-row $R/magnetic-tile ctx-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --set model.options.context=true --lr 0.01 \
+train_row $R/magnetic-tile ctx-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --set model.options.context=true --lr 0.01 \
     --epochs 40 --size 128 --set data.defective_share=0.5 --set train.eval_every=5
 # The CheapNet paper's recipe (BCE, Adam 0.01, step decay x0.1 at half and three quarters, no augmentation, no
 # oversampling) with the paper's CheapNet-M, on our budget: 128x128 and 40 epochs instead of 512x512 and 120.
-row $R/magnetic-tile paper-cheapnet-m "${MT_SPLIT[@]}" --preset cheapnet-paper --model cheapnet-m --size 128 \
+train_row $R/magnetic-tile paper-cheapnet-m "${MT_SPLIT[@]}" --preset cheapnet-paper --model cheapnet-m --size 128 \
     --epochs 40 --set "train.milestones=[20,30]" --set train.eval_every=5
 # The Mobile-UNet paper's recipe (RGB, cross-entropy with median-frequency weights, Adam 1e-3), 128x128, 40 epochs.
-row $R/magnetic-tile paper-mobile-unet "${MT_SPLIT[@]}" --preset mobile-unet-paper --size 128 --epochs 40 \
+train_row $R/magnetic-tile paper-mobile-unet "${MT_SPLIT[@]}" --preset mobile-unet-paper --size 128 --epochs 40 \
     --set train.eval_every=5
 # Two more seeds of long80-resize128 (seed 0 is that row).
 for seed in 1 2; do
-  row $R/magnetic-tile long80-resize128-seed$seed "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 80 \
+  train_row $R/magnetic-tile long80-resize128-seed$seed "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 80 \
       --size 128 --set data.defective_share=0.5 --set train.eval_every=10 --set train.seed=$seed
 done
 # Two more seeds of long-resize128 (seed 0 is that row).
 for seed in 1 2; do
-  row $R/magnetic-tile long-resize128-seed$seed "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 \
+  train_row $R/magnetic-tile long-resize128-seed$seed "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 \
       --size 128 --set data.defective_share=0.5 --set train.eval_every=10 --set train.seed=$seed
 done
 # The same protocol with unet-small (1.94 M parameters), 15 epochs.
-row $R/magnetic-tile long-unet-resize128 "${MT_SPLIT[@]}" --model unet-small --lr 0.003 --epochs 15 --size 128 \
+train_row $R/magnetic-tile long-unet-resize128 "${MT_SPLIT[@]}" --model unet-small --lr 0.003 --epochs 15 --size 128 \
     --set data.defective_share=0.5 --set train.eval_every=5 --set infer.threshold_from=val-f1 \
     --set train.monitor=pixel_ap
 # Native-resolution 128x128 crops (defect-centred 80 %, BCE pos_weight 20), 12 epochs.
-row $R/magnetic-tile mix-pw20 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 12 \
+train_row $R/magnetic-tile mix-pw20 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 12 \
     --set data.crop=128 --set data.defective_share=0.6 --set data.defect_crops=0.8 \
     --set train.loss_options.pos_weight=20 --set infer.threshold_from=val-f1 --set train.eval_every=3 \
     --set train.monitor=miou --set train.prior_init=false  # as run before those defaults existed
+# unet-small with BCE and with Dice alone (the tutorial's comparison) and an encoder U-Net (MobileNetV1 encoder, no
+# pretraining) with BCE+Dice: Adam 1e-3 (3e-3 left unet-small on the plateau), 15 epochs: about the wall time of
+# 40 cheapmix-m epochs.
+for loss in bce dice; do
+  train_row $R/magnetic-tile unet-$loss "${MT_SPLIT[@]}" --model unet-small --loss $loss --lr 0.001 --epochs 15 \
+      --size 128 --set data.defective_share=0.5 --set train.eval_every=5
+done
+train_row $R/magnetic-tile unet-mobilenetv1 "${MT_SPLIT[@]}" --model unet-mobilenetv1 --lr 0.001 --epochs 15 \
+    --size 128 --set data.defective_share=0.5 --set train.eval_every=5
+# The cascade: a classifier gate on every training tile (its image label), in front of (a) the best plain segmenter
+# and (b) a segmenter trained on defective tiles only (--preset cascade); `evaluate --gate` scores both on the test
+# split through the predict path, to compare with the plain segmenter's row.
+train_row $R/magnetic-tile gate-mnv2 "${MT_SPLIT[@]}" --task classify --model classifier-mobilenetv2 --lr 0.001 \
+    --epochs 20 --size 128 --set data.defective_share=0.5 --set train.eval_every=5
+train_row $R/magnetic-tile cascade-seg "${MT_SPLIT[@]}" --preset cascade --model cheapmix-m --lr 0.01 --epochs 80 \
+    --size 128 --set train.eval_every=10
+for seg in long80-resize128 cascade-seg; do
+  json=$R/magnetic-tile/gated-$seg.json  # once both trainings are done (the other instance may still be on one)
+  if [[ ! -f $json && -f $R/magnetic-tile/gate-mnv2/report.md && -f $R/magnetic-tile/$seg/report.md ]]; then
+    "$PY" -m defectseg.cli evaluate --checkpoint $R/magnetic-tile/$seg/best.pt --device cpu \
+        --gate $R/magnetic-tile/gate-mnv2/best.pt --json "$json" > "${json%.json}.log" 2>&1
+  fi
+done
 # NEU-Seg (its own split): the default model with cross-entropy over the three classes, 6 epochs.
-row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss ce --lr 0.01 --epochs 6 --batch-size 16 \
+train_row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss ce --lr 0.01 --epochs 6 --batch-size 16 \
     --set train.eval_every=2 --set train.monitor=miou --set infer.threshold_from=fixed --set train.prior_init=false
 # NEU-Seg with every default but the size (cheapmix-m, bce-dice, val-f1 threshold), 6 epochs.
-row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
+train_row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
 
 [[ ${LATENCY:-1} == 1 ]] || exit 0  # LATENCY=0: trainings only
 # CPU batch-1 latency at the training sizes (2 threads, eager PyTorch as in the plot's label; docs/benchmarks.md has

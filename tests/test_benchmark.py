@@ -121,6 +121,12 @@ def test_training_mode_runs_and_updates_weights():
     assert rows[0]["mode"] == "train" and rows[0]["img_per_s"] > 0
 
 
+def test_training_mode_times_a_classifier_on_its_image_label():
+    # a classifier's logits are (B, 1): the step scores the image label with BCE, as the trainer does
+    rows = run_benchmark(["classifier-vgg"], size=32, batches=(2,), train=True, threads=1, **FAST)
+    assert rows[0]["img_per_s"] > 0 and "+ bce +" in rows[0]["note"]
+
+
 def test_onnxruntime_backend_runs():
     out = run_benchmark(["cheapnet-s"], size=32, batches=(1, 2), backend="onnxruntime", threads=1, **FAST)
     assert [r["backend"] for r in out] == ["onnxruntime"] * 2

@@ -101,6 +101,13 @@ class ModelSpec:
     name: str
     options: tuple[tuple[str, Any], ...] = ()
 
+    @property
+    def task(self) -> str:
+        """segment, or classify for the classifiers (their training step scores the image label)."""
+        from .models import model_task
+
+        return model_task(self.name)
+
     def build(self, in_channels: int) -> nn.Module:
         from .models import create_model
 
@@ -421,13 +428,14 @@ def _training_batch(input_shape: tuple[int, int, int, int], device: torch.device
 
 def time_training(model: nn.Module, input_shape: tuple[int, int, int, int], device: str | torch.device = "cpu",
                   dtype: str = "fp32", *, channels_last: bool = False, compile: bool = False, warmup: int = 3,
-                  repeats: int = 20, max_seconds: float = 10.0, min_repeats: int = 5, lr: float = 1e-3
-                  ) -> dict[str, Any]:
+                  repeats: int = 20, max_seconds: float = 10.0, min_repeats: int = 5, lr: float = 1e-3,
+                  task: str = "segment") -> dict[str, Any]:
     """Time the engine's training step (`engine.TrainStep`) on a synthetic batch: images (B, C, H, W) uint8,
     masks (B, H, W).
 
     One step = on-device `Augmenter("light")` on image and mask, the model with its normalisation
-    (`PixelModel`), `build_loss("bce-dice")`, backward and an Adam step: the very step training runs (data
+    (`PixelModel`), `build_loss("bce-dice")` (a classifier, task "classify": BCE on the image label, as the
+    trainer's), backward and an Adam step: the very step training runs (data
     loading excluded), under autocast to `dtype` on CUDA. The model is trained in place. Returns the
     same keys as `time_inference`; img_per_s = B / median step time.
     """
@@ -443,8 +451,9 @@ def time_training(model: nn.Module, input_shape: tuple[int, int, int, int], devi
         model = model.to(memory_format=torch.channels_last)
     images, masks = _training_batch(input_shape, dev)
     forward: nn.Module = torch.compile(model) if compile else model
-    step = TrainStep(forward, build_loss("bce-dice").to(dev), torch.optim.Adam(model.parameters(), lr=lr),
-                     Augmenter("light", seed=0), amp=None if dtype == "fp32" else DTYPES[dtype],
+    loss = nn.BCEWithLogitsLoss() if task == "classify" else build_loss("bce-dice")
+    step = TrainStep(forward, loss.to(dev), torch.optim.Adam(model.parameters(), lr=lr),
+                     Augmenter("light", seed=0), task=task, amp=None if dtype == "fp32" else DTYPES[dtype],
                      channels_last=channels_last)
     source = _reset_peak_memory(dev)
     if compile:
@@ -456,7 +465,7 @@ def time_training(model: nn.Module, input_shape: tuple[int, int, int, int], devi
                     "note": f"skipped: torch.compile failed ({type(exc).__name__})"}
     times = _timed(lambda: step(images, masks), dev, warmup, repeats, max_seconds, min_repeats)
     return {**_stats(times, input_shape[0]), "peak_mem_mb": _peak_memory_mb(dev, source), "mem_source": source,
-            "note": "engine.TrainStep: Augmenter(light) + bce-dice + Adam"}
+            "note": f"engine.TrainStep: Augmenter(light) + {'bce' if task == 'classify' else 'bce-dice'} + Adam"}
 
 
 def macs_per_image(model: nn.Module, channels: int, size: int) -> int:
@@ -530,7 +539,7 @@ def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: 
                     try:
                         if train:
                             result = time_training(fresh, shape, dev, s.dtype, channels_last=channels_last,
-                                                   compile=compile, **kw)
+                                                   compile=compile, task=spec.task, **kw)
                         elif bk.startswith("openvino"):
                             result = time_openvino(fresh, shape, threads=torch.get_num_threads(), **kw)
                         elif bk.startswith("onnxruntime"):
