@@ -101,6 +101,19 @@ def test_resume_is_exact(tiny_data, tmp_path):
     assert not torch.equal(first["model"]["net.encoder1.0.weight"], b["model"]["net.encoder1.0.weight"])
 
 
+def test_resume_continues_in_the_checkpoints_folder_from_any_directory(tiny_data, tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = _cfg(tiny_data, tmp_path, "rel", epochs=2)
+    cfg.out_dir = "runs"  # relative to a/
+    engine.train(cfg, quiet=True, stop_after_epoch=0)
+    monkeypatch.chdir(tmp_path / "b")
+    engine.train(C.RunConfig(), resume=tmp_path / "a" / "runs" / "rel" / "last.pt", quiet=True)
+    assert engine.load_checkpoint(tmp_path / "a" / "runs" / "rel" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "b" / "runs").exists()
+
+
 def test_nan_loss_stops_and_keeps_last_good(tiny_data, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = engine.build_loss

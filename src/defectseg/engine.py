@@ -598,6 +598,11 @@ class Trainer:
         self.device = self._device(cfg.train.device)
         ckpt = load_checkpoint(resume) if resume else None
         self.cfg = cfg = C.from_dict(ckpt["config"] if ckpt else cfg.to_dict())  # a copy: the caller's stays
+        if resume:
+            # A resumed run continues in the checkpoint's own folder: its stored out_dir may be relative to
+            # another working directory.
+            folder = Path(resume).resolve().parent
+            cfg.out_dir, cfg.name = str(folder.parent), folder.name
         # Stored resolved, so evaluate and predict find the data from any working directory.
         cfg.data.root = str(Path(cfg.data.root).resolve()) if cfg.data.root else cfg.data.root
         if cfg.data.split_file:
