@@ -135,7 +135,7 @@ def test_cascade_gate_end_to_end(trained, tmp_path: Path) -> None:
     assert not read_image(tmp_path / "none" / gated_none[0]["mask"]).any()
 
 
-def test_evaluate_behind_a_gate_is_the_cascade(trained, tmp_path: Path) -> None:
+def test_evaluate_behind_a_gate_is_the_cascade_and_takes_post_processing_overrides(trained, tmp_path: Path) -> None:
     # The one-epoch segmenter finds nothing at 0.5; at threshold 0 it calls every pixel of every image a defect.
     seg = tmp_path / "run" / "best.pt"
     seg.parent.mkdir()
@@ -145,6 +145,10 @@ def test_evaluate_behind_a_gate_is_the_cascade(trained, tmp_path: Path) -> None:
     engine.save_checkpoint(seg, ckpt)
     plain = engine.evaluate_checkpoint(seg, device="cpu")
     assert plain["image_recall"] == 1.0 and plain["defect_iou"] > 0
+    # --threshold overrides the stored one, as predict's does
+    overridden = engine.evaluate_checkpoint(trained["seg"], device="cpu", threshold=0.0)
+    assert json.dumps(overridden) == json.dumps(plain)
+    assert engine.evaluate_checkpoint(seg, device="cpu", threshold=1.0)["image_recall"] == 0.0
     # gate threshold 0 passes every image to the segmenter: the plain figures
     passed = engine.evaluate_checkpoint(seg, device="cpu", gate=trained["gate"], gate_threshold=0.0)
     assert json.dumps(passed) == json.dumps(plain)  # NaN-aware equality
@@ -157,6 +161,8 @@ def test_evaluate_behind_a_gate_is_the_cascade(trained, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m.json").read_text())["image_recall"] == 0.0
     res = _invoke(["evaluate", "--checkpoint", trained["seg"], "--gate", trained["seg"]])
     assert res.exit_code != 0 and "classifier" in res.output
+    res = _invoke(["evaluate", "--checkpoint", trained["seg"], "--threshold", "2"])
+    assert res.exit_code == 2 and "not a probability" in res.output
 
 
 def test_export_then_predict_with_onnx_gives_the_same_defects(trained, tmp_path: Path) -> None:

@@ -139,6 +139,8 @@ def evaluate(
     gate: Optional[Path] = typer.Option(None, help="Classifier checkpoint (task classify) in front of the "
                                                    "segmenter: the cascade, as `predict --gate` runs it."),
     gate_threshold: float = typer.Option(0.5, help="Gate probability below which an image is OK."),
+    threshold: Optional[float] = typer.Option(None, help="Defect probability threshold (default: the checkpoint's)."),
+    min_area: Optional[int] = typer.Option(None, help="Drop defects smaller than this many pixels."),
 ) -> None:
     """Evaluate a checkpoint: pixel, image-level and per-defect metrics over a whole split."""
     from .engine import evaluate_checkpoint
@@ -148,7 +150,7 @@ def evaluate(
             raise ValueError(f"{checkpoint} is an exported model; evaluate the checkpoint it came from "
                              "(--checkpoint runs/<name>/best.pt), or run `defectseg predict` with the .onnx")
         metrics = evaluate_checkpoint(checkpoint, data, split, format, device, split_file=split_file, gate=gate,
-                                      gate_threshold=gate_threshold)
+                                      gate_threshold=gate_threshold, threshold=threshold, min_area=min_area)
     except ValueError as exc:
         _fail(exc)
     console.print(_metrics_table(f"{split} split: {checkpoint}{f' behind gate {gate}' if gate else ''}", metrics))

@@ -1068,13 +1068,19 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, used: dict[str
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_name: str = "test",
                         format: str | None = None, device: str = "auto", batch_size: int | None = None,
                         split_file: str | None = None, gate: str | Path | None = None,
-                        gate_threshold: float = 0.5) -> dict[str, float]:
+                        gate_threshold: float = 0.5, threshold: float | None = None,
+                        min_area: int | None = None) -> dict[str, float]:
     """Evaluate a checkpoint on one split of a dataset (the run's split.json when it is beside the checkpoint);
-    with `gate` (a classifier checkpoint), the cascade: images the gate scores below `gate_threshold` are OK."""
+    with `gate` (a classifier checkpoint), the cascade: images the gate scores below `gate_threshold` are OK.
+    threshold / min_area override the checkpoint's post-processing, as `predict --threshold/--min-area` do."""
     from .infer import load_net
 
     ckpt = load_checkpoint(checkpoint)
     task = ckpt.get("task", "segment")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} is not a probability; pass a value in [0, 1]")
+    if min_area is not None and min_area < 0:
+        raise ValueError(f"min_area={min_area} must be >= 0")
     gate_net = None
     if gate is not None:
         if task != "segment":
@@ -1086,6 +1092,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
             raise ValueError(f"gate {gate} is a {gate_net.task} model; the gate must be a classifier trained with "
                              "`defectseg train --task classify`")
     model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
+    cfg.infer.threshold = cfg.infer.threshold if threshold is None else threshold
+    cfg.infer.min_area = cfg.infer.min_area if min_area is None else min_area
     root = data or cfg.data.root
     spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad,
                         allow_unlabeled=cfg.data.allow_unlabeled, mask_rule=cfg.data.mask_rule)
