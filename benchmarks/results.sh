@@ -56,15 +56,6 @@ train_row $R/magnetic-tile mix-pw20 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.0
     --set data.crop=128 --set data.defective_share=0.6 --set data.defect_crops=0.8 \
     --set train.loss_options.pos_weight=20 --set infer.threshold_from=val-f1 --set train.eval_every=3 \
     --set train.monitor=miou --set train.prior_init=false  # as run before those defaults existed
-# unet-small with BCE and with Dice alone (the tutorial's comparison) and an encoder U-Net (MobileNetV1 encoder, no
-# pretraining) with BCE+Dice: Adam 1e-3 (3e-3 left unet-small on the plateau), 15 epochs: about the wall time of
-# 40 cheapmix-m epochs.
-for loss in bce dice; do
-  train_row $R/magnetic-tile unet-$loss "${MT_SPLIT[@]}" --model unet-small --loss $loss --lr 0.001 --epochs 15 \
-      --size 128 --set data.defective_share=0.5 --set train.eval_every=5
-done
-train_row $R/magnetic-tile unet-mobilenetv1 "${MT_SPLIT[@]}" --model unet-mobilenetv1 --lr 0.001 --epochs 15 \
-    --size 128 --set data.defective_share=0.5 --set train.eval_every=5
 # The cascade: a classifier gate on every training tile (its image label), in front of (a) the best plain segmenter
 # and (b) a segmenter trained on defective tiles only (--preset cascade); `evaluate --gate` scores both on the test
 # split through the predict path, to compare with the plain segmenter's row.
@@ -79,6 +70,15 @@ for seg in long80-resize128 cascade-seg; do
         --gate $R/magnetic-tile/gate-mnv2/best.pt --json "$json" > "${json%.json}.log" 2>&1
   fi
 done
+# unet-small with BCE and with Dice alone (the tutorial's comparison) and an encoder U-Net (MobileNetV1 encoder, no
+# pretraining) with BCE+Dice: Adam 1e-3 (3e-3 left unet-small on the plateau), 15 epochs: about the wall time of
+# 40 cheapmix-m epochs.
+for loss in bce dice; do
+  train_row $R/magnetic-tile unet-$loss "${MT_SPLIT[@]}" --model unet-small --loss $loss --lr 0.001 --epochs 15 \
+      --size 128 --set data.defective_share=0.5 --set train.eval_every=5
+done
+train_row $R/magnetic-tile unet-mobilenetv1 "${MT_SPLIT[@]}" --model unet-mobilenetv1 --lr 0.001 --epochs 15 \
+    --size 128 --set data.defective_share=0.5 --set train.eval_every=5
 # NEU-Seg (its own split): the default model with cross-entropy over the three classes, 6 epochs.
 train_row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss ce --lr 0.01 --epochs 6 --batch-size 16 \
     --set train.eval_every=2 --set train.monitor=miou --set infer.threshold_from=fixed --set train.prior_init=false
