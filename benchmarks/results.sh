@@ -56,14 +56,15 @@ train_row $R/magnetic-tile mix-pw20 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.0
     --set data.crop=128 --set data.defective_share=0.6 --set data.defect_crops=0.8 \
     --set train.loss_options.pos_weight=20 --set infer.threshold_from=val-f1 --set train.eval_every=3 \
     --set train.monitor=miou --set train.prior_init=false  # as run before those defaults existed
-# The cascade: a classifier gate on every training tile (its image label), in front of (a) the best plain segmenter
-# and (b) a segmenter trained on defective tiles only (--preset cascade); `evaluate --gate` scores both on the test
-# split through the predict path, to compare with the plain segmenter's row.
+# The cascade: a classifier gate on every training tile (its image label), in front of (a) the plain 80-epoch
+# segmenters (seeds 1 and 2: seed 0's best.pt was not kept) and (b) a segmenter trained on defective tiles only
+# (--preset cascade); `evaluate --gate` scores them on the test split through the predict path, to compare with the
+# plain segmenters' rows.
 train_row $R/magnetic-tile gate-mnv2 "${MT_SPLIT[@]}" --task classify --model classifier-mobilenetv2 --lr 0.001 \
     --epochs 20 --size 128 --set data.defective_share=0.5 --set train.eval_every=5
 train_row $R/magnetic-tile cascade-seg "${MT_SPLIT[@]}" --preset cascade --model cheapmix-m --lr 0.01 --epochs 80 \
     --size 128 --set train.eval_every=10
-for seg in long80-resize128 cascade-seg; do
+for seg in long80-resize128-seed1 long80-resize128-seed2 cascade-seg; do
   json=$R/magnetic-tile/gated-$seg.json  # once both trainings are done (the other instance may still be on one)
   if [[ ! -f $json && -f $R/magnetic-tile/gate-mnv2/report.md && -f $R/magnetic-tile/$seg/report.md ]]; then
     "$PY" -m defectseg.cli evaluate --checkpoint $R/magnetic-tile/$seg/best.pt --device cpu \
