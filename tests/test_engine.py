@@ -202,6 +202,7 @@ def test_classifier_task_and_frozen_encoder(tiny_data, tmp_path):
         "train": {"task": "classify", "epochs": 2, "batch_size": 4, "device": "cpu"}})
     res = engine.train(cfg, quiet=True)
     assert "image_auroc" in res.test_metrics and "defect_iou" not in res.test_metrics
+    assert "best epoch (by validation image_auroc)" in (tmp_path / "gate" / "report.md").read_text()
     with pytest.raises(ValueError, match="classify model"):
         engine.train(C.resolve(overrides={"data": {"root": str(tiny_data)},
                                           "model": {"name": "classifier-vgg"}, "out_dir": str(tmp_path)}))

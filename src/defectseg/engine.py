@@ -865,7 +865,7 @@ class Trainer:
 
         Without a validation split best.pt follows the training loss; on epochs that are not evaluated,
         nothing is compared."""
-        monitor = self.cfg.train.monitor if self.task == "segment" else "image_auroc"
+        monitor = monitor_of(self.cfg)
         if val and monitor not in val:
             raise ValueError(f"monitor {monitor!r} is not a validation metric; choose one of {', '.join(val)}")
         score = val.get(monitor, math.nan) if len(self.eval_sets["val"]) else -row["train_loss"]
@@ -1035,6 +1035,12 @@ def _append_csv(path: Path, row: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def monitor_of(cfg: C.RunConfig) -> str:
+    """The validation metric that picks best.pt: `train.monitor` for a segmenter; a classifier has only image
+    metrics, so image AUROC."""
+    return cfg.train.monitor if cfg.train.task == "segment" else "image_auroc"
+
+
 def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, used: dict[str, int],
                  metrics: dict[str, float], best_epoch: int, seconds: float, threshold_note: str = "",
                  skipped: Sequence[tuple[Any, str]] = ()) -> None:
@@ -1054,7 +1060,7 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, used: dict[str
              f"{': ' + threshold_note if threshold_note else ''}), min_area "
              f"{cfg.infer.min_area}, connectivity "
              f"{cfg.infer.connectivity}, {'tiles of ' + str(cfg.infer.tile) if cfg.infer.tile else 'resize mode'}",
-             f"- best epoch (by validation {cfg.train.monitor}): {best_epoch}; wall time {seconds:.0f} s", "",
+             f"- best epoch (by validation {monitor_of(cfg)}): {best_epoch}; wall time {seconds:.0f} s", "",
              f"## Test split (whole split, defect-free images included; {how})", "",
              "What each number means: docs/metrics.md.", "",
              "| metric | value |", "|---|---|"]
