@@ -114,6 +114,16 @@ def test_resume_continues_in_the_checkpoints_folder_from_any_directory(tiny_data
     assert not (tmp_path / "b" / "runs").exists()
 
 
+def test_cpu_autocast_to_bf16_only_where_it_pays(monkeypatch):
+    conv, x, cpu = torch.nn.Conv2d(1, 1, 3), torch.randn(1, 1, 8, 8), torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(engine, "cpu_bf16", lambda native=native: native)
+        with engine._autocast(cpu, torch.bfloat16):
+            assert conv(x).dtype == expected
+    with engine._autocast(cpu, torch.float16):  # fp16 autocast is CUDA's only
+        assert conv(x).dtype == torch.float32
+
+
 def test_nan_loss_stops_and_keeps_last_good(tiny_data, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = engine.build_loss

@@ -216,6 +216,13 @@ def validate_setting(setting: BenchSetting, batches: Sequence[int]) -> torch.dev
         if setting.dtype != "fp32":
             raise ValueError(f"the {setting.backend} backend runs the exported float32 graph; use --dtype fp32, "
                              f"not {setting.dtype}")
+    if setting.train and dev.type == "cpu" and setting.dtype != "fp32":
+        from .engine import cpu_bf16
+
+        if setting.dtype != "bf16" or not cpu_bf16():
+            raise ValueError(f"training on the CPU autocasts only to bf16, and only where oneDNN runs it natively "
+                             f"(AVX-512, AMX: engine.cpu_bf16), so --dtype {setting.dtype} would time float32 "
+                             "here; use --dtype fp32")
     _check_dtype_supported(dev, setting.dtype)
     return dev
 
@@ -436,7 +443,8 @@ def time_training(model: nn.Module, input_shape: tuple[int, int, int, int], devi
     One step = on-device `Augmenter("light")` on image and mask, the model with its normalisation
     (`PixelModel`), `build_loss("bce-dice")` (a classifier, task "classify": BCE on the image label, as the
     trainer's), backward and an Adam step: the very step training runs (data
-    loading excluded), under autocast to `dtype` on CUDA. The model is trained in place. Returns the
+    loading excluded), under autocast to `dtype` (on the CPU: bf16 where it pays, `engine.cpu_bf16`). The model
+    is trained in place. Returns the
     same keys as `time_inference`; img_per_s = B / median step time.
     """
     from .data.transforms import Augmenter

@@ -73,7 +73,7 @@ class TrainConfig:
     batch_size: int = 16
     grad_clip: float | None = None
     prior_init: bool = True              # start a model's `head` bias at the training split's class prior
-    amp: bool = True                     # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True                     # bf16 autocast on CUDA, and on a CPU with native bf16 (engine.cpu_bf16)
     channels_last: bool = True           # NHWC activations: faster on CUDA and for CheapNet on the CPU
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N

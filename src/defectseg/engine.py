@@ -198,9 +198,19 @@ def input_channels(cfg: C.RunConfig) -> int:
     return cfg.data.channels * (2 if cfg.data.reference else 1)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_bf16() -> bool:
+    """Whether bf16 autocast pays on this CPU: oneDNN runs bf16 convolutions with its own kernels (AVX-512 and up;
+    AMX). A cheapmix-m training step at 128² then took 0.47x the float32 time with AMX, 0.6-0.7x with
+    AVX-512 alone; on an AVX2-only CPU oneDNN falls back to reference bf16 code, 7x SLOWER than float32
+    (docs/results.md, training speed)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast to `dtype` on CUDA; a no-op context for None or on the CPU."""
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None and device.type == "cuda")
+    """Autocast to `dtype` on CUDA, and to bf16 on a CPU where it pays (`cpu_bf16`); else a no-op context."""
+    on = dtype is not None and (device.type == "cuda" or (dtype == torch.bfloat16 and cpu_bf16()))
+    return torch.autocast(device.type, dtype=dtype, enabled=on)
 
 
 # ----------------------------------------------------------------------------- data
@@ -481,7 +491,7 @@ class TrainStep:
     augment: Augmenter               # replaced every epoch by one seeded from (seed, epoch)
     scheduler: Any = None            # stepped once per iteration
     task: str = "segment"
-    amp: torch.dtype | None = None   # autocast dtype (CUDA only), e.g. torch.bfloat16
+    amp: torch.dtype | None = None   # autocast dtype, e.g. torch.bfloat16 (on the CPU only bf16, where it pays)
     channels_last: bool = False
     grad_clip: float | None = None
     defects: list = field(default_factory=list)  # SyntheticDefects / CopyPaste, after the augmentation
