@@ -90,7 +90,7 @@ train_row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-siz
 # CPU batch-1 latency at the training sizes (2 threads, eager PyTorch as in the plot's label; docs/benchmarks.md has
 # every backend), then the plot of defect IoU against it.
 for size in 128 192; do
-  "$PY" -m defectseg.cli benchmark --models cheapmix-m,unet-small,cheapnet-m --size $size --batch 1 --device cpu \
+  "$PY" -m defectseg.cli benchmark --models cheapmix-m,unet-small,unet-mobilenetv1,cheapnet-m --size $size --batch 1 --device cpu \
       --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size.md"
 done
 "$PY" -m defectseg.cli benchmark --models mobile-unet --channels 3 --size 128 --batch 1 --device cpu --backend torch \
