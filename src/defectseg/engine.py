@@ -1097,16 +1097,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
         raise ValueError(f"threshold={threshold} is not a probability; pass a value in [0, 1]")
     if min_area is not None and min_area < 0:
         raise ValueError(f"min_area={min_area} must be >= 0")
-    gate_net = None
-    if gate is not None:
-        if task != "segment":
-            raise ValueError(f"{checkpoint} is a {task} model; --gate goes in front of a segmentation checkpoint")
-        if not 0.0 <= gate_threshold <= 1.0:
-            raise ValueError(f"gate_threshold={gate_threshold} is not a probability; pass a value in [0, 1]")
-        gate_net = load_net(gate, device, "torch")
-        if gate_net.task != "classify":
-            raise ValueError(f"gate {gate} is a {gate_net.task} model; the gate must be a classifier trained with "
-                             "`defectseg train --task classify`")
+    if gate is not None and task != "segment":
+        raise ValueError(f"{checkpoint} is a {task} model; --gate goes in front of a segmentation checkpoint")
+    gate_net = None if gate is None else load_net(gate, device, "torch")  # the Predictor checks it is a classifier
     model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
     cfg.infer.threshold = cfg.infer.threshold if threshold is None else threshold
     cfg.infer.min_area = cfg.infer.min_area if min_area is None else min_area
