@@ -1090,19 +1090,17 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
     with `gate` (a classifier checkpoint), the cascade: images the gate scores below `gate_threshold` are OK.
     threshold / min_area override the checkpoint's post-processing, as `predict --threshold/--min-area` do."""
     from .infer import load_net
+    from .localize import PostProcess
 
     ckpt = load_checkpoint(checkpoint)
     task = ckpt.get("task", "segment")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold={threshold} is not a probability; pass a value in [0, 1]")
-    if min_area is not None and min_area < 0:
-        raise ValueError(f"min_area={min_area} must be >= 0")
     if gate is not None and task != "segment":
         raise ValueError(f"{checkpoint} is a {task} model; --gate goes in front of a segmentation checkpoint")
     gate_net = None if gate is None else load_net(gate, device, "torch")  # the Predictor checks it is a classifier
     model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
     cfg.infer.threshold = cfg.infer.threshold if threshold is None else threshold
     cfg.infer.min_area = cfg.infer.min_area if min_area is None else min_area
+    PostProcess.from_config(cfg.infer)  # a bad override fails here, with its message, before the data is read
     root = data or cfg.data.root
     spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad,
                         allow_unlabeled=cfg.data.allow_unlabeled, mask_rule=cfg.data.mask_rule)

@@ -518,9 +518,8 @@ class Predictor:
             gate_net = load_net(gate, device, "auto", dtype, channels_last, threads)
         overrides = {"threshold": threshold, "min_area": min_area, "connectivity": connectivity, "score": score,
                      "tile_overlap": tile_overlap}
+        # (a bad override fails in the constructor's PostProcess, with its message)
         infer = C.InferConfig(**{**vars(seg.config.infer), **{k: v for k, v in overrides.items() if v is not None}})
-        if not 0.0 <= infer.threshold <= 1.0:
-            raise ValueError(f"threshold={infer.threshold} is not a probability; pass a value in [0, 1]")
         ref = None
         if reference is not None:
             ref = read_image(reference)  # channels converted per network later
@@ -918,7 +917,6 @@ class ResultWriter:
         else:
             self._csv.writerow(base)
 
-
     def _drain(self) -> None:
         """Wait for every pending image write; a failed one raises here."""
         while self._pending:
@@ -939,7 +937,6 @@ class ResultWriter:
             write_png(self.out_dir / mask_name, r.mask_image())
         if overlay_name:
             write_png(self.out_dir / overlay_name, overlay(r.image, r.mask, r.defects))
-
 
     def flush(self) -> None:
         """Finish the pending image writes and put the records on disk (fsync): what is listed exists."""
