@@ -387,6 +387,8 @@ def test_epoch_order_oversamples_defective_images():
     order = engine.epoch_order(20, defective, 0.5, torch.Generator().manual_seed(0))
     assert len(order) == 20 and sum(defective[i] for i in order) == 10
     assert sorted(engine.epoch_order(20, defective, None, torch.Generator().manual_seed(0))) == list(range(20))
+    mostly = [True] * 15 + [False] * 5  # already above the floor: a plain permutation, nothing dropped
+    assert sorted(engine.epoch_order(20, mostly, 0.5, torch.Generator().manual_seed(0))) == list(range(20))
 
 
 def test_crop_training_evaluates_at_native_resolution(tiny_data, tmp_path):
@@ -452,3 +454,39 @@ def test_f1_threshold_keeps_the_fixed_one_for_a_model_that_has_not_learned():
     empty = PixelRanking(bins=10)
     empty.neg[3] = 5
     assert engine.f1_threshold(empty, 0.5)[0] == 0.5
+
+
+def test_aspect_shape_keeps_tall_and_wide_images_at_their_aspect():
+    assert engine.aspect_shape([(1250, 500)] * 3, 256) == (416, 160)  # KolektorSDD-like: 2.5 times as tall
+    assert engine.aspect_shape([(500, 1250)], 256) == (160, 416)
+    assert engine.aspect_shape([(200, 200), (300, 250)], 256) is None  # about square: size x size
+    # a set mixing tall and wide images (as magnetic tile does) has a square median aspect
+    assert engine.aspect_shape([(600, 250), (250, 600), (300, 290)], 256) is None
+
+
+def test_tall_images_train_and_predict_at_their_aspect(tmp_path):
+    import cv2
+    import numpy as np
+
+    from defectseg.export import export_checkpoint
+    from defectseg.infer import Predictor
+
+    root = write_dagm(tmp_path / "tall", n_per_class=8, size=96, defective_fraction=0.5, seed=2, classes=1)
+    for p in root.rglob("*.PNG"):  # 96 x 96 -> 96 tall x 32 wide
+        cv2.imwrite(str(p), np.ascontiguousarray(cv2.imread(str(p), cv2.IMREAD_UNCHANGED)[:, 32:64]))
+    cfg = _cfg(root, tmp_path, "tall", epochs=1)
+    res = engine.train(cfg, quiet=True)
+    # aspect 3 at about 32² pixels, sides rounded to 32; in the folder's config and the checkpoint
+    assert C.load_yaml(tmp_path / "tall" / "config.yaml")["data"]["shape"] == [64, 32]
+    assert engine.load_checkpoint(res.best)["config"]["data"]["shape"] == [64, 32]
+    pred = Predictor.from_checkpoint(res.best, device="cpu", backend="torch")
+    assert pred.segmenter.input_hw == (64, 32)
+    image = cv2.imread(str(next(root.rglob("*.PNG"))), cv2.IMREAD_GRAYSCALE)
+    assert pred.predict(image).mask.shape == (96, 32)
+    assert export_checkpoint(res.best, tmp_path / "tall.onnx", dynamic=False).ok  # static graph at (64, 32)
+    static = Predictor.from_checkpoint(tmp_path / "tall.onnx", device="cpu")
+    assert static.segmenter.fixed_hw == (64, 32) and static.predict(image).mask.shape == (96, 32)
+    square = _cfg(root, tmp_path, "square", epochs=1)
+    square.data.keep_aspect = False
+    engine.train(square, quiet=True)
+    assert C.load_yaml(tmp_path / "square" / "config.yaml")["data"]["shape"] is None

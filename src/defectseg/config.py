@@ -22,7 +22,11 @@ import yaml
 class DataConfig:
     root: str = ""
     format: str = "auto"
-    size: int = 256                      # square training resolution (images resized to size x size)
+    size: int = 256                      # training resolution: images resized to size x size (or see keep_aspect)
+    keep_aspect: bool = True             # tall or wide images (median height/width >= 1.5 or <= 1/1.5): resize to
+                                         # their median aspect at about size² pixels, not squashed to a square
+    shape: tuple[int, int] | None = None  # (H, W) of resize training and predict; None: size x size, or what
+                                         # keep_aspect chooses when training starts (stored in the checkpoint)
     crop: int | None = None              # train on crop x crop windows at native resolution instead of resizing
     defect_crops: float = 0.5            # crop mode: share of a defective image's crops centred on a defect pixel
     defective_share: float | None = None  # share of each epoch's draws that are defective images (oversampling)
@@ -44,6 +48,11 @@ class DataConfig:
     workers: int = 0
     mean: float = 0.5                    # normalisation after scaling to [0, 1]: (x - mean) / std
     std: float = 0.25
+
+
+def resize_hw(data: DataConfig) -> tuple[int, int]:
+    """(H, W) that resize training and the Predictor's resize mode bring every image to."""
+    return (int(data.shape[0]), int(data.shape[1])) if data.shape else (data.size, data.size)
 
 
 @dataclass
@@ -113,6 +122,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["data"]["fractions"] = list(d["data"]["fractions"])
+        if d["data"]["shape"] is not None:
+            d["data"]["shape"] = list(d["data"]["shape"])
         return d
 
 
@@ -211,6 +222,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
              "a plain run name without / or \\ (it names the folder inside out_dir; choose the parent with "
              "--out-dir)"),
     "data.size": (lambda v: v >= 1, ">= 1"),
+    "data.shape": (lambda v: all(n >= 1 for n in v), "null or [H, W] >= 1 (multiples of the model's size multiple)"),
     "data.crop": (lambda v: v >= 1, "null or >= 1 (a multiple of the model's size multiple)"),
     "data.defect_crops": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "data.synthetic_defects": (lambda v: 0 <= v <= 1, "in [0, 1]"),

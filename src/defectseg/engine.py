@@ -237,6 +237,23 @@ class EvalSet:
         return len(self.dataset)
 
 
+ASPECT_MIN = 1.5     # median height/width at or past which keep_aspect trains at the images' own aspect
+SHAPE_MULTIPLE = 32  # keep_aspect rounds each side to this: a multiple of every registered model's size_multiple
+
+
+def aspect_shape(sizes: Sequence[tuple[int, int]], size: int) -> tuple[int, int] | None:
+    """The (H, W) `data.keep_aspect` trains at for images of these (H, W): their median aspect at about size²
+    pixels, each side a multiple of SHAPE_MULTIPLE; None (square) when the median height/width is within 1.5 of 1.
+    Squashing a 1250 x 500 image to a square shrinks its height 2.5 times more than its width, so a thin defect
+    across the long side vanishes first; at the image's own aspect both sides shrink alike. The median, not the
+    mean: a set that mixes tall and wide images (magnetic tile: median 1.19) stays square."""
+    aspect = float(np.median([h / w for h, w in sizes]))
+    if 1 / ASPECT_MIN < aspect < ASPECT_MIN:
+        return None
+    r = math.sqrt(aspect)
+    return tuple(max(SHAPE_MULTIPLE, round(size * f / SHAPE_MULTIPLE) * SHAPE_MULTIPLE) for f in (r, 1 / r))
+
+
 def split_dataset(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool
                   ) -> SegmentationDataset | WithReference:
     """One split's training dataset: images at the training size, or at native size in crop mode (each epoch
@@ -245,14 +262,14 @@ def split_dataset(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list
     if cfg.data.crop and cfg.data.reference:
         raise ValueError("crop training does not support reference mode yet; drop data.crop (resize training) "
                          "or data.reference")
-    size = None if cfg.data.crop else (cfg.data.size, cfg.data.size)
+    size = None if cfg.data.crop else C.resize_hw(cfg.data)
     ds, refs = _images(cfg, spec, samples, pool, size, cache)
     return ds if refs is None else WithReference(ds, refs)
 
 
 def eval_set(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool) -> EvalSet:
     """One split for evaluation (see `EvalSet`)."""
-    size = (cfg.data.size, cfg.data.size) if cfg.train.task == "classify" else None
+    size = C.resize_hw(cfg.data) if cfg.train.task == "classify" else None
     return EvalSet(*_images(cfg, spec, samples, pool, size, cache))
 
 
@@ -450,9 +467,10 @@ MONITORS = ("miou", "defect_iou", "mean_dice", "macc", "pixel_acc", "image_auroc
 
 def epoch_order(n: int, defective: Sequence[bool] | None, share: float | None,
                 gen: torch.Generator) -> list[int]:
-    """The n draws of one epoch: a permutation of range(n), or, with `share`, round(share * n) draws of defective
-    images and the rest of defect-free ones (each group permuted, repeated as needed), shuffled together: rare
-    defects are seen as often as asked without dropping any defect-free image more than the count requires."""
+    """The n draws of one epoch: a permutation of range(n), or, with `share`, at least round(share * n) draws of
+    defective images and the rest of defect-free ones (each group permuted, repeated as needed), shuffled together:
+    rare defects are seen as often as asked without dropping any defect-free image more than the count requires.
+    `share` is a floor: where defective images already make up more of the split, the epoch is a permutation."""
     if share is None or defective is None:
         return torch.randperm(n, generator=gen).tolist()
     pos = [i for i in range(n) if defective[i]]
@@ -464,7 +482,7 @@ def epoch_order(n: int, defective: Sequence[bool] | None, share: float | None,
         reps = -(-k // len(pool))
         return [pool[j] for r in range(reps) for j in torch.randperm(len(pool), generator=gen).tolist()][:k]
 
-    k = round(share * n)
+    k = max(round(share * n), len(pos))  # a floor: never fewer defective draws than the split holds
     picks = draw(pos, k) + draw(neg, n - k)
     return [picks[j] for j in torch.randperm(n, generator=gen).tolist()]
 
@@ -687,6 +705,12 @@ class Trainer:
             train = [s for s in train if s.defective is False] + [s for i, s in enumerate(bad) if i in chosen]
             if not train:
                 raise ValueError("the training split holds no defect-free image to train on (data.defect_free_only)")
+        if cfg.data.keep_aspect and cfg.data.shape is None and not cfg.data.crop and train:
+            # headers only, of at most 200 images (seeded): the aspect of the training split
+            picks = random.Random(0).sample(train, min(len(train), 200))
+            cfg.data.shape = aspect_shape([image_size(s.image) for s in picks], cfg.data.size)
+            if cfg.data.shape and self.world.main:  # the config in the folder says what training used
+                C.save_yaml(cfg, self.run_dir / "config.yaml")
         self.train_set = split_dataset(cfg, self.spec, train, pool, cfg.data.cache)
         if len(self.train_set) == 0:
             raise ValueError(f"the training split of {cfg.data.root} is empty; check the data folder and split file")
@@ -747,10 +771,13 @@ class Trainer:
         cfg, world = self.cfg, self.world
         self.n_logits = num_logits(cfg, self.spec.class_names)
         self.model = build_model(cfg, self.n_logits)
-        if cfg.data.crop and cfg.data.crop % self.model.size_multiple:
-            m = self.model.size_multiple
+        m = self.model.size_multiple
+        if cfg.data.crop and cfg.data.crop % m:
             raise ValueError(f"data.crop {cfg.data.crop} must be a multiple of {m} for {cfg.model.name}; e.g. "
                              f"{max(m, cfg.data.crop // m * m)}")
+        if cfg.data.shape and any(n % m for n in cfg.data.shape):
+            raise ValueError(f"data.shape {list(cfg.data.shape)} must be multiples of {m} for {cfg.model.name}; "
+                             f"e.g. {[max(m, n // m * m) for n in cfg.data.shape]}")
         if cfg.model.encoder_weights and ckpt is None:
             load_encoder_weights(self.model.net, cfg.model.encoder_weights)
         if cfg.train.prior_init and ckpt is None and self.task == "segment" and hasattr(self.model.net, "head"):
@@ -1061,7 +1088,7 @@ def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, used: dict[str
     lines = [f"# Run `{cfg.name}`", "",
              f"- model: `{cfg.model.name}` {cfg.model.options or ''}",
              f"- data: `{cfg.data.root}` (format {spec.format}, classes {spec.class_names}), "
-             f"size {cfg.data.size}, augment {cfg.data.augment}",
+             f"size {'x'.join(map(str, C.resize_hw(cfg.data)))}, augment {cfg.data.augment}",
              f"- split: train {used.get('train', 0)} / val {used.get('val', 0)} / test {used.get('test', 0)} images "
              f"used (split.json{'; ' + str(len(skipped)) + ' files skipped, listed below' if skipped else ''})",
              f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}, schedule {cfg.train.schedule}, "

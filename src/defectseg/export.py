@@ -23,6 +23,8 @@ import onnx
 import torch
 from torch import nn
 
+from . import config as C
+
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 # Written by export_onnx so an .onnx file alone tells the Predictor how to pad its input.
@@ -343,8 +345,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dyn
     The graph is the checkpoint's `PixelModel`: input "image" (B, C, H, W) float32 raw pixel values 0..255
     (`OnnxModel` also takes uint8 and casts), output "logits"; the normalisation is inside. The config goes
     into the metadata. out: default the checkpoint path with suffix .onnx. size: the traced (static: fixed)
-    square input side, default the training size `data.size`, a multiple of the model's size multiple. With
-    dynamic=False the graph takes exactly (1, C, size, size) and the Predictor resizes images to that size.
+    square input side, a multiple of the model's size multiple; default the training (H, W), `config.resize_hw`.
+    With dynamic=False the graph takes exactly (1, C, H, W) and the Predictor resizes images to that size.
     The graph is `fuse.fuse_for_inference(model)`, the same function in the form fast kernels serve.
     Parity: logits of the checkpoint's PyTorch model (CPU, float32) and ONNX Runtime (CPU) on a random uint8 input.
     """
@@ -355,20 +357,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dyn
         raise ValueError(f"{checkpoint} is already an ONNX model; export takes a .pt checkpoint")
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
-    side = size or cfg.data.size
+    hw = (size, size) if size else C.resize_hw(cfg.data)
     m = model.size_multiple
-    if side < 1 or side % m:
-        raise ValueError(f"--size {side} must be a positive multiple of {m} for {cfg.model.name}; e.g. "
-                         f"{max(m, -(-side // m) * m)}")
+    for side in hw:
+        if side < 1 or side % m:
+            raise ValueError(f"--size {side} must be a positive multiple of {m} for {cfg.model.name}; e.g. "
+                             f"{max(m, -(-side // m) * m)}")
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
     channels = input_channels(cfg)
     from .fuse import fuse_for_inference
 
     # The graph is the rewritten model (BatchNorm folded, CheapNet's head rebuilt: 1.9x faster in ONNX Runtime
     # at 512²); parity below is checked against the checkpoint's own model.
-    export_onnx(fuse_for_inference(model), out, (1, channels, side, side), dynamic=dynamic,
-                metadata=onnx_metadata(ckpt))
-    shape = (2 if dynamic else 1, channels, side, side)
+    export_onnx(fuse_for_inference(model), out, (1, channels, *hw), dynamic=dynamic, metadata=onnx_metadata(ckpt))
+    shape = (2 if dynamic else 1, channels, *hw)
     x = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()

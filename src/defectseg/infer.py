@@ -8,7 +8,8 @@ the native image's pixels.
 How an image reaches the model (the policy):
 
 - **resize** (default: `tile=None` with no `infer.tile` in the checkpoint's config, or `tile=0`): exactly as
-  in training. The whole image is resized to the square training resolution `data.size` x `data.size`
+  in training. The whole image is resized to the training resolution (`config.resize_hw`: `data.size` squared,
+  or `data.shape` for tall or wide images)
   (area interpolation when shrinking both sides, bilinear otherwise, as `data.dataset.resize_pair`), the
   model runs once, and the probability map is resized back to the native size (the same rule the other
   way: bilinear when growing, area when shrinking). Any image size works; a 20000 x 20000 image is
@@ -141,7 +142,7 @@ class _Net:
     @property
     def input_hw(self) -> tuple[int, int]:
         """The resolution of resize mode: the training size, or the fixed size of a static ONNX graph."""
-        return self.fixed_hw or (self.config.data.size, self.config.data.size)
+        return self.fixed_hw or C.resize_hw(self.config.data)
 
 
 def _checkpoint_fields(d: dict[str, Any], source: Path) -> tuple[C.RunConfig, int, list[str], str]:
