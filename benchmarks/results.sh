@@ -19,6 +19,10 @@ source benchmarks/row.sh  # train_row OUT NAME ARGS...: one training
 R=benchmarks/results
 MT_SPLIT=(--data "$MT" --split-file "$MT/split-70-15-15.json" --batch-size 16)
 
+# What `defectseg train --data DIR` gives with nothing else but the reporting split: cheapmix-m, the whole tile
+# resized to 256x256, 30 epochs, BCE+Dice, natural sampling, validation every epoch, val-f1 threshold.
+train_row $R/magnetic-tile defaults --data "$MT" --split-file "$MT/split-70-15-15.json"
+
 # Magnetic tile: the default model on the whole tile resized to 128x128 (about half scale), 40 epochs.
 train_row $R/magnetic-tile long-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 128 \
     --set data.defective_share=0.5 --set train.eval_every=5 --set infer.threshold_from=val-f1 \
@@ -85,6 +89,21 @@ train_row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss 
     --set train.eval_every=2 --set train.monitor=miou --set infer.threshold_from=fixed --set train.prior_init=false
 # NEU-Seg with every default but the size (cheapmix-m, bce-dice, val-f1 threshold), 6 epochs.
 train_row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
+
+# NEU-Seg with the other models of the magnetic-tile table, 6 epochs at 192x192 like the two rows above (bf16 on a
+# CPU with native bf16, the default since 2026-11-30; the two rows above ran in float32): the paper recipes, then
+# unet-small and the encoder U-Net with our default loss (BCE+Dice) at Adam 1e-3 (3e-3 left unet-small on the
+# plateau on magnetic tile).
+train_row $R/neu-seg neu-paper-cheapnet-m --data "$NEU" --preset cheapnet-paper --model cheapnet-m --size 192 --epochs 6 \
+    --batch-size 16 --set "train.milestones=[3,5]" --set train.eval_every=2
+train_row $R/neu-seg neu-paper-mobile-unet --data "$NEU" --preset mobile-unet-paper --size 192 --epochs 6 \
+    --batch-size 16 --set train.eval_every=2
+for model in unet-small unet-mobilenetv1; do
+  train_row $R/neu-seg neu-$model --data "$NEU" --model $model --lr 0.001 --size 192 --epochs 6 --batch-size 16 \
+      --set train.eval_every=2
+done
+# NEU-Seg defaults at 192x192 on a longer schedule: 15 epochs.
+train_row $R/neu-seg neu-default-15 --data "$NEU" --size 192 --epochs 15 --batch-size 16 --set train.eval_every=3
 
 [[ ${LATENCY:-1} == 1 ]] || exit 0  # LATENCY=0: trainings only
 # CPU batch-1 latency at the training sizes (2 threads, eager PyTorch as in the plot's label; docs/benchmarks.md has
