@@ -28,14 +28,15 @@ pytestmark = [pytest.mark.realdata,
               pytest.mark.skipif(not (MT / "split-70-15-15.json").is_file(), reason=f"no magnetic tile at {MT}")]
 
 
-def make_subset(dst: Path, scale: float = 0.5) -> Path:
-    """Write the downsized subset to `dst` (magnetic-tile layout) and return its split file."""
+def make_subset(dst: Path, scale: float = 0.5, free_per_defective: int = 1) -> Path:
+    """Write the downsized subset to `dst` (magnetic-tile layout) and return its split file; each split keeps
+    `free_per_defective` defect-free images per defective one (where the split has that many)."""
     split = json.loads((MT / "split-70-15-15.json").read_text())
     out: dict[str, list[str]] = {}
     for part in ("train", "val", "test"):
         keys = [k for k in split[part] if k.split("/")[0] in GROUPS]
         free = [k for k in split[part] if k.startswith("MT_Free/")]
-        keys += free[: len(keys)]
+        keys += free[: free_per_defective * len(keys)]
         for key in keys:
             src = MT / key
             image = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)

@@ -29,7 +29,8 @@ class DataConfig:
                                          # keep_aspect chooses when training starts (stored in the checkpoint)
     crop: int | None = None              # train on crop x crop windows at native resolution instead of resizing
     defect_crops: float = 0.5            # crop mode: share of a defective image's crops centred on a defect pixel
-    defective_share: float | None = None  # share of each epoch's draws that are defective images (oversampling)
+    defective_share: float | None = 0.25  # least share of each epoch's draws that are defective images (a floor:
+                                         # oversamples mostly defect-free sets; null: the split's own share)
     channels: int = 1                    # 1 gray, 3 RGB (the model gets twice as many in reference mode)
     split_file: str | None = None        # reuse a split (e.g. magnetic-tile/split-70-15-15.json)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -128,15 +129,16 @@ class RunConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CheapNet paper: BCE, Adam lr 0.01, MultiStepLR at 60 and 90 by 0.1, 120 epochs, 512², no augmentation.
+    # CheapNet paper: BCE, Adam lr 0.01, MultiStepLR at 60 and 90 by 0.1, 120 epochs, 512², no augmentation,
+    # no oversampling, square inputs (the papers' recipes turn off our defaults' floor and aspect keeping).
     "cheapnet-paper": {
-        "data": {"size": 512, "augment": "none"},
+        "data": {"size": 512, "augment": "none", "defective_share": None, "keep_aspect": False},
         "train": {"loss": "bce", "optimizer": "adam", "lr": 0.01, "schedule": "multistep",
                   "milestones": [60, 90], "gamma": 0.1, "epochs": 120},
     },
     # Mobile-UNet paper: cross-entropy with median-frequency-balancing weights, 256², Adam.
     "mobile-unet-paper": {
-        "data": {"size": 256, "channels": 3},
+        "data": {"size": 256, "channels": 3, "defective_share": None, "keep_aspect": False},
         "model": {"name": "mobile-unet"},
         "train": {"loss": "ce", "class_weights": "median-frequency", "optimizer": "adam", "lr": 1e-3,
                   "schedule": "none", "epochs": 100},
