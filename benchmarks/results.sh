@@ -90,17 +90,17 @@ train_row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss 
 # NEU-Seg with every default but the size (cheapmix-m, bce-dice, val-f1 threshold), 6 epochs.
 train_row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
 
-# NEU-Seg with the other models of the magnetic-tile table, 6 epochs at 192x192 like the two rows above (bf16 on a
-# CPU with native bf16, the default since 2026-11-30; the two rows above ran in float32): the paper recipes, then
+# NEU-Seg with the other models of the magnetic-tile table at 192x192 (bf16 on a CPU with native bf16, the default
+# since 2026-11-30; the two rows above ran in float32): the paper recipes for 6 epochs like the rows above, then
 # unet-small and the encoder U-Net with our default loss (BCE+Dice) at Adam 1e-3 (3e-3 left unet-small on the
-# plateau on magnetic tile).
+# plateau on magnetic tile) for 3 epochs (what the session's CPU time allowed).
 train_row $R/neu-seg neu-paper-cheapnet-m --data "$NEU" --preset cheapnet-paper --model cheapnet-m --size 192 --epochs 6 \
     --batch-size 16 --set "train.milestones=[3,5]" --set train.eval_every=2
 train_row $R/neu-seg neu-paper-mobile-unet --data "$NEU" --preset mobile-unet-paper --size 192 --epochs 6 \
     --batch-size 16 --set train.eval_every=2
 for model in unet-small unet-mobilenetv1; do
-  train_row $R/neu-seg neu-$model --data "$NEU" --model $model --lr 0.001 --size 192 --epochs 6 --batch-size 16 \
-      --set train.eval_every=2
+  train_row $R/neu-seg neu-$model --data "$NEU" --model $model --lr 0.001 --size 192 --epochs 3 --batch-size 16 \
+      --set train.eval_every=3
 done
 # NEU-Seg defaults at 192x192 on a longer schedule: 15 epochs.
 train_row $R/neu-seg neu-default-15 --data "$NEU" --size 192 --epochs 15 --batch-size 16 --set train.eval_every=3

@@ -464,7 +464,7 @@ def test_aspect_shape_keeps_tall_and_wide_images_at_their_aspect():
     assert engine.aspect_shape([(600, 250), (250, 600), (300, 290)], 256) is None
 
 
-def test_tall_images_train_and_predict_at_their_aspect(tmp_path):
+def test_keep_aspect_trains_and_predicts_tall_images_at_their_aspect(tmp_path):
     import cv2
     import numpy as np
 
@@ -475,6 +475,7 @@ def test_tall_images_train_and_predict_at_their_aspect(tmp_path):
     for p in root.rglob("*.PNG"):  # 96 x 96 -> 96 tall x 32 wide
         cv2.imwrite(str(p), np.ascontiguousarray(cv2.imread(str(p), cv2.IMREAD_UNCHANGED)[:, 32:64]))
     cfg = _cfg(root, tmp_path, "tall", epochs=1)
+    cfg.data.keep_aspect = True
     res = engine.train(cfg, quiet=True)
     # aspect 3 at about 32² pixels, sides rounded to 32; in the folder's config and the checkpoint
     assert C.load_yaml(tmp_path / "tall" / "config.yaml")["data"]["shape"] == [64, 32]
@@ -486,7 +487,6 @@ def test_tall_images_train_and_predict_at_their_aspect(tmp_path):
     assert export_checkpoint(res.best, tmp_path / "tall.onnx", dynamic=False).ok  # static graph at (64, 32)
     static = Predictor.from_checkpoint(tmp_path / "tall.onnx", device="cpu")
     assert static.segmenter.fixed_hw == (64, 32) and static.predict(image).mask.shape == (96, 32)
-    square = _cfg(root, tmp_path, "square", epochs=1)
-    square.data.keep_aspect = False
+    square = _cfg(root, tmp_path, "square", epochs=1)  # the default: squashed to size x size
     engine.train(square, quiet=True)
     assert C.load_yaml(tmp_path / "square" / "config.yaml")["data"]["shape"] is None

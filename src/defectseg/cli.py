@@ -73,8 +73,8 @@ def train(
     iterations: Optional[int] = typer.Option(None, help="Train this many steps instead of epochs."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
-    size: Optional[int] = typer.Option(None, help="Training resolution: size x size, or about size² pixels at "
-                                       "the images' aspect for tall or wide images (data.keep_aspect)."),
+    size: Optional[int] = typer.Option(None, help="Training resolution: size x size (with data.keep_aspect, "
+                                       "about size² pixels at a tall or wide set's aspect)."),
     loss: Optional[str] = typer.Option(None, help=f"{_one_of('train.loss')}."),
     augment: Optional[str] = typer.Option(None, help=f"{_one_of('data.augment')}."),
     split_file: Optional[str] = typer.Option(None, help="Reuse a split file (JSON lists train/val/test)."),

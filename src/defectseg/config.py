@@ -23,8 +23,9 @@ class DataConfig:
     root: str = ""
     format: str = "auto"
     size: int = 256                      # training resolution: images resized to size x size (or see keep_aspect)
-    keep_aspect: bool = True             # tall or wide images (median height/width >= 1.5 or <= 1/1.5): resize to
-                                         # their median aspect at about size² pixels, not squashed to a square
+    keep_aspect: bool = False            # tall or wide images (median height/width >= 1.5 or <= 1/1.5): resize to
+                                         # their median aspect at about size² pixels, not squashed to a square (off:
+                                         # no better on tall magnetic tiles, benchmarks/probes/tall_aspect.py)
     shape: tuple[int, int] | None = None  # (H, W) of resize training and predict; None: size x size, or what
                                          # keep_aspect chooses when training starts (stored in the checkpoint)
     crop: int | None = None              # train on crop x crop windows at native resolution instead of resizing
@@ -130,15 +131,15 @@ class RunConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CheapNet paper: BCE, Adam lr 0.01, MultiStepLR at 60 and 90 by 0.1, 120 epochs, 512², no augmentation,
-    # no oversampling, square inputs (the papers' recipes turn off our defaults' floor and aspect keeping).
+    # no oversampling (the papers' recipes turn off our defaults' floor on defective draws).
     "cheapnet-paper": {
-        "data": {"size": 512, "augment": "none", "defective_share": None, "keep_aspect": False},
+        "data": {"size": 512, "augment": "none", "defective_share": None},
         "train": {"loss": "bce", "optimizer": "adam", "lr": 0.01, "schedule": "multistep",
                   "milestones": [60, 90], "gamma": 0.1, "epochs": 120},
     },
     # Mobile-UNet paper: cross-entropy with median-frequency-balancing weights, 256², Adam.
     "mobile-unet-paper": {
-        "data": {"size": 256, "channels": 3, "defective_share": None, "keep_aspect": False},
+        "data": {"size": 256, "channels": 3, "defective_share": None},
         "model": {"name": "mobile-unet"},
         "train": {"loss": "ce", "class_weights": "median-frequency", "optimizer": "adam", "lr": 1e-3,
                   "schedule": "none", "epochs": 100},
