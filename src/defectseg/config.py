@@ -22,7 +22,8 @@ import yaml
 class DataConfig:
     root: str = ""
     format: str = "auto"
-    size: int = 256                      # training resolution: images resized to size x size (or see keep_aspect)
+    size: int = 128                      # training resolution: images resized to size x size (or see keep_aspect);
+                                         # 128 beat 256 on magnetic tile and tied 192 on NEU-Seg (docs/results.md)
     keep_aspect: bool = False            # tall or wide images (median height/width >= 1.5 or <= 1/1.5): resize to
                                          # their median aspect at about size² pixels, not squashed to a square (off:
                                          # no better on tall magnetic tiles, benchmarks/probes/tall_aspect.py)
