@@ -5,7 +5,7 @@
 # side by side share the rows (benchmarks/row.sh).
 # Usage: benchmarks/results.sh [DATA_DIR]   (default ../shared/data; PY=... to override the interpreter,
 # THREADS=N threads per training, default 2; two trainings side by side used THREADS=1 each; LATENCY=0 skips the
-# latency rows)
+# latency rows; TRAIN=0 skips the trainings)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,6 +15,7 @@ NEU=$DATA/neu-seg
 export OMP_NUM_THREADS=${THREADS:-2}
 
 source benchmarks/row.sh  # train_row OUT NAME ARGS...: one training
+[[ ${TRAIN:-1} == 1 ]] || train_row() { :; }  # TRAIN=0: the latency rows and the plot only
 
 R=benchmarks/results
 MT_SPLIT=(--data "$MT" --split-file "$MT/split-70-15-15.json" --batch-size 16)
@@ -22,6 +23,8 @@ MT_SPLIT=(--data "$MT" --split-file "$MT/split-70-15-15.json" --batch-size 16)
 # What `defectseg train --data DIR` gives with nothing else but the reporting split: cheapmix-m, the whole tile
 # resized to 256x256, 30 epochs, BCE+Dice, natural sampling, validation every epoch, val-f1 threshold.
 train_row $R/magnetic-tile defaults --data "$MT" --split-file "$MT/split-70-15-15.json"
+# The same with --size 128 (the tile at about half scale, as in the rows below).
+train_row $R/magnetic-tile defaults-size128 --data "$MT" --split-file "$MT/split-70-15-15.json" --size 128
 
 # Magnetic tile: the default model on the whole tile resized to 128x128 (about half scale), 40 epochs.
 train_row $R/magnetic-tile long-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 128 \
@@ -89,6 +92,8 @@ train_row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss 
     --set train.eval_every=2 --set train.monitor=miou --set infer.threshold_from=fixed --set train.prior_init=false
 # NEU-Seg with every default but the size (cheapmix-m, bce-dice, val-f1 threshold), 6 epochs.
 train_row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
+# The same at 128x128 (the size that did better on magnetic tile's pure defaults).
+train_row $R/neu-seg neu-default-size128 --data "$NEU" --size 128 --epochs 6 --batch-size 16 --set train.eval_every=2
 
 # NEU-Seg with the other models of the magnetic-tile table at 192x192 (bf16 on a CPU with native bf16, the default
 # since 2026-11-30; the two rows above ran in float32): the paper recipes for 6 epochs like the rows above, then
@@ -108,11 +113,12 @@ train_row $R/neu-seg neu-default-15 --data "$NEU" --size 192 --epochs 15 --batch
 [[ ${LATENCY:-1} == 1 ]] || exit 0  # LATENCY=0: trainings only
 # CPU batch-1 latency at the training sizes (2 threads, eager PyTorch as in the plot's label; docs/benchmarks.md has
 # every backend), then the plot of defect IoU against it.
-for size in 128 192; do
-  "$PY" -m defectseg.cli benchmark --models cheapmix-m,unet-small,unet-mobilenetv1,cheapnet-m --size $size --batch 1 --device cpu \
-      --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size.md"
+for size in 128 192 256; do
+  "$PY" -m defectseg.cli benchmark --models cheapmix-m,unet-small,unet-mobilenetv1,cheapnet-m --size $size --batch 1 \
+      --device cpu --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size.md"
 done
-"$PY" -m defectseg.cli benchmark --models mobile-unet --channels 3 --size 128 --batch 1 --device cpu --backend torch \
-    --threads 2 \
-    --repeats 30 --max-seconds 10 --quiet --out "$R/latency-128-rgb.md"
+for size in 128 192; do
+  "$PY" -m defectseg.cli benchmark --models mobile-unet --channels 3 --size $size --batch 1 --device cpu \
+      --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size-rgb.md"
+done
 "$PY" benchmarks/results_plot.py docs/results.png
