@@ -107,8 +107,6 @@ for model in unet-small unet-mobilenetv1; do
   train_row $R/neu-seg neu-$model --data "$NEU" --model $model --lr 0.001 --size 192 --epochs 3 --batch-size 16 \
       --set train.eval_every=3
 done
-# NEU-Seg defaults at 192x192 on a longer schedule: 15 epochs.
-train_row $R/neu-seg neu-default-15 --data "$NEU" --size 192 --epochs 15 --batch-size 16 --set train.eval_every=3
 
 [[ ${LATENCY:-1} == 1 ]] || exit 0  # LATENCY=0: trainings only
 # CPU batch-1 latency at the training sizes (2 threads, eager PyTorch as in the plot's label; docs/benchmarks.md has
