@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from defectseg import config as C
-from defectseg import engine
+from defectseg import checkpoint
 from defectseg.data.io import find_images, write_png
-from defectseg.infer import Predictor, ResultWriter
+from defectseg.outputs import ResultWriter
+from defectseg.predictor import Predictor, model_input
 from defectseg.models import create_model
 
 
@@ -50,7 +51,7 @@ def checkpoint(path: Path, model: str, size: int) -> Path:
     cfg.model.name, cfg.data.size, cfg.infer.threshold = model, size, 0.9
     torch.manual_seed(0)
     net = create_model(model, in_channels=1, num_classes=1)
-    return engine.save_checkpoint(path, {"config": cfg.to_dict(), "num_classes": 1,
+    return checkpoint.save_checkpoint(path, {"config": cfg.to_dict(), "num_classes": 1,
                                          "class_names": ["background", "defect"], "task": "segment",
                                          "model": net.state_dict()})
 
@@ -88,7 +89,7 @@ def main() -> None:
         for b in [int(v) for v in a.batch.split(",")]:
             pred = Predictor.from_checkpoint(ckpt, device="cpu", backend=a.backend, batch_size=b, threads=a.threads)
             net = pred.segmenter
-            x = np.stack([pred._resized_input(net, cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))
+            x = np.stack([model_input(net, cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))
                           for p in paths[:b]])
             for _ in range(3):
                 net.logits(x)

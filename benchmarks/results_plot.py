@@ -39,7 +39,7 @@ def latencies() -> dict[tuple[str, int], float]:
 
 def runs() -> list[dict]:
     """One dict per finished run: dataset, run, model, size, defect_iou (binary, or the mean over the defect
-    classes: the engine's defect_iou is that mean)."""
+    classes: evaluation's defect_iou is that mean)."""
     out = []
     for report in sorted(ROOT.glob("*/*/report.md")):
         cfg = yaml.safe_load((report.parent / "config.yaml").read_text())

@@ -2,7 +2,7 @@
 # The training-speed table of docs/results.md: the trainer's step (`defectseg benchmark --train`: on-device
 # augmentation, BCE+Dice, backward, Adam) for CheapNet-M and CheapMix-M, batch 16, in every memory layout and dtype
 # the trainer can use on the CPU: NCHW float32 (the path before the speed work), channels_last float32, and
-# channels_last with bf16 autocast (`train.amp` where the CPU runs bf16 natively: engine.cpu_bf16). Run back to
+# channels_last with bf16 autocast (`train.amp` where the CPU runs bf16 natively: runtime.cpu_bf16). Run back to
 # back on an otherwise idle machine so the ratios hold; each file is headed by its exact command and the load.
 # Usage: benchmarks/train_speed.sh [OUT_DIR]   (default benchmarks/results/train-speed; THREADS=N, default 2;
 # SIZES="128 256")
@@ -14,7 +14,7 @@ THREADS=${THREADS:-2}
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=$THREADS
 DTYPES=fp32
-if "$PY" -c "import sys; from defectseg.engine import cpu_bf16; sys.exit(0 if cpu_bf16() else 1)"; then
+if "$PY" -c "import sys; from defectseg.runtime import cpu_bf16; sys.exit(0 if cpu_bf16() else 1)"; then
   DTYPES=fp32,bf16  # bf16 rows only where the trainer would use it
 fi
 for size in ${SIZES:-128 256}; do

@@ -15,7 +15,7 @@ def _set(item: str) -> dict:
 
 
 def _registry(key: str) -> list[str]:
-    from defectseg import engine, losses, models
+    from defectseg import losses, metrics, models, optim
     from defectseg.data import formats, transforms
 
     def names(r):
@@ -23,8 +23,8 @@ def _registry(key: str) -> list[str]:
 
     return {"data.format": ["auto", *formats.FORMATS], "data.augment": names(transforms.PRESETS),
             "model.name": models.list_models(), "train.loss": names(losses.LOSSES),
-            "train.optimizer": names(engine.OPTIMIZERS), "train.schedule": names(engine.SCHEDULES),
-            "train.monitor": names(engine.MONITORS)}[key]
+            "train.optimizer": names(optim.OPTIMIZERS), "train.schedule": names(optim.SCHEDULES),
+            "train.monitor": names(metrics.MONITORS)}[key]
 
 
 @pytest.mark.parametrize("item, expected", [
@@ -165,3 +165,22 @@ def test_choices():
     assert C.choices("train.task") == ["segment", "classify"]
     with pytest.raises(ValueError, match="no list of choices"):
         C.choices("train.lr")
+
+
+def test_infer_override_is_checked_by_the_field_rules():
+    base = C.InferConfig()
+    changed = base.overridden(threshold=0.3, min_area=10, tile=None)  # None keeps the current value
+    assert changed.threshold == 0.3 and changed.min_area == 10 and changed.tile is None
+    assert base == C.InferConfig()  # the original is unchanged
+    assert base.overridden(threshold=1).threshold == 1.0 and type(base.overridden(threshold=1).threshold) is float
+    with pytest.raises(ValueError, match=r"threshold=2 is not a probability in \[0, 1\]"):
+        base.overridden(threshold=2)
+    with pytest.raises(ValueError, match="min_area=-1 is not >= 0"):
+        base.overridden(min_area=-1)
+    with pytest.raises(ValueError, match="min_area='x' is not an integer"):
+        base.overridden(min_area="x")
+    with pytest.raises(ValueError, match="unknown config key 'infer.thresh'"):
+        base.overridden(thresh=0.5)
+    with pytest.raises(ValueError, match="2 problems") as err:
+        base.overridden(threshold=-1.0, connectivity=6)
+    assert "connectivity=6 is not 4 or 8" in str(err.value)

@@ -85,7 +85,7 @@ def test_training_with_made_defects_and_on_good_parts_only(tmp_path):
 
     from defectseg.cli import app
     from defectseg.data.synthetic import write_dagm
-    from defectseg.engine import TrainStep
+    from defectseg.step import TrainStep
 
     write_dagm(tmp_path / "data", n_per_class=16, size=32, defective_fraction=0.5, seed=1, classes=1)
     seen: list = []
@@ -118,7 +118,7 @@ def test_training_with_made_defects_and_on_good_parts_only(tmp_path):
 def test_defective_images_keeps_a_seeded_subset_of_the_real_defects(tmp_path):
     from defectseg import config as C
     from defectseg.data.synthetic import write_dagm
-    from defectseg.engine import Trainer
+    from defectseg.trainer import Trainer
 
     write_dagm(tmp_path / "data", n_per_class=20, size=32, defective_fraction=0.5, seed=1, classes=1)
     chosen = []

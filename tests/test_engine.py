@@ -13,7 +13,12 @@ import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
 from defectseg import config as C
-from defectseg import engine
+from defectseg import checkpoint
+from defectseg import data
+from defectseg import evaluate
+from defectseg import models
+from defectseg import runtime
+from defectseg import trainer
 from defectseg.cli import app
 from defectseg.data.synthetic import write_dagm
 
@@ -62,10 +67,10 @@ def test_cli_train_then_evaluate(tiny_data, tmp_path):
 
 
 def test_existing_run_folder_is_not_clobbered(tiny_data, tmp_path):
-    engine.train(_cfg(tiny_data, tmp_path, "twice", epochs=1), quiet=True)
+    trainer.train(_cfg(tiny_data, tmp_path, "twice", epochs=1), quiet=True)
     with pytest.raises(ValueError, match="already holds a run"):
-        engine.train(_cfg(tiny_data, tmp_path, "twice", epochs=1), quiet=True)
-    engine.train(_cfg(tiny_data, tmp_path, "twice", epochs=1), quiet=True, overwrite=True)
+        trainer.train(_cfg(tiny_data, tmp_path, "twice", epochs=1), quiet=True)
+    trainer.train(_cfg(tiny_data, tmp_path, "twice", epochs=1), quiet=True, overwrite=True)
     rows = list(csv.DictReader(open(tmp_path / "twice" / "metrics.csv")))
     assert len(rows) == 1
 
@@ -78,20 +83,20 @@ def test_cli_reports_bad_input(tmp_path):
 
 
 def test_metrics_csv_keeps_validation_columns_when_not_every_epoch_is_evaluated(tiny_data, tmp_path):
-    engine.train(_cfg(tiny_data, tmp_path, "ev", epochs=3, eval_every=2), quiet=True)
+    trainer.train(_cfg(tiny_data, tmp_path, "ev", epochs=3, eval_every=2), quiet=True)
     rows = list(csv.DictReader(open(tmp_path / "ev" / "metrics.csv")))
     assert [bool(r["val_defect_iou"]) for r in rows] == [False, True, True]  # epoch 2, and the last
 
 
 def test_resume_is_exact(tiny_data, tmp_path):
-    straight = engine.train(_cfg(tiny_data, tmp_path, "straight"), quiet=True)
-    engine.train(_cfg(tiny_data, tmp_path, "stopped"), quiet=True, stop_after_epoch=0)
-    first = engine.load_checkpoint(tmp_path / "stopped" / "last.pt")
+    straight = trainer.train(_cfg(tiny_data, tmp_path, "straight"), quiet=True)
+    trainer.train(_cfg(tiny_data, tmp_path, "stopped"), quiet=True, stop_after_epoch=0)
+    first = checkpoint.load_checkpoint(tmp_path / "stopped" / "last.pt")
     assert first["epoch"] == 0
-    resumed = engine.train(C.RunConfig(), resume=tmp_path / "stopped" / "last.pt", quiet=True)
+    resumed = trainer.train(C.RunConfig(), resume=tmp_path / "stopped" / "last.pt", quiet=True)
     assert resumed.epochs == straight.epochs == 3
-    a = engine.load_checkpoint(straight.last)
-    b = engine.load_checkpoint(resumed.last)
+    a = checkpoint.load_checkpoint(straight.last)
+    b = checkpoint.load_checkpoint(resumed.last)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
@@ -107,26 +112,26 @@ def test_resume_continues_in_the_checkpoints_folder_from_any_directory(tiny_data
     monkeypatch.chdir(tmp_path / "a")
     cfg = _cfg(tiny_data, tmp_path, "rel", epochs=2)
     cfg.out_dir = "runs"  # relative to a/
-    engine.train(cfg, quiet=True, stop_after_epoch=0)
+    trainer.train(cfg, quiet=True, stop_after_epoch=0)
     monkeypatch.chdir(tmp_path / "b")
-    engine.train(C.RunConfig(), resume=tmp_path / "a" / "runs" / "rel" / "last.pt", quiet=True)
-    assert engine.load_checkpoint(tmp_path / "a" / "runs" / "rel" / "last.pt")["epoch"] == 1
+    trainer.train(C.RunConfig(), resume=tmp_path / "a" / "runs" / "rel" / "last.pt", quiet=True)
+    assert checkpoint.load_checkpoint(tmp_path / "a" / "runs" / "rel" / "last.pt")["epoch"] == 1
     assert not (tmp_path / "b" / "runs").exists()
 
 
 def test_cpu_autocast_to_bf16_only_where_it_pays(monkeypatch):
     conv, x, cpu = torch.nn.Conv2d(1, 1, 3), torch.randn(1, 1, 8, 8), torch.device("cpu")
     for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(engine, "cpu_bf16", lambda native=native: native)
-        with engine._autocast(cpu, torch.bfloat16):
+        monkeypatch.setattr(runtime, "cpu_bf16", lambda native=native: native)
+        with runtime.autocast(cpu, torch.bfloat16):
             assert conv(x).dtype == expected
-    with engine._autocast(cpu, torch.float16):  # fp16 autocast is CUDA's only
+    with runtime.autocast(cpu, torch.float16):  # fp16 autocast is CUDA's only
         assert conv(x).dtype == torch.float32
 
 
 def test_nan_loss_stops_and_keeps_last_good(tiny_data, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = engine.build_loss
+    real = trainer.build_loss
 
     class Poisoned(torch.nn.Module):
         def __init__(self, inner):
@@ -138,10 +143,10 @@ def test_nan_loss_stops_and_keeps_last_good(tiny_data, tmp_path, monkeypatch):
             loss = self.inner(logits, target)
             return loss * float("nan") if calls["n"] > 2 else loss  # epoch 1 has 2 steps (8 images, batch 4)
 
-    monkeypatch.setattr(engine, "build_loss", lambda *a, **k: Poisoned(real(*a, **k)))
-    with pytest.raises(engine.TrainingError, match="loss became nan.*epoch 2"):
-        engine.train(_cfg(tiny_data, tmp_path, "nan"), quiet=True)
-    last = engine.load_checkpoint(tmp_path / "nan" / "last.pt")
+    monkeypatch.setattr(trainer, "build_loss", lambda *a, **k: Poisoned(real(*a, **k)))
+    with pytest.raises(trainer.TrainingError, match="loss became nan.*epoch 2"):
+        trainer.train(_cfg(tiny_data, tmp_path, "nan"), quiet=True)
+    last = checkpoint.load_checkpoint(tmp_path / "nan" / "last.pt")
     assert last["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
@@ -150,18 +155,18 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt"):
-        engine.load_checkpoint(bad)
+        checkpoint.load_checkpoint(bad)
     foreign = tmp_path / "foreign.pt"
     torch.save({"weight": torch.zeros(2)}, foreign)
     with pytest.raises(ValueError, match="not a defectseg checkpoint"):
-        engine.load_checkpoint(foreign)
+        checkpoint.load_checkpoint(foreign)
     with pytest.raises(ValueError, match="does not exist"):
-        engine.load_checkpoint(tmp_path / "missing.pt")
+        checkpoint.load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_checkpoint_write_is_atomic(tmp_path):
-    p = engine.save_checkpoint(tmp_path / "x.pt", {"a": 1})
-    assert engine.load_checkpoint(p)["a"] == 1
+    p = checkpoint.save_checkpoint(tmp_path / "x.pt", {"a": 1})
+    assert checkpoint.load_checkpoint(p)["a"] == 1
     assert [f.name for f in tmp_path.iterdir()] == ["x.pt"]
 
 
@@ -199,8 +204,8 @@ def test_paper_preset_with_median_frequency_ce(tiny_data, tmp_path):
     cfg = C.resolve("mobile-unet-paper", overrides={
         "name": "mu", "out_dir": str(tmp_path), "data": {"root": str(tiny_data), "size": 32, "channels": 1},
         "train": {"epochs": 1, "batch_size": 4, "device": "cpu"}})
-    res = engine.train(cfg, quiet=True)
-    ck = engine.load_checkpoint(res.best)
+    res = trainer.train(cfg, quiet=True)
+    ck = checkpoint.load_checkpoint(res.best)
     assert ck["num_classes"] == 2  # CE on binary data: two softmax logits
     assert "defect_iou" in res.test_metrics
 
@@ -210,20 +215,20 @@ def test_classifier_task_and_frozen_encoder(tiny_data, tmp_path):
         "name": "gate", "out_dir": str(tmp_path), "data": {"root": str(tiny_data), "size": 32},
         "model": {"name": "classifier-vgg", "options": {"widths": [4, 8]}, "freeze_encoder_epochs": 1},
         "train": {"task": "classify", "epochs": 2, "batch_size": 4, "device": "cpu"}})
-    res = engine.train(cfg, quiet=True)
+    res = trainer.train(cfg, quiet=True)
     assert "image_auroc" in res.test_metrics and "defect_iou" not in res.test_metrics
     assert "best epoch (by validation image_auroc)" in (tmp_path / "gate" / "report.md").read_text()
     with pytest.raises(ValueError, match="classify model"):
-        engine.train(C.resolve(overrides={"data": {"root": str(tiny_data)},
+        trainer.train(C.resolve(overrides={"data": {"root": str(tiny_data)},
                                           "model": {"name": "classifier-vgg"}, "out_dir": str(tmp_path)}))
 
 
 def test_frozen_encoder_does_not_move(tiny_data, tmp_path):
     cfg = _cfg(tiny_data, tmp_path, "frz", epochs=1)
     cfg.model.freeze_encoder_epochs = 1
-    trained = engine.load_checkpoint(engine.train(cfg, quiet=True).last)["model"]
-    torch.manual_seed(cfg.train.seed)  # the engine builds the model right after seeding with this seed
-    initial = engine.create_model("cheapnet-s", num_classes=1, head="linear").state_dict()
+    trained = checkpoint.load_checkpoint(trainer.train(cfg, quiet=True).last)["model"]
+    torch.manual_seed(cfg.train.seed)  # the trainer builds the model right after seeding with this seed
+    initial = models.create_model("cheapnet-s", num_classes=1, head="linear").state_dict()
     assert torch.equal(trained["net.encoder2.0.weight"], initial["encoder2.0.weight"])
     assert not torch.equal(trained["net.decoder4.0.weight"], initial["decoder4.0.weight"])
     # BatchNorm of a frozen encoder stays in eval mode: its running statistics do not move either.
@@ -235,10 +240,10 @@ def test_frozen_encoder_does_not_move(tiny_data, tmp_path):
 def test_reference_mode_trains_two_channel_model(tiny_data, tmp_path):
     cfg = _cfg(tiny_data, tmp_path, "ref", epochs=1)
     cfg.data.reference = "group"
-    res = engine.train(cfg, quiet=True)
-    ck = engine.load_checkpoint(res.best)
+    res = trainer.train(cfg, quiet=True)
+    ck = checkpoint.load_checkpoint(res.best)
     assert ck["model"]["net.encoder1.0.weight"].shape[1] == 2
-    model, _ = engine.model_from_checkpoint(ck)
+    model, _ = checkpoint.model_from_checkpoint(ck)
     assert model(torch.zeros(1, 2, 32, 32)).shape == (1, 1, 32, 32)
 
 
@@ -253,7 +258,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        engine.train(C.from_dict(cfg_dict), quiet=True)
+        trainer.train(C.from_dict(cfg_dict), quiet=True)
     finally:
         import torch.distributed as dist
 
@@ -270,7 +275,7 @@ def test_ddp_two_cpu_processes(tiny_data, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]  # only rank 0 wrote
     # Validation metrics were reduced across the two ranks: they equal a single-process evaluation
     # of the same weights over the whole validation split.
-    single = engine.evaluate_checkpoint(run / "last.pt", split_name="val", device="cpu")
+    single = evaluate.evaluate_checkpoint(run / "last.pt", split_name="val", device="cpu")
     for k in ("miou", "image_auroc", "pixel_acc"):
         assert float(rows[-1][f"val_{k}"]) == pytest.approx(single[k], abs=1e-6), k
 
@@ -306,7 +311,7 @@ def test_evaluate_reports_what_predict_delivers(tmp_path):
 
     from defectseg.data import load_dataset, read_mask
     from defectseg.data.io import write_png
-    from defectseg.infer import Predictor
+    from defectseg.predictor import Predictor
     from defectseg.metrics import ConfusionMatrix
 
     root = tmp_path / "generic"
@@ -325,16 +330,16 @@ def test_evaluate_reports_what_predict_delivers(tmp_path):
     cfg = C.resolve(overrides={"name": "agree", "out_dir": str(tmp_path), "data": {"root": str(root), "size": 32},
                                "model": {"name": "cheapnet-s", "options": {"head": "linear"}},
                                "train": {"epochs": 2, "batch_size": 2, "lr": 0.05, "device": "cpu"}})
-    best = engine.train(cfg, quiet=True).best
+    best = trainer.train(cfg, quiet=True).best
     # A threshold inside the range of the model's probabilities, so masks are neither empty nor full.
     samples = load_dataset(root).samples
     images = [read_image_gray(s.image) for s in samples]
     probs = np.concatenate([r.prob.ravel() for r in Predictor.from_checkpoint(best, device="cpu").predict_arrays(images)])
-    ck = engine.load_checkpoint(best)
+    ck = checkpoint.load_checkpoint(best)
     ck["config"]["infer"].update(threshold=float(np.quantile(probs, 0.9)), min_area=5)
-    engine.save_checkpoint(best, ck)
+    checkpoint.save_checkpoint(best, ck)
 
-    reported = engine.evaluate_checkpoint(best, split_name="all", device="cpu")
+    reported = evaluate.evaluate_checkpoint(best, split_name="all", device="cpu")
     results = Predictor.from_checkpoint(best, device="cpu").predict_arrays(images)
     cm, truth = ConfusionMatrix(2), []
     for s, r in zip(samples, results):
@@ -384,45 +389,45 @@ def test_random_crops_are_reproducible_padded_and_find_defects():
 
 def test_epoch_order_oversamples_defective_images():
     defective = [True] * 2 + [False] * 18
-    order = engine.epoch_order(20, defective, 0.5, torch.Generator().manual_seed(0))
+    order = trainer.epoch_order(20, defective, 0.5, torch.Generator().manual_seed(0))
     assert len(order) == 20 and sum(defective[i] for i in order) == 10
-    assert sorted(engine.epoch_order(20, defective, None, torch.Generator().manual_seed(0))) == list(range(20))
+    assert sorted(trainer.epoch_order(20, defective, None, torch.Generator().manual_seed(0))) == list(range(20))
     mostly = [True] * 15 + [False] * 5  # already above the floor: a plain permutation, nothing dropped
-    assert sorted(engine.epoch_order(20, mostly, 0.5, torch.Generator().manual_seed(0))) == list(range(20))
+    assert sorted(trainer.epoch_order(20, mostly, 0.5, torch.Generator().manual_seed(0))) == list(range(20))
 
 
 def test_crop_training_evaluates_at_native_resolution(tiny_data, tmp_path):
     cfg = _cfg(tiny_data, tmp_path, "crop", epochs=1)
     cfg.data.crop, cfg.data.defective_share = 16, 0.5
-    res = engine.train(cfg, quiet=True)
-    ck = engine.load_checkpoint(res.best)
-    assert ck["config"]["infer"]["tile"] == engine.NATIVE_TILE and cfg.infer.tile is None
+    res = trainer.train(cfg, quiet=True)
+    ck = checkpoint.load_checkpoint(res.best)
+    assert ck["config"]["infer"]["tile"] == trainer.NATIVE_TILE and cfg.infer.tile is None
     assert 0.0 <= res.test_metrics["defect_iou"] <= 1.0
     with pytest.raises(ValueError, match="multiple of 16"):
         bad = _cfg(tiny_data, tmp_path, "crop2", epochs=1)
         bad.data.crop = 24
-        engine.train(bad, quiet=True)
+        trainer.train(bad, quiet=True)
 
 
 def test_threshold_chosen_on_validation_is_stored_and_used(tiny_data, tmp_path):
     import numpy as np
     import yaml
 
-    from defectseg.infer import Predictor
+    from defectseg.predictor import Predictor
 
     cfg = _cfg(tiny_data, tmp_path, "frr", epochs=2)
     cfg.infer.threshold_from, cfg.infer.target_frr = "val-frr", 0.0
-    res = engine.train(cfg, quiet=True)
-    ck = engine.load_checkpoint(res.best)
+    res = trainer.train(cfg, quiet=True)
+    ck = checkpoint.load_checkpoint(res.best)
     thr = ck["config"]["infer"]["threshold"]
     assert yaml.safe_load((res.run_dir / "config.yaml").read_text())["infer"]["threshold"] == thr
     assert "(val-frr: 0 of " in (res.run_dir / "report.md").read_text()
     # No defect-free validation image is called NG at that threshold (target 0), and the threshold is tight:
     # a little lower, at least one is.
-    model, mcfg = engine.model_from_checkpoint(ck)
-    spec = engine.load_dataset(mcfg.data.root)
+    model, mcfg = checkpoint.model_from_checkpoint(ck)
+    spec = data.load_dataset(mcfg.data.root)
     keys = json.loads((res.run_dir / "split.json").read_text())["val"]
-    val = engine.eval_set(mcfg, spec, engine.select(spec, keys), [], False)
+    val = evaluate.eval_set(mcfg, spec, data.select(spec, keys), [], False)
     free = [val.dataset.arrays(i)[0] for i in range(len(val)) if not val.dataset.arrays(i)[1].any()]
     assert free
     ng = lambda t: sum(r.verdict == "NG" for r in Predictor.from_checkpoint(res.best, device="cpu", threshold=t)
@@ -432,7 +437,7 @@ def test_threshold_chosen_on_validation_is_stored_and_used(tiny_data, tmp_path):
         assert ng(thr - 2e-4) >= 1
     f1 = _cfg(tiny_data, tmp_path, "f1", epochs=1)
     f1.infer.threshold_from = "val-f1"
-    assert 0.0 <= engine.load_checkpoint(engine.train(f1, quiet=True).best)["config"]["infer"]["threshold"] <= 1.0
+    assert 0.0 <= checkpoint.load_checkpoint(trainer.train(f1, quiet=True).best)["config"]["infer"]["threshold"] <= 1.0
 
 
 def test_f1_threshold_keeps_the_fixed_one_for_a_model_that_has_not_learned():
@@ -440,28 +445,28 @@ def test_f1_threshold_keeps_the_fixed_one_for_a_model_that_has_not_learned():
 
     learned = PixelRanking(bins=10)
     learned.pos[8], learned.neg[2] = 20, 980  # every defect pixel above every background one
-    assert engine.f1_threshold(learned, 0.5) == (0.3, "best validation pixel F1 1.000")  # lowest tied threshold
+    assert evaluate.f1_threshold(learned, 0.5) == (0.3, "best validation pixel F1 1.000")  # lowest tied threshold
     blind = PixelRanking(bins=10)
     blind.pos[:], blind.neg[:] = 2, 98  # the same distribution for both: the best "F1" calls every pixel a defect
-    thr, how = engine.f1_threshold(blind, 0.5)
+    thr, how = evaluate.f1_threshold(blind, 0.5)
     assert thr == 0.5 and how.startswith("kept 0.5: the model has not learned") and "0.039" in how  # 40 / 1020
     # A little skill is not enough: the best F1 must clear a tenth of the way from the trivial F1 to 1.
     weak = PixelRanking(bins=10)
     weak.pos[5:], weak.neg[5:], weak.neg[:5] = 4, 98, 98  # threshold 0.5: F1 = 40 / (40 + 490) = 0.075 < 0.135
-    assert engine.f1_threshold(weak, 0.4)[0] == 0.4
+    assert evaluate.f1_threshold(weak, 0.4)[0] == 0.4
     weak.neg[5:] = 10  # now F1 = 40 / 90 = 0.44 at threshold 0.5
-    assert engine.f1_threshold(weak, 0.4) == (0.5, "best validation pixel F1 0.444")
+    assert evaluate.f1_threshold(weak, 0.4) == (0.5, "best validation pixel F1 0.444")
     empty = PixelRanking(bins=10)
     empty.neg[3] = 5
-    assert engine.f1_threshold(empty, 0.5)[0] == 0.5
+    assert evaluate.f1_threshold(empty, 0.5)[0] == 0.5
 
 
 def test_aspect_shape_keeps_tall_and_wide_images_at_their_aspect():
-    assert engine.aspect_shape([(1250, 500)] * 3, 256) == (416, 160)  # KolektorSDD-like: 2.5 times as tall
-    assert engine.aspect_shape([(500, 1250)], 256) == (160, 416)
-    assert engine.aspect_shape([(200, 200), (300, 250)], 256) is None  # about square: size x size
+    assert trainer.aspect_shape([(1250, 500)] * 3, 256) == (416, 160)  # KolektorSDD-like: 2.5 times as tall
+    assert trainer.aspect_shape([(500, 1250)], 256) == (160, 416)
+    assert trainer.aspect_shape([(200, 200), (300, 250)], 256) is None  # about square: size x size
     # a set mixing tall and wide images (as magnetic tile does) has a square median aspect
-    assert engine.aspect_shape([(600, 250), (250, 600), (300, 290)], 256) is None
+    assert trainer.aspect_shape([(600, 250), (250, 600), (300, 290)], 256) is None
 
 
 def test_keep_aspect_trains_and_predicts_tall_images_at_their_aspect(tmp_path):
@@ -469,17 +474,17 @@ def test_keep_aspect_trains_and_predicts_tall_images_at_their_aspect(tmp_path):
     import numpy as np
 
     from defectseg.export import export_checkpoint
-    from defectseg.infer import Predictor
+    from defectseg.predictor import Predictor
 
     root = write_dagm(tmp_path / "tall", n_per_class=8, size=96, defective_fraction=0.5, seed=2, classes=1)
     for p in root.rglob("*.PNG"):  # 96 x 96 -> 96 tall x 32 wide
         cv2.imwrite(str(p), np.ascontiguousarray(cv2.imread(str(p), cv2.IMREAD_UNCHANGED)[:, 32:64]))
     cfg = _cfg(root, tmp_path, "tall", epochs=1)
     cfg.data.keep_aspect = True
-    res = engine.train(cfg, quiet=True)
+    res = trainer.train(cfg, quiet=True)
     # aspect 3 at about 32² pixels, sides rounded to 32; in the folder's config and the checkpoint
     assert C.load_yaml(tmp_path / "tall" / "config.yaml")["data"]["shape"] == [64, 32]
-    assert engine.load_checkpoint(res.best)["config"]["data"]["shape"] == [64, 32]
+    assert checkpoint.load_checkpoint(res.best)["config"]["data"]["shape"] == [64, 32]
     pred = Predictor.from_checkpoint(res.best, device="cpu", backend="torch")
     assert pred.segmenter.input_hw == (64, 32)
     image = cv2.imread(str(next(root.rglob("*.PNG"))), cv2.IMREAD_GRAYSCALE)
@@ -488,5 +493,5 @@ def test_keep_aspect_trains_and_predicts_tall_images_at_their_aspect(tmp_path):
     static = Predictor.from_checkpoint(tmp_path / "tall.onnx", device="cpu")
     assert static.segmenter.fixed_hw == (64, 32) and static.predict(image).mask.shape == (96, 32)
     square = _cfg(root, tmp_path, "square", epochs=1)  # the default: squashed to size x size
-    engine.train(square, quiet=True)
+    trainer.train(square, quiet=True)
     assert C.load_yaml(tmp_path / "square" / "config.yaml")["data"]["shape"] is None

@@ -174,10 +174,10 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
     no temp file behind."""
     import torch
 
-    from defectseg import engine
+    from defectseg import checkpoint
 
     path = tmp_path / "last.pt"
-    engine.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+    checkpoint.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
     real_save = torch.save
 
     def full_disk(obj, f, *a, **k):
@@ -186,9 +186,9 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OSError, match="No space"):
-        engine.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+        checkpoint.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
     monkeypatch.setattr(torch, "save", real_save)
-    assert engine.load_checkpoint(path)["epoch"] == 1
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
@@ -248,12 +248,12 @@ def test_kill_9_during_training_then_resume_finishes(run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (folder / ".lock").exists()  # left behind by the killed process
-    from defectseg import engine
+    from defectseg import checkpoint
 
-    epoch = engine.load_checkpoint(folder / "last.pt")["epoch"]  # never torn
+    epoch = checkpoint.load_checkpoint(folder / "last.pt")["epoch"]  # never torn
     assert 0 <= epoch < 11
     _ok(["train", "--resume", str(folder / "last.pt"), "-q"])
-    assert engine.load_checkpoint(folder / "last.pt")["epoch"] == 11 and not (folder / ".lock").exists()
+    assert checkpoint.load_checkpoint(folder / "last.pt")["epoch"] == 11 and not (folder / ".lock").exists()
 
 
 def test_an_image_over_the_pixel_cap_is_refused_from_its_header(run, tmp_path, monkeypatch):
@@ -365,15 +365,15 @@ def test_bad_training_options_are_one_line_errors(tmp_path, option, message):
 def test_resume_after_a_kill_between_the_metrics_row_and_last_pt_lists_each_epoch_once(run, tmp_path):
     """The epoch loop appends the metrics row, then writes last.pt: a kill between the two leaves a row for an
     epoch that --resume redoes. The resumed run drops it, so metrics.csv has one row per epoch."""
-    from defectseg import engine
+    from defectseg import checkpoint
 
     args = _train_args(run, tmp_path)
     args[args.index("--epochs") + 1] = "3"
     _ok(args + ["--set", "train.seed=0"])
     folder = tmp_path / "r"
-    last = engine.load_checkpoint(folder / "last.pt")
+    last = checkpoint.load_checkpoint(folder / "last.pt")
     # Simulate the kill: last.pt back at epoch 1 (index 0) while metrics.csv already lists epochs 1-3.
-    engine.save_checkpoint(folder / "last.pt", {**{k: v for k, v in last.items() if k != "format"}, "epoch": 0})
+    checkpoint.save_checkpoint(folder / "last.pt", {**{k: v for k, v in last.items() if k != "format"}, "epoch": 0})
     _ok(["train", "--resume", str(folder / "last.pt"), "-q"])
     epochs = [r["epoch"] for r in csv.DictReader(open(folder / "metrics.csv"))]
     assert epochs == ["1", "2", "3"]

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defectseg import infer
+from defectseg import backends
+from defectseg.predictor import Predictor
 from defectseg.bench import run_benchmark
 from defectseg.export import OnnxModel, export_onnx
 from defectseg.fuse import fuse_for_inference
@@ -104,8 +105,8 @@ def ckpt(tmp_path_factory):
 def test_auto_backend_runs_a_checkpoint_on_onnxruntime_with_torch_s_results(ckpt):
     rng = np.random.default_rng(2)
     imgs = [rng.integers(0, 256, (70, 45), dtype=np.uint8), rng.integers(0, 256, (64, 64), dtype=np.uint8)]
-    auto = infer.Predictor.from_checkpoint(ckpt, device="cpu")
-    eager = infer.Predictor.from_checkpoint(ckpt, device="cpu", backend="torch")
+    auto = Predictor.from_checkpoint(ckpt, device="cpu")
+    eager = Predictor.from_checkpoint(ckpt, device="cpu", backend="torch")
     assert auto.segmenter.backend == "onnxruntime" and "exported to ONNX at load" in auto.segmenter.note
     assert eager.segmenter.backend == "torch" and eager.segmenter.note == ""
     assert auto.segmenter.source == ckpt
@@ -114,12 +115,12 @@ def test_auto_backend_runs_a_checkpoint_on_onnxruntime_with_torch_s_results(ckpt
 
 
 def test_auto_backend_falls_back_to_torch_and_says_why(ckpt, monkeypatch):
-    monkeypatch.setattr(infer, "AUTO_PARITY", -1.0)  # no graph can match: the parity check must refuse it
-    net = infer.load_net(ckpt, device="cpu")
+    monkeypatch.setattr(backends, "AUTO_PARITY", -1.0)  # no graph can match: the parity check must refuse it
+    net = backends.load_net(ckpt, device="cpu")
     assert net.backend == "torch" and "differ from PyTorch" in net.note
-    monkeypatch.setattr(infer, "AUTO_PARITY", 1e-3)
+    monkeypatch.setattr(backends, "AUTO_PARITY", 1e-3)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
-    net = infer.load_net(ckpt, device="cpu")
+    net = backends.load_net(ckpt, device="cpu")
     assert net.backend == "torch" and "onnxruntime is not installed" in net.note
 
 

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from defectseg import config as C
-from defectseg import engine
+from defectseg import checkpoint
+from defectseg import trainer
 from defectseg.data.dataset import resize_pair
 from defectseg.data.io import write_png
 from defectseg.export import export_checkpoint
-from defectseg.infer import Predictor, Result
+from defectseg.predictor import Predictor, Result
 from defectseg.models import create_model
 
 BRIGHT = 200
@@ -28,7 +29,7 @@ BRIGHT = 200
 def _save(path: Path, name: str = "cheapnet-s", size: int = 64, num_classes: int = 1, channels: int = 1,
           model_in: int | None = None, task: str = "segment", options: dict | None = None,
           reference: str | None = None, seed: int = 0) -> Path:
-    """A checkpoint written by hand exactly as engine.train writes one (random weights, non-trivial BN)."""
+    """A checkpoint written by hand exactly as trainer.train writes one (random weights, non-trivial BN)."""
     cfg = C.RunConfig()
     cfg.model.name, cfg.model.options = name, options or {}
     cfg.data.size, cfg.data.channels, cfg.data.reference = size, channels, reference
@@ -41,7 +42,7 @@ def _save(path: Path, name: str = "cheapnet-s", size: int = 64, num_classes: int
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     names = ["background", "defect"] if num_classes <= 2 else ["background"] + [f"d{i}" for i in range(1, num_classes)]
-    return engine.save_checkpoint(path, {"config": cfg.to_dict(), "num_classes": num_classes, "class_names": names,
+    return checkpoint.save_checkpoint(path, {"config": cfg.to_dict(), "num_classes": num_classes, "class_names": names,
                                          "task": task, "model": model.state_dict()})
 
 
@@ -132,7 +133,7 @@ def test_resize_mode_feeds_exactly_the_training_input(ckpt: Path) -> None:
     want, _ = resize_pair(img, np.zeros(img.shape, np.uint8), (64, 64))
     np.testing.assert_array_equal(seen[0][0, 0], want)
 
-    model, cfg = engine.model_from_checkpoint(engine.load_checkpoint(ckpt))
+    model, cfg = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(ckpt))
     with torch.no_grad():
         logits = model(torch.from_numpy(want)[None, None])
     prob64 = torch.sigmoid(logits)[0, 0].numpy()
@@ -231,7 +232,7 @@ def test_overlapped_pipeline_gives_the_serial_results_and_files(ckpt: Path, tmp_
     order, byte-identical files; a consumer that stops early leaves no thread behind."""
     import threading
 
-    from defectseg.infer import ResultWriter
+    from defectseg.outputs import ResultWriter
 
     paths = []
     for i in range(7):
@@ -259,7 +260,7 @@ def test_overlapped_pipeline_gives_the_serial_results_and_files(ckpt: Path, tmp_
 
 
 def test_read_ahead_raises_the_producer_s_error_in_order() -> None:
-    from defectseg.infer import _read_ahead
+    from defectseg.predictor import _read_ahead
 
     def items():
         yield 1
@@ -398,7 +399,7 @@ def test_onnx_file_normalises_by_itself(ckpt: Path, onnx_dir: Path) -> None:
     from defectseg.export import ONNX_CONFIG_KEY, OnnxModel
 
     pixels = np.random.default_rng(5).integers(0, 256, (2, 1, 48, 64), dtype=np.uint8)
-    model, _ = engine.model_from_checkpoint(engine.load_checkpoint(ckpt))
+    model, _ = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(ckpt))
     with torch.no_grad():
         want = model(torch.from_numpy(pixels)).numpy()
     got = OnnxModel(onnx_dir / "model.onnx")(pixels)
@@ -414,10 +415,10 @@ def test_onnx_file_normalises_by_itself(ckpt: Path, onnx_dir: Path) -> None:
 def test_version_1_checkpoint_with_bare_network_weights_loads(ckpt: Path, tmp_path: Path) -> None:
     """Checkpoints written before the model carried its normalisation (format v1: the bare network's
     weights) load and predict exactly as those of today."""
-    ck = engine.load_checkpoint(ckpt)
-    state = engine.model_from_checkpoint(ck)[0].state_dict()
+    ck = checkpoint.load_checkpoint(ckpt)
+    state = checkpoint.model_from_checkpoint(ck)[0].state_dict()
     assert {"scale", "shift"} <= set(state) and all(k.startswith("net.") for k in state if k not in ("scale", "shift"))
-    engine.save_checkpoint(tmp_path / "v2.pt", {**ck, "model": state})
+    checkpoint.save_checkpoint(tmp_path / "v2.pt", {**ck, "model": state})
     v1 = {**ck, "format": "defectseg-checkpoint-v1",
           "model": {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}}
     torch.save(v1, tmp_path / "v1.pt")
@@ -474,7 +475,7 @@ def test_result_json_record(ckpt: Path) -> None:
 def test_writer_multiclass_mask_ids_and_folder_walk(ckpt3: Path, tmp_path: Path) -> None:
     from defectseg.data.io import read_image
     from defectseg.data.io import find_images
-    from defectseg.infer import write_results
+    from defectseg.outputs import write_results
 
     src = tmp_path / "in"
     (src / "a").mkdir(parents=True)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from defectseg import config as C
-from defectseg.engine import train
+from defectseg.trainer import train
 
 SHARED = Path(os.environ.get("DEFECTSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 MT = SHARED / "magnetic-tile"

@@ -1,5 +1,5 @@
 """`defectseg predict` and `defectseg export` end to end on tiny synthetic DAGM data with models trained through
-the engine (a segmenter and a classifier gate), plus a hand-built reference-mode checkpoint."""
+the trainer (a segmenter and a classifier gate), plus a hand-built reference-mode checkpoint."""
 from __future__ import annotations
 
 import csv
@@ -13,11 +13,13 @@ import torch
 from typer.testing import CliRunner
 
 from defectseg import config as C
-from defectseg import engine
+from defectseg import checkpoint
+from defectseg import evaluate
+from defectseg import trainer
 from defectseg.cli import app
 from defectseg.data.io import read_image, write_png
 from defectseg.data.synthetic import write_dagm
-from defectseg.infer import Predictor
+from defectseg.predictor import Predictor
 from defectseg.models import create_model
 
 runner = CliRunner()
@@ -30,9 +32,9 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     data = write_dagm(root / "dagm", n_per_class=6, size=64, classes=2, defective_fraction=0.5, seed=3)
     common = {"out_dir": str(root / "runs"), "data": {"root": str(data), "format": "dagm", "size": 64,
                                                        "augment": "none", "fractions": [0.7, 0.15, 0.15]}}
-    seg = engine.train(C.resolve(overrides={**common, "name": "seg", "model": {"name": "cheapnet-s"},
+    seg = trainer.train(C.resolve(overrides={**common, "name": "seg", "model": {"name": "cheapnet-s"},
                                             "train": {"epochs": 1, "batch_size": 8, "device": "cpu"}}), quiet=True)
-    gate = engine.train(C.resolve(overrides={**common, "name": "gate",
+    gate = trainer.train(C.resolve(overrides={**common, "name": "gate",
                                              "model": {"name": "classifier-vgg", "options": {"widths": [4, 8]}},
                                              "train": {"task": "classify", "epochs": 1, "batch_size": 8,
                                                        "device": "cpu"}}), quiet=True)
@@ -140,20 +142,20 @@ def test_evaluate_behind_a_gate_is_the_cascade_and_takes_post_processing_overrid
     seg = tmp_path / "run" / "best.pt"
     seg.parent.mkdir()
     shutil.copy(Path(trained["seg"]).parent / "split.json", seg.parent / "split.json")
-    ckpt = engine.load_checkpoint(trained["seg"])
+    ckpt = checkpoint.load_checkpoint(trained["seg"])
     ckpt["config"]["infer"]["threshold"] = 0.0
-    engine.save_checkpoint(seg, ckpt)
-    plain = engine.evaluate_checkpoint(seg, device="cpu")
+    checkpoint.save_checkpoint(seg, ckpt)
+    plain = evaluate.evaluate_checkpoint(seg, device="cpu")
     assert plain["image_recall"] == 1.0 and plain["defect_iou"] > 0
     # --threshold overrides the stored one, as predict's does
-    overridden = engine.evaluate_checkpoint(trained["seg"], device="cpu", threshold=0.0)
+    overridden = evaluate.evaluate_checkpoint(trained["seg"], device="cpu", threshold=0.0)
     assert json.dumps(overridden) == json.dumps(plain)
-    assert engine.evaluate_checkpoint(seg, device="cpu", threshold=1.0)["image_recall"] == 0.0
+    assert evaluate.evaluate_checkpoint(seg, device="cpu", threshold=1.0)["image_recall"] == 0.0
     # gate threshold 0 passes every image to the segmenter: the plain figures
-    passed = engine.evaluate_checkpoint(seg, device="cpu", gate=trained["gate"], gate_threshold=0.0)
+    passed = evaluate.evaluate_checkpoint(seg, device="cpu", gate=trained["gate"], gate_threshold=0.0)
     assert json.dumps(passed) == json.dumps(plain)  # NaN-aware equality
     # gate threshold 1 stops every image: all OK, no defect pixel, no region found
-    shut = engine.evaluate_checkpoint(seg, device="cpu", gate=trained["gate"], gate_threshold=1.0)
+    shut = evaluate.evaluate_checkpoint(seg, device="cpu", gate=trained["gate"], gate_threshold=1.0)
     assert shut["image_recall"] == 0.0 and shut["defect_iou"] == 0.0 and shut["region_recall50"] == 0.0
     res = _invoke(["evaluate", "--checkpoint", seg, "--device", "cpu", "--gate", trained["gate"],
                    "--gate-threshold", "1", "--json", tmp_path / "m.json"])
@@ -214,7 +216,7 @@ def test_reference_mode_cli(tmp_path: Path) -> None:
     cfg.model.name, cfg.data.size, cfg.data.channels, cfg.data.reference = "cheapnet-s", 64, 1, "golden.png"
     torch.manual_seed(0)
     model = create_model("cheapnet-s", in_channels=2)
-    ck = engine.save_checkpoint(tmp_path / "ref.pt", {"config": cfg.to_dict(), "num_classes": 1,
+    ck = checkpoint.save_checkpoint(tmp_path / "ref.pt", {"config": cfg.to_dict(), "num_classes": 1,
                                                       "class_names": ["background", "defect"], "task": "segment",
                                                       "model": model.state_dict()})
     write_png(tmp_path / "golden.png", np.full((48, 80), 90, np.uint8))

@@ -25,7 +25,7 @@ from test_infer import _save, _scene, bright_detector  # a checkpoint as trainin
 from typer.testing import CliRunner
 
 from defectseg.cli import app as cli_app
-from defectseg.infer import Predictor
+from defectseg.predictor import Predictor
 from defectseg.serve import ServeConfig, check_bind, create_app
 
 _spec = importlib.util.spec_from_file_location("load", Path(__file__).resolve().parents[1] / "benchmarks" / "load.py")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from defectseg.cli import app
 from defectseg.data.io import write_png
-from defectseg.infer import Predictor
+from defectseg.predictor import Predictor
 from defectseg.watch import watch
 
 

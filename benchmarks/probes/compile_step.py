@@ -5,7 +5,7 @@ channels_last, 1 thread): warm-up time and the median of 8 steps, eager and comp
 """
 import torch, time, sys
 from defectseg.models import create_model, PixelModel
-from defectseg.engine import TrainStep
+from defectseg.step import TrainStep
 from defectseg.losses import build_loss
 from defectseg.data.transforms import Augmenter
 torch.set_num_threads(1)

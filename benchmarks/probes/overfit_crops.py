@@ -7,7 +7,7 @@ import json, torch, time, sys
 from defectseg.data import load_dataset, select
 from defectseg.data.dataset import SegmentationDataset, RandomCrops
 from defectseg.data.transforms import Augmenter
-from defectseg.engine import TrainStep
+from defectseg.step import TrainStep
 from defectseg.losses import build_loss
 from defectseg.models import create_model, PixelModel
 torch.manual_seed(0)

@@ -12,19 +12,21 @@ import sys
 import numpy as np
 import torch
 
-from defectseg import engine
+from defectseg import checkpoint
+from defectseg import data
+from defectseg import evaluate
 
 ck_path = sys.argv[1]
 which = sys.argv[2] if len(sys.argv) > 2 else "test"
-ck = engine.load_checkpoint(ck_path)
-model, cfg = engine.model_from_checkpoint(ck)
-spec = engine.load_dataset(cfg.data.root)
-split = engine.load_split(cfg.data.split_file)
-train = engine.select(spec, split["train"])
-samples = engine.select(spec, split[which])
-ev = engine.eval_set(cfg, spec, samples, train, False)
+ck = checkpoint.load_checkpoint(ck_path)
+model, cfg = checkpoint.model_from_checkpoint(ck)
+spec = data.load_dataset(cfg.data.root)
+split = data.load_split(cfg.data.split_file)
+train = data.select(spec, split["train"])
+samples = data.select(spec, split[which])
+ev = evaluate.eval_set(cfg, spec, samples, train, False)
 stats = collections.defaultdict(lambda: np.zeros(5, np.int64))  # images, gt px, inter, union, NG
-for s, (r, gt) in zip(samples, engine.predictions(model, ev, cfg, torch.device("cpu"), ck["num_classes"])):
+for s, (r, gt) in zip(samples, evaluate.predictions(model, ev, cfg, torch.device("cpu"), ck["num_classes"])):
     group = s.key.split("/")[0]
     truth, pred = gt > 0, r.mask > 0
     stats[group] += [1, truth.sum(), (truth & pred).sum(), (truth | pred).sum(), r.verdict == "NG"]

@@ -7,7 +7,7 @@ import json
 import sys
 
 import numpy as np
-from defectseg.infer import Predictor
+from defectseg.predictor import Predictor
 from defectseg.data import load_dataset, select, read_mask, read_image
 from defectseg.metrics import auroc_score
 ck=sys.argv[1]

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from test_learn_realdata import make_subset  # noqa: E402
 
 from defectseg import config as C  # noqa: E402
-from defectseg.engine import train  # noqa: E402
+from defectseg.trainer import train  # noqa: E402
 
 out = Path(sys.argv[1])
 with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 
 from defectseg import config as C
-from defectseg.engine import load_checkpoint, train
+from defectseg.checkpoint import load_checkpoint
+from defectseg.trainer import train
 
 MT = Path(__file__).resolve().parents[3] / "shared" / "data" / "magnetic-tile"
 out = Path(sys.argv[1])

@@ -1,11 +1,11 @@
-"""Time engine.TrainStep (bce-dice, Adam, augment light) on 16 uint8 128x128 inputs: 3 warm-up steps, then the
+"""Time step.TrainStep (bce-dice, Adam, augment light) on 16 uint8 128x128 inputs: 3 warm-up steps, then the
 mean of 10 steps. Add any 4th argument for a torch profiler table of 3 more steps.
 
     python benchmarks/probes/train_step.py cheapmix-m 2 cl [prof]      # threads, cl = channels_last | nchw
 """
 import torch, time, sys
 from defectseg.models import create_model, PixelModel
-from defectseg.engine import TrainStep
+from defectseg.step import TrainStep
 from defectseg.losses import build_loss
 from defectseg.data.transforms import Augmenter
 torch.set_num_threads(int(sys.argv[2]))

@@ -3,16 +3,33 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from . import config as C
+from .bench import ablation_specs, bench_header, count_params, format_table, plot_throughput, run_benchmark
 from .config import PRESETS, choices
 from .data.cli import app as data_app
+from .data.io import IMAGE_SUFFIXES, find_images
+from .demo import run_demo
+from .evaluate import evaluate_checkpoint
+from .export import export_checkpoint
+from .models import create_model, list_models, model_task
+from .outputs import ResultWriter
+from .predictor import Predictor
+from .trainer import TrainingError
+from .trainer import train as run_train
+from .watch import watch
 
 app = typer.Typer(help="Find and localize surface defects in industrial images.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -21,16 +38,12 @@ console = Console()
 
 
 def _fail(exc: Exception) -> None:
-    from rich.markup import escape
-
     console.print(f"[red]error:[/red] {escape(str(exc))}")  # a value like "[bold]" is shown, not swallowed
     raise typer.Exit(2)
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
     """--set train.lr=0.001 --set model.options.width=8 -> nested dict (values parsed as YAML scalars)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -99,9 +112,6 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch, no progress bar."),
 ) -> None:
     """Train a model; writes runs/<name>/ (config, split, metrics, best.pt, last.pt, curves, report)."""
-    from . import config as C
-    from .engine import TrainingError, train as run_train
-
     try:
         if resume is not None:
             result = run_train(C.RunConfig(), resume=resume, quiet=quiet)
@@ -139,13 +149,12 @@ def evaluate(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
     gate: Optional[Path] = typer.Option(None, help="Classifier checkpoint (task classify) in front of the "
                                                    "segmenter: the cascade, as `predict --gate` runs it."),
-    gate_threshold: float = typer.Option(0.5, help="Gate probability below which an image is OK."),
+    gate_threshold: Optional[float] = typer.Option(None, help="Gate probability below which an image is OK "
+                                                   "(default: the gate checkpoint's own threshold)."),
     threshold: Optional[float] = typer.Option(None, help="Defect probability threshold (default: the checkpoint's)."),
     min_area: Optional[int] = typer.Option(None, help="Drop defects smaller than this many pixels."),
 ) -> None:
     """Evaluate a checkpoint: pixel, image-level and per-defect metrics over a whole split."""
-    from .engine import evaluate_checkpoint
-
     try:
         if checkpoint.suffix.lower() == ".onnx":
             raise ValueError(f"{checkpoint} is an exported model; evaluate the checkpoint it came from "
@@ -167,9 +176,6 @@ def evaluate(
 @app.command()
 def models() -> None:
     """List the registered models with their parameter counts."""
-    from .bench import count_params
-    from .models import create_model, list_models, model_task
-
     table = Table(title="models (1 input channel, 1 output)")
     for col in ("name", "task", "params"):
         table.add_column(col)
@@ -186,8 +192,6 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Generate synthetic DAGM-like data, train CheapNet-M, evaluate it, and predict a few images."""
-    from .demo import run_demo
-
     try:
         run_demo(out, device=device, quiet=quiet, console=console, iterations=steps)
     except ValueError as exc:
@@ -215,7 +219,8 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
     tile_overlap: Optional[int] = typer.Option(None, help="Overlap of tiles in pixels."),
     gate: Optional[Path] = typer.Option(None, help="Classifier checkpoint (task classify): images it calls OK "
                                                    "skip segmentation."),
-    gate_threshold: float = typer.Option(0.5, help="Gate probability below which an image is OK."),
+    gate_threshold: Optional[float] = typer.Option(None, help="Gate probability below which an image is OK "
+                                                   "(default: the gate checkpoint's own threshold)."),
     reference: Optional[Path] = typer.Option(None, help="Defect-free reference image (reference-mode models)."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Write masks and results only."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous prediction in --out."),
@@ -233,11 +238,6 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
 
     Unreadable images are reported and skipped; the exit code is 1 only when no image could be read.
     """
-    import time
-
-    from .data.io import IMAGE_SUFFIXES, find_images
-    from .infer import Predictor, ResultWriter
-
     try:
         paths, skipped = find_images(inputs, recursive=recursive, exclude=out)
         if any(p.resolve().parent == out.resolve() for p in paths):
@@ -308,7 +308,7 @@ def serve_cmd(
     max_pixels: int = typer.Option(0, help="Pixels per image (0: DEFECTSEG_MAX_PIXELS or 150 M); larger get 413."),
 ) -> None:
     """Serve a model over HTTP: POST /inspect, GET /health, GET /metrics, and a page at / (docs/service.md)."""
-    from .serve import ServeConfig, serve
+    from .serve import ServeConfig, serve  # fastapi and uvicorn load only for this command (a second to import)
 
     try:
         cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb,
@@ -331,9 +331,6 @@ def watch_cmd(
     tile: Optional[int] = typer.Option(None, help="Tile images larger than this (as predict)."),
 ) -> None:
     """Inspect every image dropped into IN_DIR once (also across restarts), writing predict's records to --out."""
-    from .infer import Predictor
-    from .watch import watch
-
     try:
         predictor = Predictor.from_checkpoint(checkpoint, device=device, tile=tile)
         console.print(f"watching {in_dir} with {checkpoint} ({predictor.segmenter.backend}) -> {out}; Ctrl-C stops")
@@ -357,8 +354,6 @@ def export_cmd(
     size: Optional[int] = typer.Option(None, help="Traced (static: fixed) input side (default: training size)."),
 ) -> None:
     """Export a checkpoint to ONNX with its config as metadata, then check ONNX Runtime against PyTorch."""
-    from .export import export_checkpoint
-
     try:
         if format.lower() != "onnx":
             raise ValueError(f"unknown export format {format!r}; use --format onnx")
@@ -380,8 +375,6 @@ def export_cmd(
 # --- benchmark command: below this line ---
 def _benchmark_command_line(ctx: typer.Context) -> str:
     """The command as it would be typed to repeat this run: every option that differs from its default."""
-    import shlex
-
     # The settings every figure depends on are written even at their defaults; the rest only when changed.
     always = {"size", "channels", "device", "batch", "dtype", "backend"} | (set() if ctx.params.get("ablation")
                                                                            else {"models"})
@@ -452,10 +445,6 @@ def benchmark_cmd(
     Times are per batch (warm-up, then repeated calls; CUDA events on the GPU); img/s = batch / median time.
     The table's header records the device, versions, threads, load average and this command.
     """
-    import os
-
-    from .bench import ablation_specs, bench_header, format_table, plot_throughput, run_benchmark
-
     err = Console(stderr=True)
     try:
         if format not in ("md", "csv", "json"):

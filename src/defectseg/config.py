@@ -2,55 +2,121 @@
 
 Resolution order: defaults < preset < --config YAML < command-line options. The resolved config is
 written to the run folder and stored inside every checkpoint, so `evaluate` and `predict` need nothing else.
+
+Every value is checked when the config is built, so a typo in --set or a YAML file fails at once with the key,
+the bad value and what is expected, instead of a traceback deep in training (or after the first epoch). Types
+come from the annotations; each field's other limits are declared beside it with `setting(...)`.
 """
 from __future__ import annotations
 
+import copy
 import difflib
-import importlib
 import math
 import re
 import types
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+# The registries are read through their modules at check time: register_loss and register_format rebind
+# LOSSES and FORMATS, so a name imported here once would miss what is registered later.
+from . import losses, metrics, optim
+from .data import formats, transforms
+from .models import list_models
+from .runtime import check_device_name
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field's values may be beyond their type (one of ok, among, names, check). `ok` is not asked about
+    None, whose type says whether null is allowed."""
+    say: str = ""                                        # what is expected, in words ("> 0", "4 or 8")
+    ok: Callable[[Any], bool] | None = None              # a range: True for a good value
+    among: tuple[Any, ...] = ()                          # a few fixed values (None among them where null is)
+    names: Callable[[], Iterable[str]] | None = None     # the names a registry holds now
+    check: Callable[[Any], str | None] | None = None     # a test that says itself what is wrong
+
+    def problem(self, value: Any) -> tuple[str, str | None] | None:
+        """None for a good (typed) value; else (what from_dict says after the key, what the value is not: None
+        where the check words its own message)."""
+        if self.names:
+            allowed = list(self.names())
+            if value not in allowed:
+                hint = _hint(value, allowed)
+                return (f"unknown value {value!r}; choose one of: {', '.join(allowed)}{hint}",
+                        f"one of {', '.join(allowed)}{hint}")
+        elif self.among:
+            if value not in self.among:
+                hint = _hint(value, [a for a in self.among if a])
+                return f"expected {self.say}, got {_show(value)}{hint}", self.say + hint
+        elif self.check:
+            message = self.check(value)
+            if message:
+                return message, None
+        elif self.ok and value is not None and not self.ok(value):
+            return f"expected {self.say}, got {value!r}", self.say
+        return None
+
+
+def setting(default: Any, *, say: str = "", ok: Callable[[Any], bool] | None = None, among: Iterable[Any] = (),
+            names: tuple[str, ...] | Callable[[], Iterable[str]] | None = None,
+            check: Callable[[Any], str | None] | None = None) -> Any:
+    """A dataclass field with its rule (see Rule) in its metadata; a list or dict default is copied per instance."""
+    rule = Rule(say, ok, tuple(among), names if names is None or callable(names) else (lambda: names), check)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
 
 @dataclass
 class DataConfig:
     root: str = ""
-    format: str = "auto"
-    size: int = 128                      # training resolution: images resized to size x size (or see keep_aspect);
-                                         # 128 beat 256 on magnetic tile and tied 192 on NEU-Seg (docs/results.md)
+    format: str = setting("auto", names=lambda: ("auto", *formats.FORMATS))
+    # training resolution: images resized to size x size (or see keep_aspect);
+    # 128 beat 256 on magnetic tile and tied 192 on NEU-Seg (docs/results.md)
+    size: int = setting(128, ok=lambda v: v >= 1, say=">= 1")
     keep_aspect: bool = False            # tall or wide images (median height/width >= 1.5 or <= 1/1.5): resize to
                                          # their median aspect at about size² pixels, not squashed to a square (off:
                                          # no better on tall magnetic tiles, benchmarks/probes/tall_aspect.py)
-    shape: tuple[int, int] | None = None  # (H, W) of resize training and predict; None: size x size, or what
-                                         # keep_aspect chooses when training starts (stored in the checkpoint)
-    crop: int | None = None              # train on crop x crop windows at native resolution instead of resizing
-    defect_crops: float = 0.5            # crop mode: share of a defective image's crops centred on a defect pixel
-    defective_share: float | None = 0.25  # least share of each epoch's draws that are defective images (a floor:
-                                         # oversamples mostly defect-free sets; null: the split's own share)
-    channels: int = 1                    # 1 gray, 3 RGB (the model gets twice as many in reference mode)
+    # (H, W) of resize training and predict; None: size x size, or what keep_aspect chooses when training starts
+    # (stored in the checkpoint)
+    shape: tuple[int, int] | None = setting(None, ok=lambda v: all(n >= 1 for n in v),
+                                            say="null or [H, W] >= 1 (multiples of the model's size multiple)")
+    # train on crop x crop windows at native resolution instead of resizing
+    crop: int | None = setting(None, ok=lambda v: v >= 1, say="null or >= 1 (a multiple of the model's size multiple)")
+    # crop mode: share of a defective image's crops centred on a defect pixel
+    defect_crops: float = setting(0.5, ok=lambda v: 0 <= v <= 1, say="in [0, 1]")
+    # least share of each epoch's draws that are defective images (a floor: oversamples mostly defect-free sets;
+    # null: the split's own share)
+    defective_share: float | None = setting(0.25, ok=lambda v: 0 < v < 1, say="null or in (0, 1)")
+    # 1 gray, 3 RGB (the model gets twice as many in reference mode)
+    channels: int = setting(1, among=(1, 3), say="1 (gray) or 3 (RGB)")
     split_file: str | None = None        # reuse a split (e.g. magnetic-tile/split-70-15-15.json)
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    augment: str = "light"               # none | light | strong
-    mask_rule: str = "auto"              # auto (each format's own) | gt0 | gt127 | ids (data/io.py says which is which)
+    fractions: tuple[float, float, float] = setting(
+        (0.7, 0.15, 0.15), ok=lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
+        say="three non-negative fractions (train, val, test) summing to 1")
+    augment: str = setting("light", names=lambda: transforms.PRESETS)  # none | light | strong
+    # auto (each format's own) | gt0 | gt127 | ids (data/io.py says which is which)
+    mask_rule: str = setting("auto", names=("auto", "gt0", "gt127", "ids"))
     cache: bool = True
     skip_bad: bool = False
     allow_unlabeled: bool = False        # generic layout: an image without a mask is defect-free
     defective_only: bool = False         # train on defective images only (the cascade's segmenter)
     defect_free_only: bool = False       # train on defect-free images only (with synthetic_defects: learn from
                                          # good parts); the threshold then comes from val-frr (good val images)
-    defective_images: int | None = None  # keep only this many real defective training images (seeded; few-label)
-    synthetic_defects: float = 0.0       # probability per good training image of a painted defect (data/defects.py)
-    copy_paste: float = 0.0              # probability per good training image of a pasted real defect
+    # keep only this many real defective training images (seeded; few-label)
+    defective_images: int | None = setting(None, ok=lambda v: v >= 0, say="null or an integer >= 0")
+    # probability per good training image of a painted defect (data/defects.py)
+    synthetic_defects: float = setting(0.0, ok=lambda v: 0 <= v <= 1, say="in [0, 1]")
+    # probability per good training image of a pasted real defect
+    copy_paste: float = setting(0.0, ok=lambda v: 0 <= v <= 1, say="in [0, 1]")
     reference: str | None = None         # reference mode: a defect-free image file, or "group"
-    workers: int = 0
+    workers: int = setting(0, ok=lambda v: v >= 0, say=">= 0")
     mean: float = 0.5                    # normalisation after scaling to [0, 1]: (x - mean) / std
-    std: float = 0.25
+    std: float = setting(0.25, ok=lambda v: v > 0, say="> 0 (images are divided by it)")
 
 
 def resize_hw(data: DataConfig) -> tuple[int, int]:
@@ -60,58 +126,87 @@ def resize_hw(data: DataConfig) -> tuple[int, int]:
 
 @dataclass
 class ModelConfig:
-    name: str = "cheapmix-m"                # learns real data on a CPU (benchmarks/results); paper models by name
+    # learns real data on a CPU (benchmarks/results); paper models by name
+    name: str = setting("cheapmix-m", names=list_models)
     options: dict[str, Any] = field(default_factory=dict)
-    num_classes: int | None = None       # None: derived (1 logit for binary unless the loss is "ce")
+    # None: derived (1 logit for binary unless the loss is "ce")
+    num_classes: int | None = setting(None, ok=lambda v: v >= 1, say="null (derived) or >= 1")
     encoder_weights: str | None = None   # a local file with torchvision-named encoder weights
-    freeze_encoder_epochs: int = 0
+    freeze_encoder_epochs: int = setting(0, ok=lambda v: v >= 0, say=">= 0")
 
 
 @dataclass
 class TrainConfig:
-    task: str = "segment"                # segment | classify
-    loss: str = "bce-dice"               # bce | dice | bce-dice | ce | focal
+    task: str = setting("segment", names=("segment", "classify"))
+    loss: str = setting("bce-dice", names=lambda: losses.LOSSES)  # bce | dice | bce-dice | ce | focal
     loss_options: dict[str, Any] = field(default_factory=dict)
-    class_weights: str | None = None     # "median-frequency": CE weights from the training split
-    optimizer: str = "adam"              # adam | adamw | sgd
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "cosine"             # none | multistep | cosine | onecycle
-    milestones: list[int] = field(default_factory=lambda: [60, 90])
-    gamma: float = 0.1
-    epochs: int = 30
-    iterations: int | None = None        # if set, overrides epochs: train this many steps
-    batch_size: int = 16
-    grad_clip: float | None = None
+    # "median-frequency": CE weights from the training split
+    class_weights: str | None = setting(None, among=(None, "median-frequency"), say="null or 'median-frequency'")
+    optimizer: str = setting("adam", names=lambda: optim.OPTIMIZERS)  # adam | adamw | sgd
+    lr: float = setting(1e-2, ok=lambda v: v > 0, say="> 0")
+    weight_decay: float = setting(0.0, ok=lambda v: v >= 0, say=">= 0")
+    momentum: float = setting(0.9, ok=lambda v: v >= 0, say=">= 0")
+    schedule: str = setting("cosine", names=lambda: optim.SCHEDULES)  # none | multistep | cosine | onecycle
+    milestones: list[int] = setting([60, 90], ok=lambda v: all(m >= 0 for m in v), say="epochs >= 0")  # noqa: RUF009
+    gamma: float = setting(0.1, ok=lambda v: v > 0, say="> 0")
+    epochs: int = setting(30, ok=lambda v: v >= 1, say=">= 1")
+    # if set, overrides epochs: train this many steps
+    iterations: int | None = setting(None, ok=lambda v: v >= 1, say="null or >= 1")
+    batch_size: int = setting(16, ok=lambda v: v >= 1, say=">= 1")
+    grad_clip: float | None = setting(None, ok=lambda v: v > 0, say="null or > 0")
     prior_init: bool = True              # start a model's `head` bias at the training split's class prior
-    amp: bool = True                     # bf16 autocast on CUDA, and on a CPU with native bf16 (engine.cpu_bf16)
+    amp: bool = True                     # bf16 autocast on CUDA, and on a CPU with native bf16 (runtime.cpu_bf16)
     channels_last: bool = True           # NHWC activations: faster on CUDA and for CheapNet on the CPU
     seed: int = 0
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    monitor: str = "pixel_ap"            # validation metric that picks best.pt (higher is better); pixel_ap
-                                         # does not depend on the threshold, which is chosen after training
-    eval_every: int = 1
+    device: str = setting("auto", check=check_device_name)  # auto | cpu | cuda | cuda:N
+    # validation metric that picks best.pt (higher is better); pixel_ap does not depend on the threshold, which is
+    # chosen after training
+    monitor: str = setting("pixel_ap", names=lambda: metrics.MONITORS)
+    eval_every: int = setting(1, ok=lambda v: v >= 1, say=">= 1")
 
 
 @dataclass
 class InferConfig:
-    threshold: float = 0.5
+    threshold: float = setting(0.5, ok=lambda v: 0 <= v <= 1, say="a probability in [0, 1]")
     # How training sets `threshold` on the validation split for best.pt: "fixed" (keep it), "val-f1" (best
     # pixel F1) or "val-frr" (the most sensitive threshold whose false-reject rate, the share of defect-free
     # validation images called NG, stays within target_frr).
-    threshold_from: str = "val-f1"
-    target_frr: float = 0.01
-    min_area: int = 4
-    connectivity: int = 8
-    score: str = "mean"                  # mean | max probability inside a defect
-    tile: int | None = None              # tile images larger than this (pixels per side)
-    tile_overlap: int = 32
+    threshold_from: str = setting("val-f1", names=("fixed", "val-f1", "val-frr"))
+    target_frr: float = setting(0.01, ok=lambda v: 0 <= v < 1, say="in [0, 1)")
+    min_area: int = setting(4, ok=lambda v: v >= 0, say=">= 0")
+    connectivity: int = setting(8, among=(4, 8), say="4 or 8")
+    score: str = setting("mean", names=("mean", "max"))  # mean | max probability inside a defect
+    tile: int | None = setting(None, ok=lambda v: v >= 1, say="null or >= 1")  # tile larger images (pixels per side)
+    tile_overlap: int = setting(32, ok=lambda v: v >= 0, say=">= 0")
+
+    def overridden(self, **values: Any) -> InferConfig:
+        """A copy with some settings changed, checked by the same rules as from_dict (None: keep the current
+        value). Raises one ValueError for every bad name or value, e.g. `threshold=2.0 is not a probability in
+        [0, 1]`; predict, evaluate and serve pass their post-processing options through here."""
+        known = {f.name: f for f in fields(self)}
+        hints = get_type_hints(InferConfig)
+        changes: dict[str, Any] = {}
+        errors: list[str] = []
+        for name, value in values.items():
+            if value is None:
+                continue
+            if name not in known:
+                errors.append(_unknown_key(name, "infer.", list(known)))
+                continue
+            changes[name], problem = _vet(known[name], hints[name], value)
+            if problem:
+                detail, say = problem
+                errors.append(f"{name}={value!r} is not {say}" if say else f"{name}: {detail}")
+        _raise(errors)
+        return replace(self, **changes)
 
 
 @dataclass
 class RunConfig:
-    name: str = "run"
+    # A plain folder name: "../x" or "/tmp/x" would put the run outside out_dir.
+    name: str = setting("run", ok=lambda v: v.strip() not in ("", ".", "..") and not re.search(r"[/\\]", v),
+                        say="a plain run name without / or \\ (it names the folder inside out_dir; choose the "
+                            "parent with --out-dir)")
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -156,105 +251,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # ----------------------------------------------------------------------------- checking
-# Every value is checked when the config is built, so a typo in --set or a YAML file fails at once with the key,
-# the bad value and what is expected, instead of a traceback deep in training (or after the first epoch).
-# Types come from the dataclass annotations; the allowed names come from the registries (imported lazily:
-# the engine, losses and data modules import this one).
 
 _SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "infer": InferConfig}
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # PyYAML reads "1e-3" as a string
 
 
-# Keys whose values name registered things: key -> (module, attribute). An attribute may be a dict, tuple, list
-# or set of names, or a function returning them; they are looked up only when needed.
-_REGISTRIES: dict[str, tuple[str, str]] = {
-    "data.format": (".data.formats", "FORMATS"),
-    "data.augment": (".data.transforms", "PRESETS"),
-    "model.name": (".models", "list_models"),
-    "train.loss": (".losses", "LOSSES"),
-    "train.optimizer": (".engine", "OPTIMIZERS"),
-    "train.schedule": (".engine", "SCHEDULES"),
-    "train.monitor": (".engine", "MONITORS"),
-}
-_ENUMS: dict[str, list[str]] = {"train.task": ["segment", "classify"], "infer.score": ["mean", "max"],
-                                "infer.threshold_from": ["fixed", "val-f1", "val-frr"],
-                                "data.mask_rule": ["auto", "gt0", "gt127", "ids"]}
-
-
-def _registry_choices() -> dict[str, Any]:
-    """Key -> function returning its allowed names (so a registry is imported only when its key is given)."""
-    def lookup(key: str) -> list[str]:
-        module, attr = _REGISTRIES[key]
-        names = getattr(importlib.import_module(module, __package__), attr)
-        names = _names(names() if callable(names) else names)
-        return ["auto", *names] if key == "data.format" else names
-
-    table: dict[str, Any] = {k: (lambda k=k: lookup(k)) for k in _REGISTRIES}
-    table.update({k: (lambda v=v: list(v)) for k, v in _ENUMS.items()})
-    return table
-
-
-def _names(registry: Any) -> list[str]:
-    # dicts, tuples and lists keep their (meaningful) order; a set has none, so it is sorted
-    return sorted(registry) if isinstance(registry, (set, frozenset)) else list(registry)
-
-
 def choices(key: str) -> list[str]:
     """Allowed names for a key with a fixed set of values, e.g. choices("train.loss") -> ["bce", ...].
 
-    Keys: data.format, data.augment, model.name, train.loss, train.optimizer, train.schedule, train.monitor,
-    train.task, infer.score. The names come from the registries, so CLI help and checks never go stale.
+    Keys: data.format, data.augment, data.mask_rule, model.name, train.task, train.loss, train.optimizer,
+    train.schedule, train.monitor, infer.threshold_from, infer.score. The names come from the registries, so CLI
+    help and checks never go stale.
     """
-    table = _registry_choices()
+    table = {f"{section}.{f.name}": f.metadata["rule"].names for section, cls in _SECTIONS.items()
+             for f in fields(cls) if "rule" in f.metadata and f.metadata["rule"].names}
     if key not in table:
         raise ValueError(f"no list of choices for {key!r}; keys with choices: {', '.join(table)}")
-    return table[key]()
-
-
-# Other fixed values (not names of registered things): key -> (allowed values, how to say them).
-_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "train.class_weights": ((None, "median-frequency"), "null or 'median-frequency'"),
-    "data.channels": ((1, 3), "1 (gray) or 3 (RGB)"),
-    "infer.connectivity": ((4, 8), "4 or 8"),
-}
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-# Ranges: key -> (test on a non-None value, what is expected).
-_RANGES: dict[str, tuple[Any, str]] = {
-    # A plain folder name: "../x" or "/tmp/x" would put the run outside out_dir.
-    "name": (lambda v: v.strip() not in ("", ".", "..") and not re.search(r"[/\\]", v),
-             "a plain run name without / or \\ (it names the folder inside out_dir; choose the parent with "
-             "--out-dir)"),
-    "data.size": (lambda v: v >= 1, ">= 1"),
-    "data.shape": (lambda v: all(n >= 1 for n in v), "null or [H, W] >= 1 (multiples of the model's size multiple)"),
-    "data.crop": (lambda v: v >= 1, "null or >= 1 (a multiple of the model's size multiple)"),
-    "data.defect_crops": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "data.synthetic_defects": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "data.defective_images": (lambda v: v >= 0, "null or an integer >= 0"),
-    "data.copy_paste": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "data.defective_share": (lambda v: 0 < v < 1, "null or in (0, 1)"),
-    "data.workers": (lambda v: v >= 0, ">= 0"),
-    "data.std": (lambda v: v > 0, "> 0 (images are divided by it)"),
-    "data.fractions": (lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
-                       "three non-negative fractions (train, val, test) summing to 1"),
-    "model.num_classes": (lambda v: v >= 1, "null (derived) or >= 1"),
-    "model.freeze_encoder_epochs": (lambda v: v >= 0, ">= 0"),
-    "train.lr": (lambda v: v > 0, "> 0"),
-    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
-    "train.momentum": (lambda v: v >= 0, ">= 0"),
-    "train.milestones": (lambda v: all(m >= 0 for m in v), "epochs >= 0"),
-    "train.gamma": (lambda v: v > 0, "> 0"),
-    "train.epochs": (lambda v: v >= 1, ">= 1"),
-    "train.iterations": (lambda v: v >= 1, "null or >= 1"),
-    "train.batch_size": (lambda v: v >= 1, ">= 1"),
-    "train.grad_clip": (lambda v: v > 0, "null or > 0"),
-    "train.eval_every": (lambda v: v >= 1, ">= 1"),
-    "infer.threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "infer.target_frr": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "infer.min_area": (lambda v: v >= 0, ">= 0"),
-    "infer.tile": (lambda v: v >= 1, "null or >= 1"),
-    "infer.tile_overlap": (lambda v: v >= 0, ">= 0"),
-}
+    return list(table[key]())
 
 
 class _Bad(Exception):
@@ -339,6 +352,16 @@ def _coerce(value: Any, tp: Any) -> Any:
     raise _Bad(_expected(tp))
 
 
+def _vet(f: Field[Any], tp: Any, value: Any) -> tuple[Any, tuple[str, str | None] | None]:
+    """(value typed as tp, None), or (value, problem as Rule.problem gives it) when its type or its rule fails."""
+    try:
+        value = _coerce(value, tp)
+    except _Bad as exc:
+        return value, (f"expected {exc}, got {_show(value)}", str(exc))
+    rule: Rule | None = f.metadata.get("rule")
+    return value, rule.problem(value) if rule else None
+
+
 def _hint(value: Any, allowed: list[str]) -> str:
     """' (did you mean ...?)' for a close name, or the one name the value abbreviates ('median')."""
     text, names = str(value), [str(a) for a in allowed]
@@ -348,42 +371,28 @@ def _hint(value: Any, allowed: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if len(close) == 1 else ""
 
 
-def _check_value(key: str, value: Any, registry: dict[str, Any]) -> str | None:
-    """Problem with an already-typed value (choices and ranges), or None."""
-    if key in registry:
-        allowed = registry[key]()
-        if value not in allowed:
-            return (f"{key}: unknown value {value!r}; choose one of: {', '.join(allowed)}"
-                    f"{_hint(value, allowed)}")
-    if key in _FIXED:
-        allowed_values, say = _FIXED[key]
-        if value not in allowed_values:
-            return f"{key}: expected {say}, got {_show(value)}{_hint(value, [a for a in allowed_values if a])}"
-    if key == "train.device" and not _DEVICE.fullmatch(value):
-        return (f"{key}: expected auto, cpu, cuda or cuda:N (N a GPU index >= 0), got {_show(value)}"
-                f"{_hint(value, ['auto', 'cpu', 'cuda'])}")
-    if key in _RANGES and value is not None:
-        test, say = _RANGES[key]
-        if not test(value):
-            return f"{key}: expected {say}, got {value!r}"
-    return None
-
-
 def _unknown_key(key: str, where: str, known: list[str]) -> str:
     hint = _hint(key, known)
     return f"unknown config key {where + key!r}{hint}; known keys{' in ' + where[:-1] if where else ''}: " \
            f"{', '.join(known)}"
 
 
+def _raise(errors: list[str]) -> None:
+    """One ValueError for every problem found (one line each), if any."""
+    if len(errors) == 1:
+        raise ValueError(errors[0])
+    if errors:
+        raise ValueError(f"{len(errors)} problems in the config:\n" + "\n".join(f"  {e}" for e in errors))
+
+
 def _check(d: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Merge d over the defaults and check every value: (typed flat sections, one line per problem)."""
     errors: list[str] = []
     defaults = RunConfig().to_dict()
-    top_known = list(defaults)
     full: dict[str, Any] = {}
     for key, value in d.items():
         if key not in defaults:
-            errors.append(_unknown_key(str(key), "", top_known))
+            errors.append(_unknown_key(str(key), "", list(defaults)))
         elif key in _SECTIONS:
             if value is None:  # `train:` with every key commented out
                 continue
@@ -399,7 +408,6 @@ def _check(d: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
                     section[k] = v
         else:
             full[key] = value
-    registry = _registry_choices()
     typed: dict[str, Any] = {}
     for section, cls in [(None, RunConfig), *_SECTIONS.items()]:
         hints = get_type_hints(cls)
@@ -408,21 +416,12 @@ def _check(d: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         for f in fields(cls):
             if section is None and f.name in _SECTIONS:
                 continue
-            key = f.name if section is None else f"{section}.{f.name}"
-            if f.name not in given:
-                out[f.name] = (defaults if section is None else defaults[section])[f.name]
-                out[f.name] = _coerce(out[f.name], hints[f.name])  # defaults are valid: only list -> tuple
+            if f.name not in given:  # defaults are valid: only list -> tuple
+                out[f.name] = _coerce((defaults if section is None else defaults[section])[f.name], hints[f.name])
                 continue
-            value = given[f.name]
-            try:
-                value = _coerce(value, hints[f.name])
-            except _Bad as exc:
-                errors.append(f"{key}: expected {exc}, got {_show(value)}")
-                continue
-            problem = _check_value(key, value, registry)
+            out[f.name], problem = _vet(f, hints[f.name], given[f.name])
             if problem:
-                errors.append(problem)
-            out[f.name] = value
+                errors.append(f"{f.name if section is None else f'{section}.{f.name}'}: {problem[0]}")
         if section is None:
             typed.update(out)
         else:
@@ -440,10 +439,7 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
     if not isinstance(d, Mapping):
         raise ValueError(f"a config must be a mapping of sections (data, model, train, infer), got {_show(d)}")
     typed, errors = _check(d)
-    if errors:
-        if len(errors) == 1:
-            raise ValueError(errors[0])
-        raise ValueError(f"{len(errors)} problems in the config:\n" + "\n".join(f"  {e}" for e in errors))
+    _raise(errors)
     return RunConfig(name=typed["name"], out_dir=typed["out_dir"],
                      **{s: cls(**typed[s]) for s, cls in _SECTIONS.items()})
 

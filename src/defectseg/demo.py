@@ -7,6 +7,11 @@ from pathlib import Path
 from rich.console import Console
 
 from . import config as C
+from .data import load_dataset
+from .data.synthetic import write_dagm
+from .outputs import write_results
+from .predictor import Predictor
+from .trainer import train
 
 # Tuned so that the whole demo fits in about 3.5 minutes on 2 CPU cores (208 s measured on 2026-11-23).
 # Images are generated at 128x128 (DAGM's are 512x512) and half are defective (DAGM: 1 in 7) so a short run sees enough defects;
@@ -19,11 +24,6 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False,
              console: Console | None = None, n_per_class: int | None = None, size: int | None = None,
              iterations: int | None = None) -> dict[str, float]:
     """Run the demo into `out`; returns the test metrics. Smaller settings exist for the tests."""
-    from .data import load_dataset
-    from .data.synthetic import write_dagm
-    from .engine import train
-    from .infer import Predictor
-
     console = console or Console()
     t0 = time.time()
     size = size or DEMO["size"]
@@ -54,8 +54,6 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False,
     test = [smp for smp in load_dataset(data_dir, "dagm").samples if smp.split == "test"]
     images = ([smp.image for smp in test if smp.defective][:4] +
               [smp.image for smp in test if not smp.defective][:4])
-    from .infer import write_results
-
     n_ng = write_results(predictor.predict_paths(images), pred_dir, overwrite=True)  # a rerun replaces them
     console.print(f"\n[bold green]demo done in {time.time() - t0:.0f} s[/bold green]")
     console.print(f"  test defect IoU: {m['defect_iou']:.3f}  (mIoU {m['miou']:.3f}, image AUROC "

@@ -24,6 +24,9 @@ import torch
 from torch import nn
 
 from . import config as C
+from .checkpoint import input_channels, load_checkpoint, model_from_checkpoint
+from .fuse import fuse_for_inference
+from .runtime import default_threads
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -184,16 +187,8 @@ def _load_proto(path: Path) -> onnx.ModelProto:
     return proto
 
 
-def _default_threads() -> int:
-    # CPUs this process may run on (respects taskset/cgroup cpusets), falling back to the machine's count.
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def _resolve_providers(providers: list[str] | None) -> list[str]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional at run time: export works without it (backends falls back to PyTorch)
 
     if providers is None:
         return ["CPUExecutionProvider"]
@@ -239,7 +234,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional at run time: export works without it (backends falls back to PyTorch)
 
         self.path = Path(path)
         if threads is not None and threads < 1:
@@ -247,7 +242,7 @@ class OnnxModel:
         if not self.path.is_file():
             raise ValueError(f"ONNX model {self.path} does not exist; export one with `defectseg export`")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or _default_threads()
+        options.intra_op_num_threads = threads or default_threads()
         # One graph, one input: parallelism comes from within ops, not between them.
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -350,8 +345,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dyn
     The graph is `fuse.fuse_for_inference(model)`, the same function in the form fast kernels serve.
     Parity: logits of the checkpoint's PyTorch model (CPU, float32) and ONNX Runtime (CPU) on a random uint8 input.
     """
-    from .engine import input_channels, load_checkpoint, model_from_checkpoint
-
     checkpoint = Path(checkpoint)
     if checkpoint.suffix.lower() == ".onnx":
         raise ValueError(f"{checkpoint} is already an ONNX model; export takes a .pt checkpoint")
@@ -365,8 +358,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dyn
                              f"{max(m, -(-side // m) * m)}")
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
     channels = input_channels(cfg)
-    from .fuse import fuse_for_inference
-
     # The graph is the rewritten model (BatchNorm folded, CheapNet's head rebuilt: 1.9x faster in ONNX Runtime
     # at 512²); parity below is checked against the checkpoint's own model.
     export_onnx(fuse_for_inference(model), out, (1, channels, *hw), dynamic=dynamic, metadata=onnx_metadata(ckpt))

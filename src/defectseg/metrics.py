@@ -35,6 +35,11 @@ from torch import Tensor
 
 from .data.io import IGNORE_INDEX
 
+# The figures evaluation reports that can pick best.pt (`train.monitor`; higher is better). A classifier has only
+# the image_* ones.
+MONITORS = ("miou", "defect_iou", "mean_dice", "macc", "pixel_acc", "image_auroc", "image_ap", "image_acc",
+            "pixel_ap", "pixel_auroc")
+
 
 def _dist_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -212,7 +217,7 @@ class PixelRanking:
     (a step integral over the bin edges from high to low), and the threshold (a bin edge) with the best pixel F1
     together with that F1 and the defect IoU it gives, F1 / (2 - F1). Bin width 1/bins bounds the error of each.
     Used to pick best.pt without depending on the operating threshold (monitors pixel_ap, pixel_auroc) and
-    to choose the threshold on validation (`engine.calibrate_threshold`, rule val-f1).
+    to choose the threshold on validation (`evaluate.calibrate_threshold`, rule val-f1).
     """
 
     AUPRO_MAX_FPR = 0.3  # the MVTec AD convention: the PRO curve integrated up to this false-positive rate

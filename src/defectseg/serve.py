@@ -21,6 +21,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import queue
 import threading
 import time
 import uuid
@@ -32,14 +33,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from .data.io import ImageTooLarge, decode_image
-from .infer import Predictor, Result
 from .localize import PostProcess
+from .predictor import Predictor, Result
+from .runtime import pick_device
+from .viz import overlay
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 API_KEY_ENV = "DEFECTSEG_API_KEY"
@@ -70,8 +75,6 @@ class Batcher:
     """One thread runs the network on batches gathered from concurrent requests (see the module docstring)."""
 
     def __init__(self, predictor: Predictor, max_batch: int, max_wait_s: float) -> None:
-        import queue
-
         self.predictor, self.max_batch, self.max_wait_s = predictor, max_batch, max_wait_s
         self.queue: Any = queue.Queue()
         self.batches = self.images = 0
@@ -89,8 +92,6 @@ class Batcher:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        import queue
-
         while True:
             first = self.queue.get()
             if first is None:
@@ -236,8 +237,6 @@ def _key_ok(headers: dict[str, str], key: str) -> bool:
 
 
 def _png_b64(a: np.ndarray) -> str:
-    import cv2
-
     ok, buf = cv2.imencode(".png", a[:, :, ::-1] if a.ndim == 3 else a, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     assert ok, "PNG encoding of a uint8 array does not fail"
     return base64.b64encode(buf.tobytes()).decode("ascii")
@@ -274,17 +273,12 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
     def post_for(threshold: float | None, min_area: int | None) -> PostProcess:
         if threshold is None and min_area is None:
             return predictor.post
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise HTTPException(422, f"threshold={threshold} is not a probability; pass a value in [0, 1]")
-        if min_area is not None and min_area < 0:
-            raise HTTPException(422, f"min_area={min_area} is negative; pass 0 or a pixel count")
-        infer = replace(predictor.infer, **{k: v for k, v in (("threshold", threshold), ("min_area", min_area))
-                                            if v is not None})
-        return PostProcess.from_config(infer)
+        try:  # the one checked override of the post-processing, as predict and evaluate use it
+            return PostProcess.from_config(predictor.infer.overridden(threshold=threshold, min_area=min_area))
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
 
     def record(r: Result, key: str, name: str, want_mask: bool, want_overlay: bool) -> dict[str, Any]:
-        from .viz import overlay
-
         j = r.to_json()  # the record predict writes, without the path and the timing
         rec = {"id": key, "name": name, **{k: j[k] for k in ("verdict", "score", "defects", "width", "height",
                                                             "gate_probability")}}
@@ -405,14 +399,10 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, api
           cfg: ServeConfig | None = None, device: str = "auto", backend: str = "auto", tile: int | None = None,
           threads: int | None = None, log_level: str = "info") -> None:
     """Load the checkpoint and run the service until interrupted."""
-    import uvicorn
-
     check_bind(host, api_key)
     cfg = replace(cfg or ServeConfig(), api_key=api_key)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, backend=backend, tile=tile, threads=threads,
                                           batch_size=cfg.max_batch)
-    from .engine import pick_device
-
     on = "cpu" if predictor.segmenter.backend == "onnxruntime" else str(pick_device(device))
     app = create_app(predictor, cfg, checksum=file_checksum(checkpoint), device=on)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")

@@ -10,9 +10,9 @@ import numpy as np
 
 def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
     """Plot train loss and every validation metric of metrics.csv against epoch; None if there is nothing yet."""
-    import matplotlib
+    import matplotlib  # heavy (about a second): only the end of training and `benchmark --plot` draw
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display on a training box; must precede pyplot
     import matplotlib.pyplot as plt
 
     with open(metrics_csv, newline="") as f:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from .data.io import find_images
-from .infer import Predictor, Result, ResultWriter
+from .outputs import Result, ResultWriter
+from .predictor import Predictor
 
 
 def watch(predictor: Predictor, in_dir: str | Path, out_dir: str | Path, interval: float = 1.0,

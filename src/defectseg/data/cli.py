@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from .formats import load_dataset
+from .stats import dataset_stats
+from .synthetic import write_dagm
 
 app = typer.Typer(help="Datasets: write the synthetic DAGM-like default, print statistics.",
                   no_args_is_help=True)
@@ -23,10 +28,6 @@ def synth(out: Path = typer.Option(..., "--out", help="Folder to write the DAGM-
           overwrite: bool = typer.Option(False, "--overwrite", help="Replace the Class<k> folders of an earlier "
                                                                      "synth in --out.")) -> None:
     """Write synthetic DAGM-like data (Class<k>/{Train,Test}/, Label/Labels.txt, Label/<id>_label.PNG)."""
-    import shutil
-
-    from .synthetic import write_dagm
-
     # Old files mixed with new ones leave a dataset that no longer loads (labels of one run, images of another).
     held = sorted(out.iterdir()) if out.is_dir() else []
     if held and not overwrite:
@@ -63,9 +64,6 @@ def stats(root: Path = typer.Argument(..., help="Dataset folder."),
           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
     """Counts, defective fraction, image sizes, mean/std, class pixel frequencies and
     median-frequency-balancing weights."""
-    from .formats import load_dataset
-    from .stats import dataset_stats
-
     console = Console()
     try:
         spec = load_dataset(root, format=format, skip_bad=skip_bad, allow_unlabeled=allow_unlabeled,

@@ -26,13 +26,21 @@ from .io import IGNORE_INDEX, read_image, read_mask
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
+def resize_image(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """The one resize of images and probability maps, (H, W[, C]) -> hw: area when shrinking both sides (it averages,
+    so thin defects fade instead of aliasing away), bilinear otherwise. Training, the Predictor and the gate use it."""
+    h, w = hw
+    ih, iw = a.shape[:2]
+    if (ih, iw) == (h, w):
+        return a
+    interp = cv2.INTER_AREA if (h <= ih and w <= iw) else cv2.INTER_LINEAR
+    return cv2.resize(a, (w, h), interpolation=interp)
+
+
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Resize image (area when shrinking, bilinear when growing) and mask (nearest) to size=(H,W)."""
+    """Resize image (`resize_image`) and mask (nearest: class ids stay class ids) to size=(H,W)."""
     h, w = size
-    ih, iw = image.shape[:2]
-    if (ih, iw) != (h, w):
-        interp = cv2.INTER_AREA if (h <= ih and w <= iw) else cv2.INTER_LINEAR
-        image = cv2.resize(image, (w, h), interpolation=interp)
+    image = resize_image(image, (h, w))
     if mask.shape[:2] != (h, w):
         mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
     return image, mask

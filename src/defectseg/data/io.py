@@ -147,6 +147,13 @@ def to_gray(a: np.ndarray) -> np.ndarray:
     return ((r * 299 + g * 587 + b * 114 + 500) // 1000).astype(np.uint8)
 
 
+def as_channels(a: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 (H, W) or (H, W, 3) -> (H, W) for channels=1 (luma, `to_gray`) or (H, W, 3) for channels=3."""
+    if channels == 1:
+        return to_gray(a) if a.ndim == 3 else a
+    return np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a
+
+
 def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     """Decode an image to uint8: (H, W) gray or (H, W, 3) RGB.
 
@@ -156,11 +163,7 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
     a = _to_array(_open(path), path)
-    if channels == 1 and a.ndim == 3:
-        a = to_gray(a)
-    elif channels == 3 and a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a if channels is None else as_channels(a, channels))
 
 
 def decode_image(data: bytes, name: str = "upload", cap: int | None = None) -> np.ndarray:

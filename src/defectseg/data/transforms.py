@@ -134,7 +134,7 @@ class Augmenter:
             sh = self._uniform(-shear, shear, b)
             idx = torch.nonzero(s).flatten()
             if len(idx):
-                from kornia.geometry.transform import warp_affine
+                from kornia.geometry.transform import warp_affine  # kornia loads only if an epoch warps
                 m = _affine_matrices(angle[idx], scale[idx], tx[idx], ty[idx], sh[idx], h, w).to(dev)
                 di = idx.to(dev)
                 img_w = warp_affine(image[di], m, (h, w), mode="bilinear", padding_mode="reflection",
@@ -165,7 +165,7 @@ class Augmenter:
             sig = self._uniform(lo, hi, b)
             idx = torch.nonzero(s).flatten()
             if len(idx):
-                from kornia.filters import gaussian_blur2d
+                from kornia.filters import gaussian_blur2d  # kornia loads only if an epoch blurs
                 sg = sig[idx].to(dev)
                 ks = int(2 * math.ceil(3 * hi) + 1)
                 di = idx.to(dev)

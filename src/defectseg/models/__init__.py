@@ -1,4 +1,4 @@
-"""Model registry: `create_model(name, in_channels=1, num_classes=1, **options)` and `list_models()`.
+"""Models: `create_model(name, in_channels=1, num_classes=1, **options)` and `list_models()` (`registry`).
 
 Every segmenter returns logits (B, num_classes, H, W); classifiers return (B, num_classes). Each model
 has `size_multiple` (inputs must be multiples of it) and an `encoder` module (frozen in transfer learning).
@@ -8,60 +8,17 @@ training, checkpoints, export and inference use: raw pixel values (0..255) in, l
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
-
 import torch
 from torch import nn
 
-from .cheapmix import VARIANTS as CHEAPMIX_VARIANTS, CheapMix
-from .cheapnet import VARIANTS as CHEAPNET_VARIANTS, CheapNet, unwrap_authors_checkpoint
+# The families register their variants when imported; this order is the order `list_models` gives.
+from .cheapnet import CheapNet, unwrap_authors_checkpoint
+from .cheapmix import CheapMix
+from .mobile_unet import MobileUNet, timm_to_torchvision_mobilenetv2
+from .unet import EncoderUNet, UNet
 from .classifier import MobileNetV2Classifier, VGGClassifier
 from .layers import adapt_stem_weight
-from .mobile_unet import MobileUNet, timm_to_torchvision_mobilenetv2
-from .unet import ENCODERS, PLAIN_VARIANTS, EncoderUNet, UNet
-
-# name -> (builder, default options, task). Variants are rows, not subclasses.
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {
-    "cheapnet": (CheapNet, {"width": 32, "conv": "depthwise"}, "segment"),
-    **{name: (CheapNet, {"width": g, "conv": "depthwise"}, "segment") for name, g in CHEAPNET_VARIANTS.items()},
-    "cheapmix": (CheapMix, {"width": 32, "blocks": 1}, "segment"),
-    **{name: (CheapMix, {"width": g, "blocks": 1}, "segment") for name, g in CHEAPMIX_VARIANTS.items()},
-    "mobile-unet": (MobileUNet, {}, "segment"),
-    **{name: (UNet, {"widths": w, "batch_norm": bn}, "segment") for name, (w, bn) in PLAIN_VARIANTS.items()},
-    **{name: (EncoderUNet, {"encoder": name}, "segment") for name in ENCODERS},
-    "classifier-vgg": (VGGClassifier, {}, "classify"),
-    "classifier-mobilenetv2": (MobileNetV2Classifier, {}, "classify"),
-}
-
-
-def list_models(task: str | None = None) -> list[str]:
-    """Registered model names, optionally only those of one task ('segment' or 'classify')."""
-    return [n for n, (_, _, t) in _REGISTRY.items() if task is None or t == task]
-
-
-def model_task(name: str) -> str:
-    """'segment' or 'classify'."""
-    _check_name(name)
-    return _REGISTRY[name][2]
-
-
-def _check_name(name: str) -> None:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-
-
-def create_model(name: str, in_channels: int = 1, num_classes: int = 1, **options: Any) -> nn.Module:
-    """Build a registered model. Options override the variant's defaults (e.g. width=8, downsamples=3)."""
-    _check_name(name)
-    builder, defaults, _ = _REGISTRY[name]
-    kwargs = {**defaults, **options}
-    try:
-        model = builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad option for model {name!r}: {exc}") from exc
-    model.registry_name = name
-    return model
-
+from .registry import create_model, list_models, model_task, register_model
 
 class PixelModel(nn.Module):
     """The model that is trained, saved, exported and served: raw pixel values in, logits out.
@@ -156,5 +113,6 @@ def _is_deeper_stage(key: str, own: dict) -> bool:
     return False
 
 
-__all__ = ["PixelModel", "create_model", "list_models", "model_task", "load_encoder_weights", "load_checkpoint_state",
+__all__ = ["PixelModel", "create_model", "list_models", "model_task", "register_model", "load_encoder_weights",
+           "load_checkpoint_state",
            "CheapNet", "CheapMix", "MobileUNet", "UNet", "EncoderUNet", "VGGClassifier", "MobileNetV2Classifier"]

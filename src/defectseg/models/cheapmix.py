@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import ConvBNAct, check_input_size
+from .registry import register_model
 
 # Variants as data: registry name -> width G.
 VARIANTS = {"cheapmix-s": 16, "cheapmix-m": 32, "cheapmix-l": 64}
@@ -105,3 +106,8 @@ class CheapMix(nn.Module):
             # full-resolution upsample took 19 ms with size=skip.shape (a computed size), 8 ms with the scale.
             d = block(F.interpolate(d, scale_factor=2.0, mode="bilinear", align_corners=False) + skip)
         return self.head(d)
+
+
+register_model("cheapmix", CheapMix, {"width": 32, "blocks": 1})
+for _name, _width in VARIANTS.items():
+    register_model(_name, CheapMix, {"width": _width, "blocks": 1})

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import check_input_size, fold_sequential_batchnorms, subpixel_weight
+from .registry import register_model
 
 # Variants as data: registry name -> width G.
 VARIANTS = {"cheapnet-s": 2, "cheapnet-m": 32, "cheapnet-l": 1024}
@@ -150,3 +151,8 @@ def unwrap_authors_checkpoint(state: dict) -> dict:
     if "CheapNet" in state and isinstance(state["CheapNet"], dict):
         return state["CheapNet"]
     return state
+
+
+register_model("cheapnet", CheapNet, {"width": 32, "conv": "depthwise"})
+for _name, _width in VARIANTS.items():
+    register_model(_name, CheapNet, {"width": _width, "conv": "depthwise"})

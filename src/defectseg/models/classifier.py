@@ -9,6 +9,7 @@ from torch import nn
 
 from .layers import ConvBNAct, check_min_size
 from .mobile_unet import MobileNetV2Encoder
+from .registry import register_model
 
 # VGG-style classifier: two conv-BN-ReLU per stage, max-pool between stages.
 VGG_WIDTHS = (32, 64, 128, 256)
@@ -62,3 +63,7 @@ class MobileNetV2Classifier(nn.Module):
         # Stride-2 convs with padding take any size >= 1; only the batch layout can be wrong.
         check_min_size(x, 1, getattr(self, "registry_name", "MobileNetV2 classifier"))
         return self.classifier(self.encoder.features(x))
+
+
+register_model("classifier-vgg", VGGClassifier, task="classify")
+register_model("classifier-mobilenetv2", MobileNetV2Classifier, task="classify")

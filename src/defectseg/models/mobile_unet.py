@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .layers import ConvBNAct, check_input_size
+from .registry import register_model
 
 # torchvision's MobileNetV2 inverted-residual settings: expansion t, channels c, repeats n, stride s.
 MOBILENETV2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -134,3 +135,6 @@ def timm_to_torchvision_mobilenetv2(state: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+register_model("mobile-unet", MobileUNet)

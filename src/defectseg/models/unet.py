@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .layers import ConvBNAct, DoubleConv, check_input_size
+from .registry import register_model
 
 # Plain U-Nets: registry name -> (stage widths, BatchNorm?). The classic one is Ronneberger's widths
 # with same padding and BN (as most reimplementations); the small one is the tutorial's 16..256 net.
@@ -228,3 +229,9 @@ class EncoderUNet(nn.Module):
             y = up(y)
             y = dec(y if skip is None else torch.cat([skip, y], 1))
         return self.head(y)
+
+
+for _name, (_widths, _bn) in PLAIN_VARIANTS.items():
+    register_model(_name, UNet, {"widths": _widths, "batch_norm": _bn})
+for _name in ENCODERS:
+    register_model(_name, EncoderUNet, {"encoder": _name})

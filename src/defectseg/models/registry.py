@@ -1,0 +1,52 @@
+"""The model registry: each family registers its variants beside its definition (`register_model`), as timm does,
+so there is no second list to keep in step. `create_model(name, ...)` builds one; `list_models()` names them."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["create_model", "list_models", "model_task", "register_model"]
+
+# name -> (builder, default options, task). Variants are rows, not subclasses.
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], defaults: dict[str, Any] | None = None,
+                   task: str = "segment") -> None:
+    """Register `builder(in_channels=, num_classes=, **options)` as `name`, with these default options; task is
+    "segment" (logits (B, K, H, W)) or "classify" (logits (B, K))."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice; pick another name")
+    if task not in ("segment", "classify"):
+        raise ValueError(f"task {task!r} of model {name!r} must be 'segment' or 'classify'")
+    _REGISTRY[name] = (builder, dict(defaults or {}), task)
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Registered model names, optionally only those of one task ('segment' or 'classify')."""
+    return [n for n, (_, _, t) in _REGISTRY.items() if task is None or t == task]
+
+
+def model_task(name: str) -> str:
+    """'segment' or 'classify'."""
+    _check_name(name)
+    return _REGISTRY[name][2]
+
+
+def _check_name(name: str) -> None:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+
+
+def create_model(name: str, in_channels: int = 1, num_classes: int = 1, **options: Any) -> nn.Module:
+    """Build a registered model. Options override the variant's defaults (e.g. width=8, downsamples=3)."""
+    _check_name(name)
+    builder, defaults, _ = _REGISTRY[name]
+    kwargs = {**defaults, **options}
+    try:
+        model = builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad option for model {name!r}: {exc}") from exc
+    model.registry_name = name
+    return model
