@@ -1,4 +1,5 @@
 """Trainer, run folder, CLI train/evaluate, exact resume, DDP on 2 CPU processes, NaN handling, presets."""
+
 from __future__ import annotations
 
 import csv
@@ -12,13 +13,8 @@ import torch
 import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
+from defectseg import checkpoint, data, evaluate, models, rundata, runtime, trainer
 from defectseg import config as C
-from defectseg import checkpoint
-from defectseg import data
-from defectseg import evaluate
-from defectseg import models
-from defectseg import runtime
-from defectseg import trainer
 from defectseg.cli import app
 from defectseg.data.synthetic import write_dagm
 
@@ -30,19 +26,42 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def _cfg(data: Path, out: Path, name: str, **train) -> C.RunConfig:
-    return C.resolve(overrides={
-        "name": name, "out_dir": str(out),
-        "data": {"root": str(data), "size": 32, "augment": "light"},
-        "model": {"name": "cheapnet-s", "options": {"head": "linear"}},
-        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "device": "cpu", **train},
-    })
+    return C.resolve(
+        overrides={
+            "name": name,
+            "out_dir": str(out),
+            "data": {"root": str(data), "size": 32, "augment": "light"},
+            "model": {"name": "cheapnet-s", "options": {"head": "linear"}},
+            "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "device": "cpu", **train},
+        }
+    )
 
 
 def test_cli_train_then_evaluate(tiny_data, tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["train", "--data", str(tiny_data), "--model", "cheapnet-s", "--size", "32",
-                              "--epochs", "2", "--batch-size", "4", "--out-dir", str(tmp_path), "--name", "r",
-                              "--device", "cpu", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tiny_data),
+            "--model",
+            "cheapnet-s",
+            "--size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "r",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     run = tmp_path / "r"
     for f in ("config.yaml", "split.json", "metrics.csv", "best.pt", "last.pt", "curves.png", "report.md"):
@@ -55,8 +74,7 @@ def test_cli_train_then_evaluate(tiny_data, tmp_path):
     assert split["test"] and all("/Test/" in k for k in split["test"])
     assert "| defect_iou |" in (run / "report.md").read_text()
     out = tmp_path / "m.json"
-    res = runner.invoke(app, ["evaluate", "--checkpoint", str(run / "best.pt"), "--device", "cpu",
-                              "--json", str(out)])
+    res = runner.invoke(app, ["evaluate", "--checkpoint", str(run / "best.pt"), "--device", "cpu", "--json", str(out)])
     assert res.exit_code == 0, res.output
     m = json.loads(out.read_text())
     for k in ("defect_iou", "miou", "image_auroc", "region_ap50"):
@@ -176,8 +194,12 @@ def test_presets_resolve():
     assert (p.train.milestones, p.train.gamma, p.train.epochs) == ([60, 90], 0.1, 120)
     assert (p.data.size, p.data.augment) == (512, "none")
     m = C.resolve("mobile-unet-paper")
-    assert (m.model.name, m.train.loss, m.train.class_weights, m.data.size) == \
-        ("mobile-unet", "ce", "median-frequency", 256)
+    assert (m.model.name, m.train.loss, m.train.class_weights, m.data.size) == (
+        "mobile-unet",
+        "ce",
+        "median-frequency",
+        256,
+    )
     c = C.resolve("cascade")
     assert c.data.defective_only and c.model.freeze_encoder_epochs == 5
     assert c.train.loss == "bce-dice" and c.train.loss_options == {"bce_weight": 0.8, "dice_weight": 0.2}
@@ -201,9 +223,15 @@ def test_yaml_config_round_trip(tmp_path):
 
 
 def test_paper_preset_with_median_frequency_ce(tiny_data, tmp_path):
-    cfg = C.resolve("mobile-unet-paper", overrides={
-        "name": "mu", "out_dir": str(tmp_path), "data": {"root": str(tiny_data), "size": 32, "channels": 1},
-        "train": {"epochs": 1, "batch_size": 4, "device": "cpu"}})
+    cfg = C.resolve(
+        "mobile-unet-paper",
+        overrides={
+            "name": "mu",
+            "out_dir": str(tmp_path),
+            "data": {"root": str(tiny_data), "size": 32, "channels": 1},
+            "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
+        },
+    )
     res = trainer.train(cfg, quiet=True)
     ck = checkpoint.load_checkpoint(res.best)
     assert ck["num_classes"] == 2  # CE on binary data: two softmax logits
@@ -211,16 +239,28 @@ def test_paper_preset_with_median_frequency_ce(tiny_data, tmp_path):
 
 
 def test_classifier_task_and_frozen_encoder(tiny_data, tmp_path):
-    cfg = C.resolve(overrides={
-        "name": "gate", "out_dir": str(tmp_path), "data": {"root": str(tiny_data), "size": 32},
-        "model": {"name": "classifier-vgg", "options": {"widths": [4, 8]}, "freeze_encoder_epochs": 1},
-        "train": {"task": "classify", "epochs": 2, "batch_size": 4, "device": "cpu"}})
+    cfg = C.resolve(
+        overrides={
+            "name": "gate",
+            "out_dir": str(tmp_path),
+            "data": {"root": str(tiny_data), "size": 32},
+            "model": {"name": "classifier-vgg", "options": {"widths": [4, 8]}, "freeze_encoder_epochs": 1},
+            "train": {"task": "classify", "epochs": 2, "batch_size": 4, "device": "cpu"},
+        }
+    )
     res = trainer.train(cfg, quiet=True)
     assert "image_auroc" in res.test_metrics and "defect_iou" not in res.test_metrics
     assert "best epoch (by validation image_auroc)" in (tmp_path / "gate" / "report.md").read_text()
     with pytest.raises(ValueError, match="classify model"):
-        trainer.train(C.resolve(overrides={"data": {"root": str(tiny_data)},
-                                          "model": {"name": "classifier-vgg"}, "out_dir": str(tmp_path)}))
+        trainer.train(
+            C.resolve(
+                overrides={
+                    "data": {"root": str(tiny_data)},
+                    "model": {"name": "classifier-vgg"},
+                    "out_dir": str(tmp_path),
+                }
+            )
+        )
 
 
 def test_frozen_encoder_does_not_move(tiny_data, tmp_path):
@@ -254,8 +294,9 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     try:
         trainer.train(C.from_dict(cfg_dict), quiet=True)
@@ -296,8 +337,24 @@ def test_cli_generic_layout_with_unlabeled_images(tmp_path):
             mask = np.zeros((32, 32), np.uint8)
             mask[8:16, 8:16] = 255
             write_png(root / "masks" / f"p{i}.png", mask)
-    args = ["train", "--data", str(root), "--model", "cheapnet-s", "--size", "32", "--epochs", "1",
-            "--batch-size", "4", "--out-dir", str(tmp_path / "runs"), "--device", "cpu", "--quiet"]
+    args = [
+        "train",
+        "--data",
+        str(root),
+        "--model",
+        "cheapnet-s",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "allow-unlabeled" in res.output
     res = CliRunner().invoke(app, args + ["--allow-unlabeled"])
@@ -311,8 +368,8 @@ def test_evaluate_reports_what_predict_delivers(tmp_path):
 
     from defectseg.data import load_dataset, read_mask
     from defectseg.data.io import write_png
-    from defectseg.predictor import Predictor
     from defectseg.metrics import ConfusionMatrix
+    from defectseg.predictor import Predictor
 
     root = tmp_path / "generic"
     (root / "images").mkdir(parents=True)
@@ -323,18 +380,26 @@ def test_evaluate_reports_what_predict_delivers(tmp_path):
         mask = np.zeros((h, w), np.uint8)
         if i % 2 == 0:
             y, x = rng.integers(0, h - 12), rng.integers(0, w - 12)
-            mask[y:y + 10, x:x + 12] = 255
+            mask[y : y + 10, x : x + 12] = 255
             img[mask > 0] = 30
         write_png(root / "images" / f"p{i}.png", img)
         write_png(root / "masks" / f"p{i}.png", mask)
-    cfg = C.resolve(overrides={"name": "agree", "out_dir": str(tmp_path), "data": {"root": str(root), "size": 32},
-                               "model": {"name": "cheapnet-s", "options": {"head": "linear"}},
-                               "train": {"epochs": 2, "batch_size": 2, "lr": 0.05, "device": "cpu"}})
+    cfg = C.resolve(
+        overrides={
+            "name": "agree",
+            "out_dir": str(tmp_path),
+            "data": {"root": str(root), "size": 32},
+            "model": {"name": "cheapnet-s", "options": {"head": "linear"}},
+            "train": {"epochs": 2, "batch_size": 2, "lr": 0.05, "device": "cpu"},
+        }
+    )
     best = trainer.train(cfg, quiet=True).best
     # A threshold inside the range of the model's probabilities, so masks are neither empty nor full.
     samples = load_dataset(root).samples
     images = [read_image_gray(s.image) for s in samples]
-    probs = np.concatenate([r.prob.ravel() for r in Predictor.from_checkpoint(best, device="cpu").predict_arrays(images)])
+    probs = np.concatenate(
+        [r.prob.ravel() for r in Predictor.from_checkpoint(best, device="cpu").predict_arrays(images)]
+    )
     ck = checkpoint.load_checkpoint(best)
     ck["config"]["infer"].update(threshold=float(np.quantile(probs, 0.9)), min_area=5)
     checkpoint.save_checkpoint(best, ck)
@@ -389,11 +454,11 @@ def test_random_crops_are_reproducible_padded_and_find_defects():
 
 def test_epoch_order_oversamples_defective_images():
     defective = [True] * 2 + [False] * 18
-    order = trainer.epoch_order(20, defective, 0.5, torch.Generator().manual_seed(0))
+    order = rundata.epoch_order(20, defective, 0.5, torch.Generator().manual_seed(0))
     assert len(order) == 20 and sum(defective[i] for i in order) == 10
-    assert sorted(trainer.epoch_order(20, defective, None, torch.Generator().manual_seed(0))) == list(range(20))
+    assert sorted(rundata.epoch_order(20, defective, None, torch.Generator().manual_seed(0))) == list(range(20))
     mostly = [True] * 15 + [False] * 5  # already above the floor: a plain permutation, nothing dropped
-    assert sorted(trainer.epoch_order(20, mostly, 0.5, torch.Generator().manual_seed(0))) == list(range(20))
+    assert sorted(rundata.epoch_order(20, mostly, 0.5, torch.Generator().manual_seed(0))) == list(range(20))
 
 
 def test_crop_training_evaluates_at_native_resolution(tiny_data, tmp_path):
@@ -410,7 +475,6 @@ def test_crop_training_evaluates_at_native_resolution(tiny_data, tmp_path):
 
 
 def test_threshold_chosen_on_validation_is_stored_and_used(tiny_data, tmp_path):
-    import numpy as np
     import yaml
 
     from defectseg.predictor import Predictor
@@ -430,8 +494,9 @@ def test_threshold_chosen_on_validation_is_stored_and_used(tiny_data, tmp_path):
     val = evaluate.eval_set(mcfg, spec, data.select(spec, keys), [], False)
     free = [val.dataset.arrays(i)[0] for i in range(len(val)) if not val.dataset.arrays(i)[1].any()]
     assert free
-    ng = lambda t: sum(r.verdict == "NG" for r in Predictor.from_checkpoint(res.best, device="cpu", threshold=t)
-                       .predict_arrays(free))
+    ng = lambda t: sum(
+        r.verdict == "NG" for r in Predictor.from_checkpoint(res.best, device="cpu", threshold=t).predict_arrays(free)
+    )
     assert ng(thr) == 0
     if thr > 1e-3:
         assert ng(thr - 2e-4) >= 1
@@ -462,11 +527,11 @@ def test_f1_threshold_keeps_the_fixed_one_for_a_model_that_has_not_learned():
 
 
 def test_aspect_shape_keeps_tall_and_wide_images_at_their_aspect():
-    assert trainer.aspect_shape([(1250, 500)] * 3, 256) == (416, 160)  # KolektorSDD-like: 2.5 times as tall
-    assert trainer.aspect_shape([(500, 1250)], 256) == (160, 416)
-    assert trainer.aspect_shape([(200, 200), (300, 250)], 256) is None  # about square: size x size
+    assert rundata.aspect_shape([(1250, 500)] * 3, 256) == (416, 160)  # KolektorSDD-like: 2.5 times as tall
+    assert rundata.aspect_shape([(500, 1250)], 256) == (160, 416)
+    assert rundata.aspect_shape([(200, 200), (300, 250)], 256) is None  # about square: size x size
     # a set mixing tall and wide images (as magnetic tile does) has a square median aspect
-    assert trainer.aspect_shape([(600, 250), (250, 600), (300, 290)], 256) is None
+    assert rundata.aspect_shape([(600, 250), (250, 600), (300, 290)], 256) is None
 
 
 def test_keep_aspect_trains_and_predicts_tall_images_at_their_aspect(tmp_path):

@@ -3,22 +3,23 @@
 threshold on the validation split, evaluates best.pt on the test split and writes the report.
 
 A run folder `runs/<name>/` holds config.yaml, split.json, metrics.csv (one row per epoch), best.pt and last.pt
-(`checkpoint`), curves.png and report.md (`runfolder`). Evaluation goes through the predict path (`evaluate`).
+(`checkpoint`), curves.png and report.md (`runfolder`). The run's data and each epoch's draws come from `rundata`;
+evaluation goes through the predict path (`evaluate`).
 
 Exact resume: every source of randomness is derived from (seed, epoch) at the start of each epoch
 (shuffling, augmentation, dropout), and checkpoints are taken at epoch ends, so a run stopped after
 epoch k and resumed ends with the same weights as one that ran through.
 """
+
 from __future__ import annotations
 
 import functools
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,24 +30,22 @@ from torch.utils.data import DataLoader, Subset
 
 from . import config as C
 from .checkpoint import build_model, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
-from .data import DatasetSpec, SegmentationDataset, WithReference, load_dataset
 from .data.dataset import RandomCrops
 from .data.defects import CopyPaste, SyntheticDefects
-from .data.io import IGNORE_INDEX, defect_pixels, image_size
-from .data.splits import load_split, make_split, save_split, select, with_known_defect
+from .data.io import IGNORE_INDEX
 from .data.stats import class_pixel_counts, median_frequency_weights
 from .data.transforms import Augmenter
-from .evaluate import calibrate_threshold, eval_set, evaluate_model, split_images
+from .evaluate import calibrate_threshold, evaluate_model
 from .losses import build_loss
 from .models import PixelModel, load_encoder_weights, model_task
 from .optim import OPTIMIZERS, SCHEDULES, load_schedule_state, schedule_state
+from .rundata import epoch_order, load_run_data
 from .runfolder import RUN_FILES, RunLock, append_csv, drop_rows_after, monitor_of, write_report
 from .runtime import init_distributed, pick_device, seed_everything
 from .step import TrainingError, TrainStep, set_encoder_frozen
 from .viz import plot_curves
 
-__all__ = ["RunResult", "Trainer", "TrainingError", "aspect_shape", "epoch_order", "init_head_prior", "num_logits",
-           "train"]
+__all__ = ["RunResult", "Trainer", "TrainingError", "init_head_prior", "num_logits", "train"]
 
 
 def num_logits(cfg: C.RunConfig, class_names: list[str]) -> int:
@@ -59,70 +58,6 @@ def num_logits(cfg: C.RunConfig, class_names: list[str]) -> int:
     return 1 if n == 2 and cfg.train.loss != "ce" else n
 
 
-# ----------------------------------------------------------------------------- data
-def prepare_split(cfg: C.RunConfig, spec: DatasetSpec, run_dir: Path | None) -> dict[str, list[str]]:
-    """The run's split: reuse run_dir/split.json, else the configured split file, else a new seeded split."""
-    existing = run_dir / "split.json" if run_dir else None
-    if existing and existing.is_file():
-        return load_split(existing)
-    if cfg.data.split_file:
-        return load_split(cfg.data.split_file)
-    return make_split(spec.samples, cfg.data.fractions, seed=cfg.train.seed)
-
-
-
-ASPECT_MIN = 1.5     # median height/width at or past which keep_aspect trains at the images' own aspect
-SHAPE_MULTIPLE = 32  # keep_aspect rounds each side to this: a multiple of every registered model's size_multiple
-
-
-def aspect_shape(sizes: Sequence[tuple[int, int]], size: int) -> tuple[int, int] | None:
-    """The (H, W) `data.keep_aspect` trains at for images of these (H, W): their median aspect at about size²
-    pixels, each side a multiple of SHAPE_MULTIPLE; None (square) when the median height/width is within 1.5 of 1.
-    Squashing a 1250 x 500 image to a square shrinks its height 2.5 times more than its width, so a thin defect
-    across the long side vanishes first; at the image's own aspect both sides shrink alike. The median, not the
-    mean: a set that mixes tall and wide images (magnetic tile: median 1.19) stays square."""
-    aspect = float(np.median([h / w for h, w in sizes]))
-    if 1 / ASPECT_MIN < aspect < ASPECT_MIN:
-        return None
-    r = math.sqrt(aspect)
-    return tuple(max(SHAPE_MULTIPLE, round(size * f / SHAPE_MULTIPLE) * SHAPE_MULTIPLE) for f in (r, 1 / r))
-
-
-def split_dataset(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool
-                  ) -> SegmentationDataset | WithReference:
-    """One split's training dataset: images at the training size, or at native size in crop mode (each epoch
-    then draws `RandomCrops` from them); in reference mode each image gets its reference (a file, or per group
-    the first defect-free image of `pool`, the training samples)."""
-    if cfg.data.crop and cfg.data.reference:
-        raise ValueError("crop training does not support reference mode yet; drop data.crop (resize training) "
-                         "or data.reference")
-    size = None if cfg.data.crop else C.resize_hw(cfg.data)
-    ds, refs = split_images(cfg, spec, samples, pool, size, cache)
-    return ds if refs is None else WithReference(ds, refs)
-
-
-def epoch_order(n: int, defective: Sequence[bool] | None, share: float | None,
-                gen: torch.Generator) -> list[int]:
-    """The n draws of one epoch: a permutation of range(n), or, with `share`, at least round(share * n) draws of
-    defective images and the rest of defect-free ones (each group permuted, repeated as needed), shuffled together:
-    rare defects are seen as often as asked without dropping any defect-free image more than the count requires.
-    `share` is a floor: where defective images already make up more of the split, the epoch is a permutation."""
-    if share is None or defective is None:
-        return torch.randperm(n, generator=gen).tolist()
-    pos = [i for i in range(n) if defective[i]]
-    neg = [i for i in range(n) if not defective[i]]
-    if not pos or not neg:
-        return torch.randperm(n, generator=gen).tolist()
-
-    def draw(pool: list[int], k: int) -> list[int]:
-        reps = -(-k // len(pool))
-        return [pool[j] for r in range(reps) for j in torch.randperm(len(pool), generator=gen).tolist()][:k]
-
-    k = max(round(share * n), len(pos))  # a floor: never fewer defective draws than the split holds
-    picks = draw(pos, k) + draw(neg, n - k)
-    return [picks[j] for j in torch.randperm(n, generator=gen).tolist()]
-
-
 class _Progress:
     """A rich progress bar with loss and throughput, or one line per epoch in quiet mode."""
 
@@ -130,8 +65,14 @@ class _Progress:
         self.quiet, self.enabled = quiet, enabled
         self.bar = None
         if enabled and not quiet:
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
 
     def __enter__(self):
         if self.bar:
@@ -170,7 +111,7 @@ class RunResult:
 
 
 NATIVE_TILE = 1024
-CHECK_DECODE_LIMIT = 5000  # splits up to this many samples are decoded whole before training (Trainer._check_files)
+
 
 def init_head_prior(head: nn.Module, counts: np.ndarray) -> bool:
     """Set the bias of a biased 1x1 output conv to the class prior of the training pixels (RetinaNet's init).
@@ -195,12 +136,12 @@ def init_head_prior(head: nn.Module, counts: np.ndarray) -> bool:
     return True
 
 
-
 class Trainer:
     """One training run: `__init__` sets everything up, `run()` trains, validates, checkpoints and finishes."""
 
-    def __init__(self, cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = False,
-                 overwrite: bool = False) -> None:
+    def __init__(
+        self, cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = False, overwrite: bool = False
+    ) -> None:
         self.t_start = time.time()
         self.world = init_distributed(cfg.train.device)
         self.device = self._device(cfg.train.device)
@@ -221,8 +162,10 @@ class Trainer:
             cfg.infer.tile = max(NATIVE_TILE, cfg.data.crop)
         self.task = cfg.train.task
         if model_task(cfg.model.name) != self.task:
-            raise ValueError(f"model {cfg.model.name!r} is a {model_task(cfg.model.name)} model but the task is "
-                             f"{self.task!r}; pick a matching --model or --task")
+            raise ValueError(
+                f"model {cfg.model.name!r} is a {model_task(cfg.model.name)} model but the task is "
+                f"{self.task!r}; pick a matching --model or --task"
+            )
         self.run_dir = cfg.run_dir
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
         self._prepare_run_folder(fresh=ckpt is None, overwrite=overwrite)
@@ -250,12 +193,15 @@ class Trainer:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self.lock.acquire()
             except OSError as exc:
-                raise ValueError(f"cannot write the run folder {self.run_dir}: {exc.strerror}; choose a writable "
-                                 "--out-dir") from None
+                raise ValueError(
+                    f"cannot write the run folder {self.run_dir}: {exc.strerror}; choose a writable --out-dir"
+                ) from None
         if fresh and self.last_path.exists():
             if not overwrite:
-                raise ValueError(f"run folder {self.run_dir} already holds a run; continue it with --resume "
-                                 f"{self.last_path}, pick another --name, or pass --overwrite")
+                raise ValueError(
+                    f"run folder {self.run_dir} already holds a run; continue it with --resume "
+                    f"{self.last_path}, pick another --name, or pass --overwrite"
+                )
             if self.world.main:
                 for name in RUN_FILES:
                     (self.run_dir / name).unlink(missing_ok=True)
@@ -265,87 +211,9 @@ class Trainer:
             C.save_yaml(self.cfg, self.run_dir / "config.yaml")  # the folder was made writable above
 
     def _build_data(self, resumed: bool) -> None:
-        cfg = self.cfg
-        self.spec = load_dataset(cfg.data.root, cfg.data.format, skip_bad=cfg.data.skip_bad,
-                                 allow_unlabeled=cfg.data.allow_unlabeled, mask_rule=cfg.data.mask_rule)
-        # Only a resumed run keeps the split.json in its folder: one left by a failed start of a fresh run must
-        # not override --split-file or the seeded split.
-        self.split = prepare_split(cfg, self.spec, self.run_dir if resumed else None)
-        if self.world.main:
-            save_split(self.run_dir / "split.json", self.split, seed=cfg.train.seed,
-                       fractions=list(cfg.data.fractions), data=str(cfg.data.root))
-        pool = select(self.spec, self.split.get("train", []))
-        train = pool if not cfg.data.defective_only else [s for s in pool if s.defective is not False]
-        if cfg.data.defect_free_only or cfg.data.defective_images is not None:
-            # a layout that cannot tell a good image from a defective one needs the masks decoded here
-            train = [with_known_defect(s) for s in train]
-            bad = [s for s in train if s.defective is not False]
-            keep = 0 if cfg.data.defect_free_only else min(cfg.data.defective_images, len(bad))
-            chosen = set(random.Random(cfg.train.seed).sample(range(len(bad)), keep))  # seeded: the same k images
-            train = [s for s in train if s.defective is False] + [s for i, s in enumerate(bad) if i in chosen]
-            if not train:
-                raise ValueError("the training split holds no defect-free image to train on (data.defect_free_only)")
-        if cfg.data.keep_aspect and cfg.data.shape is None and not cfg.data.crop and train:
-            # headers only, of at most 200 images (seeded): the aspect of the training split
-            picks = random.Random(0).sample(train, min(len(train), 200))
-            cfg.data.shape = aspect_shape([image_size(s.image) for s in picks], cfg.data.size)
-            if cfg.data.shape and self.world.main:  # the config in the folder says what training used
-                C.save_yaml(cfg, self.run_dir / "config.yaml")
-        self.train_set = split_dataset(cfg, self.spec, train, pool, cfg.data.cache)
-        if len(self.train_set) == 0:
-            raise ValueError(f"the training split of {cfg.data.root} is empty; check the data folder and split file")
-        self.defective = None
-        if cfg.data.defective_share is not None:  # decodes (and caches) every training mask once
-            ds = getattr(self.train_set, "dataset", self.train_set)
-            self.defective = [bool(defect_pixels(ds.arrays(i)[1]).any()) for i in range(len(ds))]
-        self.eval_sets = {name: eval_set(cfg, self.spec, select(self.spec, self.split.get(name, [])), pool,
-                                         cfg.data.cache) for name in ("val", "test")}
-        self._check_files()
-        if self.task == "segment":
-            self._warn_without_defects()
-
-    def _warn_without_defects(self) -> None:
-        """Say so when the validation or test split holds no defective image (its masks are decoded and cached
-        by now): best.pt, the threshold and the test figures would then be chosen on, or say, nothing."""
-        for name, ev in self.eval_sets.items():
-            ds, n = ev.dataset, len(ev.dataset.samples)
-            if 0 < n <= CHECK_DECODE_LIMIT and not any(defect_pixels(ds.arrays(i)[1]).any() for i in range(n)):
-                what = "best.pt and the threshold would be chosen on nothing" if name == "val" else \
-                    "the test figures would say nothing about defects"
-                print(f"warning: the {name} split has no defective image among its {n}: {what}; add defective "
-                      "images, or give more of them to it (data.fractions, --split-file)", file=sys.stderr,
-                      flush=True)
-
-    def _check_files(self) -> None:
-        """Read every sample of every split before the first epoch, so a truncated test image fails now and not
-        after the training: a full decode (which fills the cache evaluation uses anyway) for splits of up to
-        CHECK_DECODE_LIMIT samples, the headers only for larger ones. With data.skip_bad the datasets have
-        decoded every sample and dropped (and listed) the bad ones already; here they are reported."""
-        sets = {"train": getattr(self.train_set, "dataset", self.train_set),
-                **{name: ev.dataset for name, ev in self.eval_sets.items()}}
-        if self.cfg.data.skip_bad:
-            self.skipped = [*self.spec.skipped, *((p, f"{name} split: {why}") for name, ds in sets.items()
-                                                  for p, why in getattr(ds, "skipped", []))]
-            for p, why in self.skipped:
-                print(f"skipped {p}: {why}", file=sys.stderr, flush=True)
-            return
-        self.skipped = list(self.spec.skipped)
-        bad = []
-        for name, ds in sets.items():
-            for i, smp in enumerate(ds.samples):
-                try:
-                    if len(ds.samples) <= CHECK_DECODE_LIMIT:
-                        ds.arrays(i)
-                    else:
-                        image_size(smp.image)
-                        if smp.mask is not None:
-                            image_size(smp.mask)
-                except ValueError as exc:
-                    bad.append(f"  {name} split: {exc}")
-        if bad:
-            raise ValueError(f"{len(bad)} samples cannot be read:\n" + "\n".join(bad[:10]) +
-                             ("\n  ..." if len(bad) > 10 else "") + "\nreplace or remove them, or pass --skip-bad to "
-                             "skip them (each is listed, and in report.md)")
+        d = load_run_data(self.cfg, self.run_dir, resumed, self.world.main)
+        self.spec, self.split, self.train_set, self.defective = d.spec, d.split, d.train_set, d.defective
+        self.eval_sets, self.skipped = d.eval_sets, d.skipped
 
     def _build_model(self, ckpt: dict[str, Any] | None) -> None:
         cfg, world = self.cfg, self.world
@@ -353,11 +221,15 @@ class Trainer:
         self.model = build_model(cfg, self.n_logits)
         m = self.model.size_multiple
         if cfg.data.crop and cfg.data.crop % m:
-            raise ValueError(f"data.crop {cfg.data.crop} must be a multiple of {m} for {cfg.model.name}; e.g. "
-                             f"{max(m, cfg.data.crop // m * m)}")
+            raise ValueError(
+                f"data.crop {cfg.data.crop} must be a multiple of {m} for {cfg.model.name}; e.g. "
+                f"{max(m, cfg.data.crop // m * m)}"
+            )
         if cfg.data.shape and any(n % m for n in cfg.data.shape):
-            raise ValueError(f"data.shape {list(cfg.data.shape)} must be multiples of {m} for {cfg.model.name}; "
-                             f"e.g. {[max(m, n // m * m) for n in cfg.data.shape]}")
+            raise ValueError(
+                f"data.shape {list(cfg.data.shape)} must be multiples of {m} for {cfg.model.name}; "
+                f"e.g. {[max(m, n // m * m) for n in cfg.data.shape]}"
+            )
         if cfg.model.encoder_weights and ckpt is None:
             load_encoder_weights(self.model.net, cfg.model.encoder_weights)
         if cfg.train.prior_init and ckpt is None and self.task == "segment" and hasattr(self.model.net, "head"):
@@ -376,10 +248,19 @@ class Trainer:
         ddp: nn.Module = self.model
         if world.world > 1:
             ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.step = TrainStep(ddp, self._loss().to(self.device), opt, Augmenter("none"), sched, self.task,
-                              torch.bfloat16 if cfg.train.amp else None, cfg.train.channels_last,
-                              cfg.train.grad_clip)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.step = TrainStep(
+            ddp,
+            self._loss().to(self.device),
+            opt,
+            Augmenter("none"),
+            sched,
+            self.task,
+            torch.bfloat16 if cfg.train.amp else None,
+            cfg.train.channels_last,
+            cfg.train.grad_clip,
+        )
         self.start_epoch, self.steps, self.best, self.best_epoch = 0, 0, -math.inf, -1
         self.threshold_note = ""  # how _choose_threshold chose the operating threshold (for report.md)
         if ckpt is not None:
@@ -411,8 +292,10 @@ class Trainer:
         cfg = self.cfg
         epoch = self.start_epoch - 1
         with self.progress as prog:
-            prog.log(f"training {cfg.model.name} on {len(self.train_set)} images ({cfg.data.root}), "
-                     f"{self.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}")
+            prog.log(
+                f"training {cfg.model.name} on {len(self.train_set)} images ({cfg.data.root}), "
+                f"{self.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}"
+            )
             for epoch in range(self.start_epoch, self.epochs):
                 if stop_after_epoch is not None and epoch > stop_after_epoch:
                     epoch -= 1
@@ -433,16 +316,26 @@ class Trainer:
         # Everything random in this epoch derives from (seed, epoch): exact resume at epoch boundaries.
         epoch_seed = cfg.train.seed * 100003 + epoch
         torch.manual_seed(epoch_seed)
-        order = epoch_order(len(self.train_set), self.defective, cfg.data.defective_share,
-                            torch.Generator().manual_seed(epoch_seed))
+        order = epoch_order(
+            len(self.train_set), self.defective, cfg.data.defective_share, torch.Generator().manual_seed(epoch_seed)
+        )
         if world.world > 1:
-            order = order[world.rank: world.world * (len(order) // world.world): world.world]
-        data = (RandomCrops(self.train_set, order, cfg.data.crop, cfg.data.defect_crops, epoch_seed)
-                if cfg.data.crop else Subset(self.train_set, order))
+            order = order[world.rank : world.world * (len(order) // world.world) : world.world]
+        data = (
+            RandomCrops(self.train_set, order, cfg.data.crop, cfg.data.defect_crops, epoch_seed)
+            if cfg.data.crop
+            else Subset(self.train_set, order)
+        )
         loader = DataLoader(data, batch_size=cfg.train.batch_size, shuffle=False, num_workers=cfg.data.workers)
         step.augment = Augmenter(cfg.data.augment, seed=epoch_seed, ignore_index=IGNORE_INDEX)
-        step.defects = [f for f in (SyntheticDefects(cfg.data.synthetic_defects, seed=epoch_seed + 1),
-                                    CopyPaste(cfg.data.copy_paste, seed=epoch_seed + 2)) if f.p > 0]
+        step.defects = [
+            f
+            for f in (
+                SyntheticDefects(cfg.data.synthetic_defects, seed=epoch_seed + 1),
+                CopyPaste(cfg.data.copy_paste, seed=epoch_seed + 2),
+            )
+            if f.p > 0
+        ]
         step.model.train()
         set_encoder_frozen(self.model.net, epoch < cfg.model.freeze_encoder_epochs)
         self.progress.start(f"epoch {epoch + 1}/{self.epochs}", len(loader))
@@ -451,31 +344,50 @@ class Trainer:
             if cfg.train.iterations and self.steps >= cfg.train.iterations:
                 break
             try:
-                loss = step(batch["image"].to(self.device, non_blocking=True),
-                            batch["mask"].to(self.device, non_blocking=True))
+                loss = step(
+                    batch["image"].to(self.device, non_blocking=True), batch["mask"].to(self.device, non_blocking=True)
+                )
             except TrainingError as exc:
                 last = self.last_path if self.last_path.exists() else "(none yet)"
-                raise TrainingError(f"{exc} at epoch {epoch + 1}, step {self.steps + 1}; the last good checkpoint "
-                                    f"is {last}. Lower --lr, set train.grad_clip, or check the data for corrupt "
-                                    "images.") from None
-            self.steps, seen, loss_sum, n_batches = self.steps + 1, seen + len(batch["image"]), loss_sum + loss, \
-                n_batches + 1
+                raise TrainingError(
+                    f"{exc} at epoch {epoch + 1}, step {self.steps + 1}; the last good checkpoint "
+                    f"is {last}. Lower --lr, set train.grad_clip, or check the data for corrupt "
+                    "images."
+                ) from None
+            self.steps, seen, loss_sum, n_batches = (
+                self.steps + 1,
+                seen + len(batch["image"]),
+                loss_sum + loss,
+                n_batches + 1,
+            )
             self.progress.step(f"loss {loss:.4f}  {seen / (time.time() - t0):.1f} img/s")
         if world.world > 1:
             t = torch.tensor([loss_sum, n_batches], dtype=torch.float64, device=self.device)
             dist.all_reduce(t)
             loss_sum, n_batches = float(t[0]), int(t[1])
         seconds = time.time() - t0
-        return {"epoch": epoch + 1, "lr": step.optimizer.param_groups[0]["lr"],
-                "train_loss": loss_sum / max(1, n_batches), "seconds": round(seconds, 2),
-                "img_per_s": round(seen * world.world / max(1e-9, seconds), 1)}
+        return {
+            "epoch": epoch + 1,
+            "lr": step.optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(1, n_batches),
+            "seconds": round(seconds, 2),
+            "img_per_s": round(seen * world.world / max(1e-9, seconds), 1),
+        }
 
     def validate(self) -> dict[str, float]:
         """Whole validation split metrics (empty without a validation split)."""
         if not len(self.eval_sets["val"]):
             return {}
-        return evaluate_model(self.model, self.eval_sets["val"], self.cfg, self.device, self.n_logits, self.task,
-                              world=self.world, batch_size=self.cfg.train.batch_size)
+        return evaluate_model(
+            self.model,
+            self.eval_sets["val"],
+            self.cfg,
+            self.device,
+            self.n_logits,
+            self.task,
+            world=self.world,
+            batch_size=self.cfg.train.batch_size,
+        )
 
     def checkpoint(self, epoch: int, row: dict[str, Any], val: dict[str, float]) -> None:
         """Append the epoch's row to metrics.csv and write last.pt, and best.pt when the monitor improved.
@@ -491,16 +403,27 @@ class Trainer:
             self.best, self.best_epoch = score, epoch + 1
         if self.world.main:
             append_csv(self.run_dir / "metrics.csv", row)
-            state = {"config": self.cfg.to_dict(), "num_classes": self.n_logits,
-                     "class_names": self.spec.class_names, "task": self.task, "model": self.model.state_dict(),
-                     "optimizer": self.step.optimizer.state_dict(), "scheduler": schedule_state(self.step.scheduler),
-                     "epoch": epoch, "step": self.steps, "best": self.best, "best_epoch": self.best_epoch,
-                     "metrics": val}
+            state = {
+                "config": self.cfg.to_dict(),
+                "num_classes": self.n_logits,
+                "class_names": self.spec.class_names,
+                "task": self.task,
+                "model": self.model.state_dict(),
+                "optimizer": self.step.optimizer.state_dict(),
+                "scheduler": schedule_state(self.step.scheduler),
+                "epoch": epoch,
+                "step": self.steps,
+                "best": self.best,
+                "best_epoch": self.best_epoch,
+                "metrics": val,
+            }
             save_checkpoint(self.last_path, state)
             if improved or not self.best_path.exists():
                 save_checkpoint(self.best_path, state)
-        self.progress.log(f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  " +
-                          "  ".join(f"{k} {v:.3f}" for k, v in val.items() if k in (monitor, "miou", "image_auroc")))
+        self.progress.log(
+            f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  "
+            + "  ".join(f"{k} {v:.3f}" for k, v in val.items() if k in (monitor, "miou", "image_auroc"))
+        )
 
     def finish(self, epochs_done: int, evaluate_test: bool = True) -> RunResult:
         """Evaluate best.pt on the test split (with per-defect metrics), plot the curves, write report.md."""
@@ -509,19 +432,37 @@ class Trainer:
             best_model, _ = model_from_checkpoint(load_checkpoint(self.best_path))
             self._choose_threshold(best_model)
             if len(self.eval_sets["test"]):
-                test_metrics = evaluate_model(best_model, self.eval_sets["test"], self.cfg, self.device,
-                                              self.n_logits, self.task, regions=self.task == "segment",
-                                              batch_size=self.cfg.train.batch_size)
+                test_metrics = evaluate_model(
+                    best_model,
+                    self.eval_sets["test"],
+                    self.cfg,
+                    self.device,
+                    self.n_logits,
+                    self.task,
+                    regions=self.task == "segment",
+                    batch_size=self.cfg.train.batch_size,
+                )
             plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
-            used = {"train": len(getattr(self.train_set, "dataset", self.train_set).samples),
-                    **{name: len(ev.dataset.samples) for name, ev in self.eval_sets.items()}}
-            write_report(self.run_dir / "report.md", self.cfg, self.spec, used, test_metrics, self.best_epoch,
-                         time.time() - self.t_start, self.threshold_note, self.skipped)
+            used = {
+                "train": len(getattr(self.train_set, "dataset", self.train_set).samples),
+                **{name: len(ev.dataset.samples) for name, ev in self.eval_sets.items()},
+            }
+            write_report(
+                self.run_dir / "report.md",
+                self.cfg,
+                self.spec,
+                used,
+                test_metrics,
+                self.best_epoch,
+                time.time() - self.t_start,
+                self.threshold_note,
+                self.skipped,
+            )
         if self.world.world > 1:
             dist.barrier()
-        return RunResult(self.run_dir, self.best_path, self.last_path, test_metrics, epochs_done,
-                         time.time() - self.t_start)
-
+        return RunResult(
+            self.run_dir, self.best_path, self.last_path, test_metrics, epochs_done, time.time() - self.t_start
+        )
 
     def _choose_threshold(self, model: PixelModel) -> None:
         """With infer.threshold_from set, pick the operating threshold on the validation split and store it in
@@ -531,10 +472,19 @@ class Trainer:
             return
         if rule == "val-f1" and self.cfg.data.defect_free_only:
             rule = "val-frr"  # a model that saw no real defect is set on good parts: target_frr of them rejected
-        thr, how = calibrate_threshold(model, self.eval_sets["val"], self.cfg, self.device, self.n_logits, rule,
-                                       self.cfg.infer.target_frr, self.cfg.train.batch_size)
-        self.threshold_note = how if rule == self.cfg.infer.threshold_from else \
-            f"val-frr, as data.defect_free_only: {how}"
+        thr, how = calibrate_threshold(
+            model,
+            self.eval_sets["val"],
+            self.cfg,
+            self.device,
+            self.n_logits,
+            rule,
+            self.cfg.infer.target_frr,
+            self.cfg.train.batch_size,
+        )
+        self.threshold_note = (
+            how if rule == self.cfg.infer.threshold_from else f"val-frr, as data.defect_free_only: {how}"
+        )
         if how.startswith("kept"):  # a warning the user must see, even with -q
             print(f"warning: threshold {how}", file=sys.stderr, flush=True)
         else:
@@ -546,8 +496,13 @@ class Trainer:
         C.save_yaml(self.cfg, self.run_dir / "config.yaml")
 
 
-def train(cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = False,
-          stop_after_epoch: int | None = None, overwrite: bool = False) -> RunResult:
+def train(
+    cfg: C.RunConfig,
+    resume: str | Path | None = None,
+    quiet: bool = False,
+    stop_after_epoch: int | None = None,
+    overwrite: bool = False,
+) -> RunResult:
     """Train per `cfg`, writing the run folder; resume from a last.pt exactly (see `Trainer`).
 
     A fresh run refuses a run folder that already holds a run unless `overwrite` (then it is cleared).
