@@ -18,6 +18,8 @@ demo: $(STAMP)
 	$(BIN)/defectseg demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 clean:

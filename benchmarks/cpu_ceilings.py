@@ -4,6 +4,7 @@ Run: .venv/bin/python benchmarks/cpu_ceilings.py [--threads N]. Prints the media
 prints are lower bounds: time >= max(bytes / bandwidth, MACs / MAC rate), where the MAC rate is half the measured
 matmul FLOP rate (depthwise convs reach far less than a matmul does, so the arithmetic floor is optimistic).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,18 +65,41 @@ def activation_bytes(name: str, size: int = 512) -> tuple[int, int]:
         leaf_out.append(out.numel())
 
     handles = [m.register_forward_hook(leaf_hook) for m in model.modules() if len(list(m.children())) == 0]
-    for block in ("encoder1", "encoder2", "encoder3", "encoder4", "bottleneck", "decoder1", "decoder2", "decoder3",
-                  "decoder4", "output"):
-        handles.append(getattr(model, block).register_forward_hook(
-            lambda m, a, o, block=block: block_out.__setitem__(block, o.numel())))
+    for block in (
+        "encoder1",
+        "encoder2",
+        "encoder3",
+        "encoder4",
+        "bottleneck",
+        "decoder1",
+        "decoder2",
+        "decoder3",
+        "decoder4",
+        "output",
+    ):
+        handles.append(
+            getattr(model, block).register_forward_hook(
+                lambda m, a, o, block=block: block_out.__setitem__(block, o.numel())
+            )
+        )
     with torch.no_grad():
         model(torch.randn(1, 1, size, size))
     for h in handles:
         h.remove()
     # Consumers of each block output: e1 feeds encoder2 and the output concat; e2..e4 feed the next encoder and a
     # decoder concat; the bottleneck and d1..d4 feed one decoder/output each.
-    readers = {"encoder1": 2, "encoder2": 2, "encoder3": 2, "encoder4": 2, "bottleneck": 1, "decoder1": 1,
-               "decoder2": 1, "decoder3": 1, "decoder4": 1, "output": 0}
+    readers = {
+        "encoder1": 2,
+        "encoder2": 2,
+        "encoder3": 2,
+        "encoder4": 2,
+        "bottleneck": 1,
+        "decoder1": 1,
+        "decoder2": 1,
+        "decoder3": 1,
+        "decoder4": 1,
+        "output": 0,
+    }
     elems_min = size * size + sum(n * (1 + readers[b]) for b, n in block_out.items())
     cat = 2 * sum(block_out[b] for b in ("encoder1", "encoder2", "encoder3", "encoder4"))  # the 4 concat outputs
     elems_eager = size * size + 2 * sum(leaf_out) + 2 * cat
@@ -97,9 +121,11 @@ def main() -> None:
     for name in ("cheapnet-s", "cheapnet-m", "cheapnet-l"):
         macs = count_macs(create_model(name), (1, 1, 512, 512))
         lo, eager = activation_bytes(name)
-        print(f"{name}: {macs / 1e6:.1f} MMACs/img, bytes/img minimum {lo / 2**20:.0f} MiB, eager {eager / 2**20:.0f}"
-              f" MiB; floors: bytes(min) {lo / bw / 1e6:.2f} ms, bytes(eager) {eager / bw / 1e6:.2f} ms, "
-              f"MACs {macs / (gflops / 2) / 1e6:.2f} ms")
+        print(
+            f"{name}: {macs / 1e6:.1f} MMACs/img, bytes/img minimum {lo / 2**20:.0f} MiB, eager {eager / 2**20:.0f}"
+            f" MiB; floors: bytes(min) {lo / bw / 1e6:.2f} ms, bytes(eager) {eager / bw / 1e6:.2f} ms, "
+            f"MACs {macs / (gflops / 2) / 1e6:.2f} ms"
+        )
 
 
 if __name__ == "__main__":

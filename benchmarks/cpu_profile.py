@@ -3,6 +3,7 @@
 Run: .venv/bin/python benchmarks/cpu_profile.py [--threads 1] [--models cheapnet-s,cheapnet-m] [--channels-last]
 Prints the top operators per model (self CPU time summed over 5 profiled forwards after 3 warm-up ones).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def main() -> None:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(5):
                     model(x)
-        print(f"== {name} 1x1x{args.size}x{args.size}, threads {args.threads}, "
-              f"{'channels_last' if args.channels_last else 'contiguous'}: 5 forwards")
+        print(
+            f"== {name} 1x1x{args.size}x{args.size}, threads {args.threads}, "
+            f"{'channels_last' if args.channels_last else 'contiguous'}: 5 forwards"
+        )
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=40))
 
 

@@ -6,6 +6,7 @@ side by side. The CLI is called as a user would, so the script works whatever th
 
     python benchmarks/eval_vs_predict.py --checkpoint runs/d10/best.pt --data DIR [--images DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,30 @@ def main() -> None:
     spec = load_dataset(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         ev = Path(tmp) / "eval.json"
-        subprocess.run([exe, "evaluate", "--checkpoint", args.checkpoint, "--data", args.data, "--split", "all",
-                        "--json", str(ev)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                exe,
+                "evaluate",
+                "--checkpoint",
+                args.checkpoint,
+                "--data",
+                args.data,
+                "--split",
+                "all",
+                "--json",
+                str(ev),
+            ],
+            check=True,
+            capture_output=True,
+        )
         reported = json.loads(ev.read_text())
         out = Path(tmp) / "pred"
         images = [str(s.image) for s in spec.samples]
-        subprocess.run([exe, "predict", *images, "--checkpoint", args.checkpoint, "--out", str(out), "-q",
-                        "--no-overlays"], check=True, capture_output=True)
+        subprocess.run(
+            [exe, "predict", *images, "--checkpoint", args.checkpoint, "--out", str(out), "-q", "--no-overlays"],
+            check=True,
+            capture_output=True,
+        )
         records = {Path(r["path"]).resolve(): r for r in map(json.loads, open(out / "results.jsonl"))}
         cm = ConfusionMatrix(2)
         correct = 0

@@ -5,6 +5,7 @@ Every finished run benchmarks/results/magnetic-tile/fewlabel-*/ (report.md + con
 same setting are averaged (mean ± sample std, and each seed drawn faintly). Prints the markdown table of the means.
 Usage: python benchmarks/fewlabel_plot.py [OUT.png]  (default docs/fewlabel.png)
 """
+
 from __future__ import annotations
 
 import statistics
@@ -12,12 +13,15 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from results_plot import table
 
 RUNS = Path(__file__).resolve().parent / "results" / "magnetic-tile"
-METRICS = [("defect_iou", "test defect IoU"), ("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"),
-           ("aupro", "AUPRO (FPR ≤ 0.3)")]
+METRICS = [
+    ("defect_iou", "test defect IoU"),
+    ("image_auroc", "image AUROC"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("aupro", "AUPRO (FPR ≤ 0.3)"),
+]
 
 
 def settings() -> tuple[dict[tuple[str, bool], list[dict[str, float]]], dict[tuple[str, bool], str]]:
@@ -28,8 +32,9 @@ def settings() -> tuple[dict[tuple[str, bool], list[dict[str, float]]], dict[tup
     for report in sorted(RUNS.glob("fewlabel-*/report.md")):
         data = yaml.safe_load((report.parent / "config.yaml").read_text())["data"]
         k = "0" if data["defect_free_only"] else str(data["defective_images"] or "all")
-        made = [name for name, p in (("synthetic", data["synthetic_defects"]), ("copy-paste", data["copy_paste"]))
-                if p > 0]
+        made = [
+            name for name, p in (("synthetic", data["synthetic_defects"]), ("copy-paste", data["copy_paste"])) if p > 0
+        ]
         key = (k, bool(made))
         out.setdefault(key, []).append({r["metric"]: float(r["value"]) for r in table(report)})
         what[key] = " + ".join(made) or "none"
@@ -55,19 +60,30 @@ def main(out_png: str = "docs/fewlabel.png") -> None:
         for k in order:
             if (k, made) in runs:
                 rs = runs[(k, made)]
-                cells = [f"{m:.3f} ± {s:.3f}" if len(rs) > 1 else f"{m:.3f}"
-                         for m, s in (mean_std([r[key] for r in rs]) for key, _ in METRICS)]
+                cells = [
+                    f"{m:.3f} ± {s:.3f}" if len(rs) > 1 else f"{m:.3f}"
+                    for m, s in (mean_std([r[key] for r in rs]) for key, _ in METRICS)
+                ]
                 print(f"| {k} | {what[(k, made)]} | {len(rs)} | " + " | ".join(cells) + " |")
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True)
     for ax, (key, label) in zip(axes.flat, METRICS):
-        for made, style, name in ((False, "o-", "real defects only"), (True, "s-", "+ made defects (synthetic; copy-paste from 5)")):
+        for made, style, name in (
+            (False, "o-", "real defects only"),
+            (True, "s-", "+ made defects (synthetic; copy-paste from 5)"),
+        ):
             ks = [k for k in order if (k, made) in runs]
             stats = [mean_std([r[key] for r in runs[(k, made)]]) for k in ks]
-            line = ax.errorbar([x[k] for k in ks], [m for m, _ in stats], yerr=[s for _, s in stats], fmt=style,
-                               capsize=3, label=name)
+            line = ax.errorbar(
+                [x[k] for k in ks], [m for m, _ in stats], yerr=[s for _, s in stats], fmt=style, capsize=3, label=name
+            )
             for k in ks:  # each seed, faint
-                ax.scatter([x[k]] * len(runs[(k, made)]), [r[key] for r in runs[(k, made)]], s=10, alpha=0.35,
-                           color=line[0].get_color())
+                ax.scatter(
+                    [x[k]] * len(runs[(k, made)]),
+                    [r[key] for r in runs[(k, made)]],
+                    s=10,
+                    alpha=0.35,
+                    color=line[0].get_color(),
+                )
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     for ax in axes[1]:

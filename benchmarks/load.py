@@ -7,6 +7,7 @@ for docs/service.md:
     defectseg serve --checkpoint model.pt --port 8000 &
     python benchmarks/load.py --url http://127.0.0.1:8000 --clients 8 --seconds 30 --size 512 --pid $!
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,14 @@ def png_bytes(size: int, seed: int = 0) -> bytes:
 
 def multipart(image: bytes, name: str = "part.png") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -53,12 +60,22 @@ def scrape(url: str, key: str | None) -> dict[str, float]:
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
     conn.request("GET", "/metrics", headers={"X-API-Key": key} if key else {})
     text = conn.getresponse().read().decode()
-    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-            if line and not line.startswith("#") and "{" not in line}
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#") and "{" not in line
+    }
 
 
-def load(url: str, clients: int, seconds: float, size: int = 512, key: str | None = None,
-         pid: int | None = None, max_requests: int = 100_000) -> dict[str, float | int | None]:
+def load(
+    url: str,
+    clients: int,
+    seconds: float,
+    size: int = 512,
+    key: str | None = None,
+    pid: int | None = None,
+    max_requests: int = 100_000,
+) -> dict[str, float | int | None]:
     """Run the load; returns requests, requests_per_s, p50_ms, p99_ms, errors, mean_batch, rss_before/after_mib."""
     u = urllib.parse.urlsplit(url)
     body, ctype = multipart(png_bytes(size))
@@ -102,12 +119,18 @@ def load(url: str, clients: int, seconds: float, size: int = 512, key: str | Non
     batches = after["defectseg_batches_total"] - before["defectseg_batches_total"]
     images = after["defectseg_batched_images_total"] - before["defectseg_batched_images_total"]
     lat = sorted(latencies)
-    return {"clients": clients, "seconds": round(wall, 2), "requests": len(lat), "errors": errors[0],
-            "requests_per_s": round(len(lat) / wall, 2),
-            "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
-            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
-            "mean_batch": round(images / batches, 2) if batches else None,
-            "rss_before_mib": rss_before, "rss_after_mib": rss_mib(pid)}
+    return {
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "requests": len(lat),
+        "errors": errors[0],
+        "requests_per_s": round(len(lat) / wall, 2),
+        "p50_ms": round(1000 * statistics.median(lat), 1) if lat else None,
+        "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
+        "mean_batch": round(images / batches, 2) if batches else None,
+        "rss_before_mib": rss_before,
+        "rss_after_mib": rss_mib(pid),
+    }
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ the threshold 0.9, so most images are OK, as on a line (the post-processing cost
     OMP_NUM_THREADS=2 python benchmarks/pipeline.py --model cheapnet-m --size 512 --images 48 --batch 1,8 \
         --threads 2 --out benchmarks/results/pipeline-512.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,11 @@ import numpy as np
 import torch
 
 from defectseg import config as C
-from defectseg import checkpoint
+from defectseg.checkpoint import save_checkpoint
 from defectseg.data.io import find_images, write_png
+from defectseg.models import create_model
 from defectseg.outputs import ResultWriter
 from defectseg.predictor import Predictor, model_input
-from defectseg.models import create_model
 
 
 def write_images(folder: Path, n: int, size: int) -> list[Path]:
@@ -51,9 +52,16 @@ def checkpoint(path: Path, model: str, size: int) -> Path:
     cfg.model.name, cfg.data.size, cfg.infer.threshold = model, size, 0.9
     torch.manual_seed(0)
     net = create_model(model, in_channels=1, num_classes=1)
-    return checkpoint.save_checkpoint(path, {"config": cfg.to_dict(), "num_classes": 1,
-                                         "class_names": ["background", "defect"], "task": "segment",
-                                         "model": net.state_dict()})
+    return save_checkpoint(
+        path,
+        {
+            "config": cfg.to_dict(),
+            "num_classes": 1,
+            "class_names": ["background", "defect"],
+            "task": "segment",
+            "model": net.state_dict(),
+        },
+    )
 
 
 def end_to_end(pred: Predictor, paths: list[Path], out: Path, overlap: bool, overlays: bool) -> tuple[float, int]:
@@ -76,12 +84,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    lines = [f"# predict end to end vs the network alone: {a.model}, {a.images} PNGs of {a.size}x{a.size}",
-             "", f"- command: `{' '.join(['python', *sys.argv])}`",
-             f"- {time.strftime('%Y-%m-%d %H:%M')}, threads {a.threads}, "
-             f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}", ""]
-    rows = ["| batch | backend | network img/s | serial img/s | overlapped img/s | overlapped, no overlays img/s "
-            "| overlapped / network | NG images |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# predict end to end vs the network alone: {a.model}, {a.images} PNGs of {a.size}x{a.size}",
+        "",
+        f"- command: `{' '.join(['python', *sys.argv])}`",
+        f"- {time.strftime('%Y-%m-%d %H:%M')}, threads {a.threads}, "
+        f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        "",
+    ]
+    rows = [
+        "| batch | backend | network img/s | serial img/s | overlapped img/s | overlapped, no overlays img/s "
+        "| overlapped / network | NG images |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     with tempfile.TemporaryDirectory(prefix="defectseg-pipeline-") as tmp:
         tmp = Path(tmp)
         paths = write_images(tmp / "images", a.images, a.size)
@@ -89,8 +104,7 @@ def main() -> None:
         for b in [int(v) for v in a.batch.split(",")]:
             pred = Predictor.from_checkpoint(ckpt, device="cpu", backend=a.backend, batch_size=b, threads=a.threads)
             net = pred.segmenter
-            x = np.stack([model_input(net, cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))
-                          for p in paths[:b]])
+            x = np.stack([model_input(net, cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for p in paths[:b]])
             for _ in range(3):
                 net.logits(x)
             times = []
@@ -99,12 +113,14 @@ def main() -> None:
                 net.logits(x)
                 times.append(time.perf_counter() - t0)
             network = b / statistics.median(times)
-            end_to_end(pred, paths[:2 * b], tmp / "warm", True, True)  # warm-up: threads, allocator
+            end_to_end(pred, paths[: 2 * b], tmp / "warm", True, True)  # warm-up: threads, allocator
             serial, _ = end_to_end(pred, paths, tmp / "serial", False, True)
             overlapped, ng = end_to_end(pred, paths, tmp / "overlapped", True, True)
             no_overlays, _ = end_to_end(pred, paths, tmp / "no-overlays", True, False)
-            rows.append(f"| {b} | {net.backend} | {network:.1f} | {serial:.1f} | {overlapped:.1f} | "
-                        f"{no_overlays:.1f} | {overlapped / network:.0%} | {ng} / {a.images} |")
+            rows.append(
+                f"| {b} | {net.backend} | {network:.1f} | {serial:.1f} | {overlapped:.1f} | "
+                f"{no_overlays:.1f} | {overlapped / network:.0%} | {ng} / {a.images} |"
+            )
             print(rows[-1], flush=True)
     lines += rows + ["", f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}", ""]
     text = "\n".join(lines)

@@ -1,10 +1,12 @@
-"""Test defect IoU against CPU batch-1 latency, one point per model and dataset (its best finished run) of the results table (docs/results.md).
+"""Test defect IoU against CPU batch-1 latency, one point per model and dataset (its best finished run) of the
+results table (docs/results.md).
 
 Reads each run folder benchmarks/results/<dataset>/<run>/ that holds report.md (test metrics) and config.yaml
 (model, training size), and the latency tables benchmarks/results/latency-<size>[-rgb].md written by
 `defectseg benchmark` (median ms per model at that size). A run whose model and size have no latency row is
 listed and left out of the plot. Usage: python benchmarks/results_plot.py [OUT.png]  (default docs/results.png)
 """
+
 from __future__ import annotations
 
 import re
@@ -21,7 +23,10 @@ def table(path: Path) -> list[dict[str, str]]:
     lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
     if len(lines) < 2:
         return []
-    cells = lambda ln: [c.strip() for c in ln.strip().strip("|").split("|")]
+
+    def cells(ln: str) -> list[str]:
+        return [c.strip() for c in ln.strip().strip("|").split("|")]
+
     head = cells(lines[0])
     return [dict(zip(head, cells(ln))) for ln in lines[2:]]
 
@@ -44,13 +49,24 @@ def runs() -> list[dict]:
     for report in sorted(ROOT.glob("*/*/report.md")):
         cfg = yaml.safe_load((report.parent / "config.yaml").read_text())
         data = cfg["data"]
-        if cfg["train"].get("task") == "classify" or data.get("defective_only") or data.get("defect_free_only") or \
-                data.get("defective_images") is not None:  # .get: run folders written before these keys existed
+        if (
+            cfg["train"].get("task") == "classify"
+            or data.get("defective_only")
+            or data.get("defect_free_only")
+            or data.get("defective_images") is not None
+        ):  # .get: run folders written before these keys existed
             continue  # a gate, or a model that did not see every real defect (few-label curve, cascade part)
         metrics = {r["metric"]: float(r["value"]) for r in table(report)}
         size = cfg["data"]["crop"] or cfg["data"]["size"]  # crops train at crop size; latency at that size
-        out.append({"dataset": report.parent.parent.name, "run": report.parent.name, "model": cfg["model"]["name"],
-                    "size": int(size), "defect_iou": metrics["defect_iou"]})
+        out.append(
+            {
+                "dataset": report.parent.parent.name,
+                "run": report.parent.name,
+                "model": cfg["model"]["name"],
+                "size": int(size),
+                "defect_iou": metrics["defect_iou"],
+            }
+        )
     return out
 
 

@@ -1,4 +1,5 @@
 """Model cost: parameter counts and multiply-accumulates, checked against hand counts and FlopCounterMode."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,11 +33,17 @@ LAYERS = {
     "grouped conv": (nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=4), (2, 8, 9, 11), 2 * 12 * 5 * 6 * 2 * 9),
     # depthwise transposed conv, stride 2, output_padding 1 (CheapNet's decoder1): each of the
     # 2x6x5x7 input elements is multiplied by one 3x3 kernel slice
-    "depthwise transposed conv": (nn.ConvTranspose2d(6, 6, 3, stride=2, padding=1, output_padding=1, groups=6),
-                                  (2, 6, 5, 7), 2 * 6 * 5 * 7 * 9),
+    "depthwise transposed conv": (
+        nn.ConvTranspose2d(6, 6, 3, stride=2, padding=1, output_padding=1, groups=6),
+        (2, 6, 5, 7),
+        2 * 6 * 5 * 7 * 9,
+    ),
     # CheapNet's decoder2..4: 2G -> G with groups=G, one output channel per input pair
-    "grouped transposed conv": (nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1, groups=4),
-                                (1, 8, 4, 4), 1 * 8 * 4 * 4 * 1 * 9),
+    "grouped transposed conv": (
+        nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1, groups=4),
+        (1, 8, 4, 4),
+        1 * 8 * 4 * 4 * 1 * 9,
+    ),
     "standard transposed conv": (nn.ConvTranspose2d(3, 5, 4, stride=2, padding=1), (1, 3, 6, 6), 3 * 6 * 6 * 5 * 16),
     # linear on a 3-D input: every one of the 3x4x7 outputs sums 5 products
     "linear": (nn.Linear(5, 7), (3, 4, 5), 3 * 4 * 7 * 5),

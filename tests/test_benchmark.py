@@ -2,6 +2,7 @@
 
 Tiny inputs (32x32, one thread, few repetitions): these tests check the mechanics, not the speed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,10 +15,22 @@ import torch
 from typer.testing import CliRunner
 
 from defectseg import bench
-from defectseg.bench import timing
-from defectseg.bench import (BenchSetting, ModelSpec, ablation_specs, bench_header, count_macs, count_params,
-                             format_table, load_results, plot_throughput, run_benchmark, time_inference,
-                             time_training, validate_setting)
+from defectseg.bench import (
+    BenchSetting,
+    ModelSpec,
+    ablation_specs,
+    bench_header,
+    count_macs,
+    count_params,
+    format_table,
+    load_results,
+    plot_throughput,
+    run_benchmark,
+    time_inference,
+    time_training,
+    timing,
+    validate_setting,
+)
 from defectseg.cli import app
 from defectseg.models import create_model
 from defectseg.runtime import cpu_bf16
@@ -28,13 +41,25 @@ FAST = dict(warmup=1, repeats=4, max_seconds=5.0, min_repeats=2)
 @pytest.fixture(scope="module")
 def rows() -> list[dict]:
     """Two models, batches 1 and 3, one benchmark call shared by several tests."""
-    return run_benchmark(["cheapnet-s", "cheapnet-m"], size=32, channels=1, device="cpu", batches=(1, 3),
-                         dtypes=("fp32",), threads=1, **FAST)
+    return run_benchmark(
+        ["cheapnet-s", "cheapnet-m"],
+        size=32,
+        channels=1,
+        device="cpu",
+        batches=(1, 3),
+        dtypes=("fp32",),
+        threads=1,
+        **FAST,
+    )
 
 
 def test_rows_have_sane_figures(rows):
-    assert [(r["model"], r["batch"]) for r in rows] == [("cheapnet-s", 1), ("cheapnet-s", 3), ("cheapnet-m", 1),
-                                                        ("cheapnet-m", 3)]
+    assert [(r["model"], r["batch"]) for r in rows] == [
+        ("cheapnet-s", 1),
+        ("cheapnet-s", 3),
+        ("cheapnet-m", 1),
+        ("cheapnet-m", 3),
+    ]
     for r in rows:
         assert set(r) == set(bench.COLUMNS)
         assert 0 < r["median_ms"] <= r["p95_ms"]
@@ -66,8 +91,7 @@ def test_timed_loop_counts_warmup_and_repeats():
     times = timing._timed(lambda: calls.append(1), torch.device("cpu"), warmup=3, repeats=7, max_seconds=60)
     assert len(calls) == 10 and len(times) == 7 and all(t >= 0 for t in times)
     # the time budget stops repeating, but not before min_repeats
-    times = timing._timed(lambda: None, torch.device("cpu"), warmup=0, repeats=1000, max_seconds=1e-9,
-                          min_repeats=3)
+    times = timing._timed(lambda: None, torch.device("cpu"), warmup=0, repeats=1000, max_seconds=1e-9, min_repeats=3)
     assert len(times) == 3
 
 
@@ -138,8 +162,7 @@ def test_onnxruntime_backend_runs():
 
 @pytest.mark.skipif(not cpu_bf16(), reason="this CPU runs bf16 in oneDNN's reference code: the benchmark refuses it")
 def test_channels_last_and_bf16_on_cpu():
-    out = run_benchmark(["cheapnet-s"], size=32, batches=(1,), dtypes=("bf16",), channels_last=True, threads=1,
-                        **FAST)
+    out = run_benchmark(["cheapnet-s"], size=32, batches=(1,), dtypes=("bf16",), channels_last=True, threads=1, **FAST)
     assert out[0]["channels_last"] is True and out[0]["dtype"] == "bf16" and out[0]["median_ms"] > 0
 
 
@@ -175,8 +198,9 @@ def test_validation_errors():
 
 def test_dtype_probe_reports_unsupported_dtype(monkeypatch):
     """A (device, dtype) the backend cannot run fails before timing with a message naming the fix."""
+
     def broken(*args, **kwargs):
-        raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')
+        raise RuntimeError("\"slow_conv2d_cpu\" not implemented for 'Half'")
 
     monkeypatch.setattr(torch.nn.Conv2d, "forward", broken)
     with pytest.raises(ValueError, match="fp16 is not supported on cpu.*--dtype fp32"):
@@ -189,8 +213,22 @@ TINY = ["benchmark", "--size", "32", "--device", "cpu", "--threads", "1", "--war
 
 def test_cli_json_and_plot(tmp_path):
     out = tmp_path / "table.json"
-    result = runner.invoke(app, TINY + ["--models", "cheapnet-s", "--batch", "1,2", "--format", "json",
-                                        "--out", str(out), "--plot", str(tmp_path / "p.png")])
+    result = runner.invoke(
+        app,
+        TINY
+        + [
+            "--models",
+            "cheapnet-s",
+            "--batch",
+            "1,2",
+            "--format",
+            "json",
+            "--out",
+            str(out),
+            "--plot",
+            str(tmp_path / "p.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["header"]["command"].startswith("defectseg benchmark --models cheapnet-s --size 32")
@@ -204,19 +242,24 @@ def test_cli_ablation_subset():
     assert result.exit_code == 0, result.output
     body = [l for l in result.stdout.splitlines() if l and not l.startswith("#")]
     rows = list(csv.DictReader(body))
-    assert {(r["model"], int(r["params"])) for r in rows} == {("cheapnet-G2-depthwise", 277),
-                                                              ("cheapnet-G2-standard", 475)}
+    assert {(r["model"], int(r["params"])) for r in rows} == {
+        ("cheapnet-G2-depthwise", 277),
+        ("cheapnet-G2-standard", 475),
+    }
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--models", "no-such-net"], "unknown model"),
-    (["--models", "cheapnet-s", "--dtype", "fp8"], "unknown dtype"),
-    (["--models", "cheapnet-s", "--cuda-graphs"], "needs --device cuda"),
-    (["--models", "cheapnet-s", "--batch", "one"], "comma-separated integers"),
-    (["--models", "cheapnet-s", "--format", "xml"], "md, csv or json"),
-    (["--models", "cheapnet-s", "--backend", "onnxruntime", "--dtype", "bf16"], "float32"),
-    (["--ablation", "resnet"], "only sweep is 'cheapnet'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "no-such-net"], "unknown model"),
+        (["--models", "cheapnet-s", "--dtype", "fp8"], "unknown dtype"),
+        (["--models", "cheapnet-s", "--cuda-graphs"], "needs --device cuda"),
+        (["--models", "cheapnet-s", "--batch", "one"], "comma-separated integers"),
+        (["--models", "cheapnet-s", "--format", "xml"], "md, csv or json"),
+        (["--models", "cheapnet-s", "--backend", "onnxruntime", "--dtype", "bf16"], "float32"),
+        (["--ablation", "resnet"], "only sweep is 'cheapnet'"),
+    ],
+)
 def test_cli_bad_input_exits_2(args, message):
     result = runner.invoke(app, TINY + args)
     assert result.exit_code == 2
@@ -237,8 +280,9 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.gpu
 @gpu
 def test_gpu_events_graphs_and_memory():
-    rows = run_benchmark(["cheapnet-s"], size=64, device="cuda", batches=(1, 4), dtypes=("fp32", "bf16"),
-                         cuda_graphs=True, **FAST)
+    rows = run_benchmark(
+        ["cheapnet-s"], size=64, device="cuda", batches=(1, 4), dtypes=("fp32", "bf16"), cuda_graphs=True, **FAST
+    )
     assert len(rows) == 4
     for r in rows:
         assert 0 < r["median_ms"] <= r["p95_ms"] and r["peak_mem_mb"] > 0
@@ -248,6 +292,7 @@ def test_gpu_events_graphs_and_memory():
 @pytest.mark.gpu
 @gpu
 def test_gpu_training_channels_last():
-    rows = run_benchmark(["cheapnet-m"], size=64, device="cuda", batches=(4,), dtypes=("bf16",), train=True,
-                         channels_last=True, **FAST)
+    rows = run_benchmark(
+        ["cheapnet-m"], size=64, device="cuda", batches=(4,), dtypes=("bf16",), train=True, channels_last=True, **FAST
+    )
     assert rows[0]["img_per_s"] > 0 and rows[0]["peak_mem_mb"] > 0

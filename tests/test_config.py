@@ -1,4 +1,5 @@
 """Config values are checked when the config is built: key, bad value and what is expected, all at once."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,36 +22,44 @@ def _registry(key: str) -> list[str]:
     def names(r):
         return sorted(r) if isinstance(r, (set, frozenset)) else list(r)
 
-    return {"data.format": ["auto", *formats.FORMATS], "data.augment": names(transforms.PRESETS),
-            "model.name": models.list_models(), "train.loss": names(losses.LOSSES),
-            "train.optimizer": names(optim.OPTIMIZERS), "train.schedule": names(optim.SCHEDULES),
-            "train.monitor": names(metrics.MONITORS)}[key]
+    return {
+        "data.format": ["auto", *formats.FORMATS],
+        "data.augment": names(transforms.PRESETS),
+        "model.name": models.list_models(),
+        "train.loss": names(losses.LOSSES),
+        "train.optimizer": names(optim.OPTIMIZERS),
+        "train.schedule": names(optim.SCHEDULES),
+        "train.monitor": names(metrics.MONITORS),
+    }[key]
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("train.lr=abc", ["train.lr", "'abc'", "number"]),
-    ("data.size=12.5", ["data.size", "12.5", "integer"]),
-    ("train.amp=maybe", ["train.amp", "'maybe'", "true or false"]),
-    ("data.size=true", ["data.size", "True", "integer"]),
-    ("train.epochs=0", ["train.epochs", ">= 1"]),
-    ("train.lr=-0.1", ["train.lr", "> 0"]),
-    ("train.iterations=0", ["train.iterations", ">= 1"]),
-    ("infer.threshold=1.5", ["infer.threshold", "[0, 1]"]),
-    ("infer.connectivity=6", ["infer.connectivity", "4 or 8"]),
-    ("infer.score=median", ["infer.score", "mean, max"]),
-    ("data.channels=2", ["data.channels", "1 (gray) or 3 (RGB)"]),
-    ("data.fractions=[0.5, 0.5, 0.1]", ["data.fractions", "summing to 1"]),
-    ("data.fractions=[0.5, 0.5]", ["data.fractions", "3 numbers"]),
-    ("train.task=detect", ["train.task", "segment, classify"]),
-    ("train.class_weights=median", ["train.class_weights", "did you mean 'median-frequency'?"]),
-    ("train.device=gpu", ["train.device", "cuda:N"]),
-    ("train.device=cuda:-1", ["train.device", "'cuda:-1'"]),
-    ("train.grad_clip=0", ["train.grad_clip", "> 0"]),
-    ("train.milestones=60", ["train.milestones", "list of integers"]),
-    ("model.options=3", ["model.options", "mapping"]),
-    ("model.num_classes=0", ["model.num_classes", ">= 1"]),
-    ("infer.tile=0", ["infer.tile", ">= 1"]),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("train.lr=abc", ["train.lr", "'abc'", "number"]),
+        ("data.size=12.5", ["data.size", "12.5", "integer"]),
+        ("train.amp=maybe", ["train.amp", "'maybe'", "true or false"]),
+        ("data.size=true", ["data.size", "True", "integer"]),
+        ("train.epochs=0", ["train.epochs", ">= 1"]),
+        ("train.lr=-0.1", ["train.lr", "> 0"]),
+        ("train.iterations=0", ["train.iterations", ">= 1"]),
+        ("infer.threshold=1.5", ["infer.threshold", "[0, 1]"]),
+        ("infer.connectivity=6", ["infer.connectivity", "4 or 8"]),
+        ("infer.score=median", ["infer.score", "mean, max"]),
+        ("data.channels=2", ["data.channels", "1 (gray) or 3 (RGB)"]),
+        ("data.fractions=[0.5, 0.5, 0.1]", ["data.fractions", "summing to 1"]),
+        ("data.fractions=[0.5, 0.5]", ["data.fractions", "3 numbers"]),
+        ("train.task=detect", ["train.task", "segment, classify"]),
+        ("train.class_weights=median", ["train.class_weights", "did you mean 'median-frequency'?"]),
+        ("train.device=gpu", ["train.device", "cuda:N"]),
+        ("train.device=cuda:-1", ["train.device", "'cuda:-1'"]),
+        ("train.grad_clip=0", ["train.grad_clip", "> 0"]),
+        ("train.milestones=60", ["train.milestones", "list of integers"]),
+        ("model.options=3", ["model.options", "mapping"]),
+        ("model.num_classes=0", ["model.num_classes", ">= 1"]),
+        ("infer.tile=0", ["infer.tile", ">= 1"]),
+    ],
+)
 def test_bad_value_names_key_value_and_expectation(item, expected):
     with pytest.raises(ValueError) as err:
         C.from_dict(_set(item))
@@ -58,15 +67,18 @@ def test_bad_value_names_key_value_and_expectation(item, expected):
         assert part in str(err.value), (part, str(err.value))
 
 
-@pytest.mark.parametrize("item, key, close", [
-    ("train.schedule=cosin", "train.schedule", "cosine"),
-    ("train.monitor=nope", "train.monitor", None),
-    ("train.loss=dicee", "train.loss", "dice"),
-    ("train.optimizer=adamm", "train.optimizer", "adam"),
-    ("data.format=dagn", "data.format", "dagm"),
-    ("data.augment=heavy", "data.augment", None),
-    ("model.name=cheapnet-xl", "model.name", None),
-])
+@pytest.mark.parametrize(
+    "item, key, close",
+    [
+        ("train.schedule=cosin", "train.schedule", "cosine"),
+        ("train.monitor=nope", "train.monitor", None),
+        ("train.loss=dicee", "train.loss", "dice"),
+        ("train.optimizer=adamm", "train.optimizer", "adam"),
+        ("data.format=dagn", "data.format", "dagm"),
+        ("data.augment=heavy", "data.augment", None),
+        ("model.name=cheapnet-xl", "model.name", None),
+    ],
+)
 def test_unknown_name_lists_the_registry(item, key, close):
     with pytest.raises(ValueError) as err:
         C.from_dict(_set(item))
@@ -79,13 +91,26 @@ def test_unknown_name_lists_the_registry(item, key, close):
 
 def test_every_problem_is_reported_together():
     with pytest.raises(ValueError) as err:
-        C.from_dict({"train": {"lr": "abc", "schedule": "cosin", "epochs": 0, "learning_rate": 1},
-                     "data": {"size": 12.5}, "infer": 3, "nme": "x"})
+        C.from_dict(
+            {
+                "train": {"lr": "abc", "schedule": "cosin", "epochs": 0, "learning_rate": 1},
+                "data": {"size": 12.5},
+                "infer": 3,
+                "nme": "x",
+            }
+        )
     lines = str(err.value).splitlines()
     assert lines[0] == "7 problems in the config:"
     body = "\n".join(lines[1:])
-    for part in ("train.lr", "train.schedule", "train.epochs", "'train.learning_rate'", "data.size", "infer:",
-                 "did you mean 'name'?"):
+    for part in (
+        "train.lr",
+        "train.schedule",
+        "train.epochs",
+        "'train.learning_rate'",
+        "data.size",
+        "infer:",
+        "did you mean 'name'?",
+    ):
         assert part in body, part
     assert len(lines) == 8  # one line per problem
 
@@ -100,10 +125,19 @@ def test_unknown_keys_stay_errors():
 
 
 def test_valid_values_are_converted_losslessly():
-    cfg = C.from_dict({"train": {"lr": 1, "milestones": (10, 20), "device": "cuda:1", "grad_clip": 1,
-                                 "weight_decay": "1e-4"},  # PyYAML reads 1e-4 as a string
-                       "data": {"fractions": [1, 0, 0], "size": 64.0},
-                       "infer": {"tile": None, "threshold": 1}})
+    cfg = C.from_dict(
+        {
+            "train": {
+                "lr": 1,
+                "milestones": (10, 20),
+                "device": "cuda:1",
+                "grad_clip": 1,
+                "weight_decay": "1e-4",
+            },  # PyYAML reads 1e-4 as a string
+            "data": {"fractions": [1, 0, 0], "size": 64.0},
+            "infer": {"tile": None, "threshold": 1},
+        }
+    )
     assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
     assert cfg.train.weight_decay == 1e-4
     assert cfg.train.milestones == [10, 20] and cfg.train.grad_clip == 1.0
@@ -144,16 +178,19 @@ def test_cli_set_fails_before_training(tmp_path):
 
     from defectseg.cli import app
 
-    res = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--out-dir", str(tmp_path), "--quiet",
-                                   "--set", "train.schedule=cosin"])
+    res = CliRunner().invoke(
+        app, ["train", "--data", str(tmp_path), "--out-dir", str(tmp_path), "--quiet", "--set", "train.schedule=cosin"]
+    )
     assert res.exit_code != 0
     out = " ".join(res.output.split())  # rich may wrap long lines
     assert "train.schedule" in out and "did you mean 'cosine'?" in out
     assert not any(tmp_path.iterdir())  # nothing was started
 
 
-@pytest.mark.parametrize("key", ["data.format", "data.augment", "model.name", "train.loss", "train.optimizer",
-                                 "train.schedule", "train.monitor"])
+@pytest.mark.parametrize(
+    "key",
+    ["data.format", "data.augment", "model.name", "train.loss", "train.optimizer", "train.schedule", "train.monitor"],
+)
 def test_choices_come_from_the_registries(key):
     assert C.choices(key) == _registry(key)
 

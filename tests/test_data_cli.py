@@ -1,4 +1,5 @@
 """`defectseg data synth` and `defectseg data stats` through typer's CliRunner."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ runner = CliRunner()
 
 def test_synth_then_stats(tmp_path):
     out = tmp_path / "synth"
-    r = runner.invoke(app, ["synth", "--out", str(out), "--n-per-class", "7", "--size", "64", "--seed", "2",
-                            "--classes", "2"])
+    r = runner.invoke(
+        app, ["synth", "--out", str(out), "--n-per-class", "7", "--size", "64", "--seed", "2", "--classes", "2"]
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 14 images" in r.output
     assert (out / "Class2" / "Test" / "Label" / "Labels.txt").is_file()

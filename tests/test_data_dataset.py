@@ -1,4 +1,5 @@
 """SegmentationDataset: tensors, resize, cache (and its cap), DataLoader workers."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Readers: a tiny fixture in each layout written here, read back; auto-detection; bad input."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from defectseg.data import (FORMATS, IMAGE_SUFFIXES, SegmentationDataset, detect_format, load_dataset, load_pair,
-                            read_image, read_mask, register_format)
+from defectseg.data import (
+    FORMATS,
+    IMAGE_SUFFIXES,
+    SegmentationDataset,
+    detect_format,
+    load_dataset,
+    load_pair,
+    read_image,
+    read_mask,
+    register_format,
+)
 
 
 def img(h=24, w=32, seed=0, rgb=False) -> np.ndarray:
@@ -18,7 +28,7 @@ def img(h=24, w=32, seed=0, rgb=False) -> np.ndarray:
 
 def box(h=24, w=32, value=255, y=4, x=6, size=5) -> np.ndarray:
     m = np.zeros((h, w), np.uint8)
-    m[y:y + size, x:x + size] = value
+    m[y : y + size, x : x + size] = value
     return m
 
 
@@ -106,9 +116,15 @@ def write_generic(root: Path, n=4) -> Path:
     return root
 
 
-WRITERS = {"dagm": write_dagm, "dagm-small": write_dagm_small, "kolektor": write_kolektor,
-           "magnetic-tile": write_magnetic_tile, "neu-seg": write_neu, "mvtec": write_mvtec,
-           "generic": write_generic}
+WRITERS = {
+    "dagm": write_dagm,
+    "dagm-small": write_dagm_small,
+    "kolektor": write_kolektor,
+    "magnetic-tile": write_magnetic_tile,
+    "neu-seg": write_neu,
+    "mvtec": write_mvtec,
+    "generic": write_generic,
+}
 EXPECTED = {  # layout -> (format, samples, defective-by-mask count, class count)
     "dagm": ("dagm", 12, 4, 2),
     "dagm-small": ("dagm", 3, 3, 2),
@@ -204,7 +220,7 @@ def test_generic_unlabeled_needs_flag(tmp_path):
 
 
 def test_read_image_conversions(tmp_path):
-    a16 = (np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80)
+    a16 = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 80
     p = tmp_path / "16.png"
     Image.fromarray(a16).save(p)
     got = read_image(p)

@@ -1,4 +1,5 @@
 """Real datasets in ../shared/data (skipped when absent). Counts come from the listing; a few files are decoded."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,7 @@ from defectseg.data import detect_format, load_dataset, load_pair, load_split, m
 from defectseg.data.cli import app
 
 SHARED = Path(os.environ.get("DEFECTSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-pytestmark = [pytest.mark.realdata,
-              pytest.mark.skipif(not SHARED.is_dir(), reason=f"no real data at {SHARED}")]
+pytestmark = [pytest.mark.realdata, pytest.mark.skipif(not SHARED.is_dir(), reason=f"no real data at {SHARED}")]
 
 
 def need(name: str) -> Path:
@@ -29,8 +29,14 @@ def test_magnetic_tile():
     assert len(spec.samples) == 1344
     assert sum(1 for s in spec.samples if s.defective is False) == 952
     counts = {g: sum(1 for s in spec.samples if s.group == g) for g in {s.group for s in spec.samples}}
-    assert counts == {"MT_Blowhole": 115, "MT_Break": 85, "MT_Crack": 57, "MT_Fray": 32, "MT_Uneven": 103,
-                      "MT_Free": 952}
+    assert counts == {
+        "MT_Blowhole": 115,
+        "MT_Break": 85,
+        "MT_Crack": 57,
+        "MT_Fray": 32,
+        "MT_Uneven": 103,
+        "MT_Free": 952,
+    }
     split_file = root / "split-70-15-15.json"
     if split_file.is_file():
         split = load_split(split_file)

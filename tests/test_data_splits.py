@@ -1,4 +1,5 @@
 """Splits: determinism, stratification, dataset-given splits, save/load, select."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,17 @@ def samples(groups=(("A", 100, 20), ("B", 60, 0), ("C", 35, 7)), split=None, roo
     for g, n, n_def in groups:
         for i in range(n):
             d = i < n_def
-            out.append(Sample(root / g / f"{i:03d}.png", root / g / f"{i:03d}_m.png" if d else None, "gt127", g,
-                              split, defective=d, root=root))
+            out.append(
+                Sample(
+                    root / g / f"{i:03d}.png",
+                    root / g / f"{i:03d}_m.png" if d else None,
+                    "gt127",
+                    g,
+                    split,
+                    defective=d,
+                    root=root,
+                )
+            )
     return out
 
 
@@ -32,8 +42,9 @@ def test_stratified():
     s = samples()
     split = make_split(s, fractions=(0.7, 0.15, 0.15), seed=0)
     by_key = {x.key: x for x in s}
-    for part, expected in (("val", {("A", True): 3, ("A", False): 12, ("B", False): 9, ("C", True): 1,
-                                    ("C", False): 4}),):
+    for part, expected in (
+        ("val", {("A", True): 3, ("A", False): 12, ("B", False): 9, ("C", True): 1, ("C", False): 4}),
+    ):
         counts: dict = {}
         for k in split[part]:
             x = by_key[k]
@@ -44,22 +55,32 @@ def test_stratified():
 
 
 def test_reference_counts_like_magnetic_tile():
-    groups = (("MT_Blowhole", 115, 115), ("MT_Break", 85, 85), ("MT_Crack", 57, 57), ("MT_Fray", 32, 32),
-              ("MT_Uneven", 103, 103), ("MT_Free", 952, 0))
+    groups = (
+        ("MT_Blowhole", 115, 115),
+        ("MT_Break", 85, 85),
+        ("MT_Crack", 57, 57),
+        ("MT_Fray", 32, 32),
+        ("MT_Uneven", 103, 103),
+        ("MT_Free", 952, 0),
+    )
     split = make_split(samples(groups), seed=0)
     assert [len(split[k]) for k in ("train", "val", "test")] == [940, 202, 202]
 
 
 def test_given_splits_respected_and_val_carved():
     s = samples((("A", 40, 10),), split="train") + [
-        Sample(Path(f"/d/T/{i}.png"), None, "gt127", "A", "test", root=Path("/d")) for i in range(10)]
+        Sample(Path(f"/d/T/{i}.png"), None, "gt127", "A", "test", root=Path("/d")) for i in range(10)
+    ]
     split = make_split(s, seed=0)
     assert sorted(split["test"]) == sorted(f"T/{i}.png" for i in range(10))
     assert len(split["val"]) == round(30 * 0.15 / 0.85) + round(10 * 0.15 / 0.85)
     assert all(k.startswith("A/") for k in split["val"])
     assert split == make_split(s, seed=0)
-    full = [Sample(Path(f"/d/{p}/{i}.png"), None, "gt127", "n", p, root=Path("/d"))
-            for p, n in (("train", 5), ("val", 3), ("test", 2)) for i in range(n)]
+    full = [
+        Sample(Path(f"/d/{p}/{i}.png"), None, "gt127", "n", p, root=Path("/d"))
+        for p, n in (("train", 5), ("val", 3), ("test", 2))
+        for i in range(n)
+    ]
     split = make_split(full, seed=4)
     assert [len(split[k]) for k in ("train", "val", "test")] == [5, 3, 2]
 

@@ -1,12 +1,18 @@
 """Statistics and median-frequency weights on a hand-made case."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from defectseg.data import (SegmentationDataset, class_pixel_counts, dataset_stats, load_dataset,
-                            median_frequency_weights)
+from defectseg.data import (
+    SegmentationDataset,
+    class_pixel_counts,
+    dataset_stats,
+    load_dataset,
+    median_frequency_weights,
+)
 
 
 def test_median_frequency_weights_by_hand():

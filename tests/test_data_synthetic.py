@@ -1,4 +1,5 @@
 """Synthetic generator: deterministic, exact masks, visible defects, DAGM layout, speed."""
+
 from __future__ import annotations
 
 import time

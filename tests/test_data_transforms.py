@@ -1,4 +1,5 @@
 """Augmentation keeps image and mask aligned; seeded; state resume."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,7 @@ def blobs(b=6, h=48, w=48, seed=0) -> torch.Tensor:
     for i in range(b):
         for _ in range(3):
             y, x = torch.randint(4, h - 12, (2,), generator=g).tolist()
-            m[i, y:y + 8, x:x + 10] = int(torch.randint(1, 4, (1,), generator=g))
+            m[i, y : y + 8, x : x + 10] = int(torch.randint(1, 4, (1,), generator=g))
     return m
 
 

@@ -1,5 +1,6 @@
 """Synthetic defects and copy-paste (data/defects.py): exact masks, only on good images, seeded, on the batch's
 device."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,7 +35,7 @@ def test_synthetic_defect_mask_is_exactly_where_the_image_changed_by_half_its_op
     for _ in range(5):  # the draws that chose images 1-5 (image 0 is not free: no draw)
         replay._u()
     m1 = replay.shape(64, 80, torch.device("cpu"))
-    opacity, sigma = replay._u(0.4, 1.0), replay._u(0.0, 1.5)
+    _opacity, sigma = replay._u(0.4, 1.0), replay._u(0.0, 1.5)  # opacity: drawn, not needed here
     weight = _blur(m1, sigma).clamp(0, 1)
     assert torch.equal(m[1] == 1, weight >= 0.5)
     changed = (y[1] - x[1]).abs()[0]
@@ -95,12 +96,27 @@ def test_training_with_made_defects_and_on_good_parts_only(tmp_path):
         seen.append(([type(f).__name__ for f in self.defects], int((mask > 0).flatten(1).any(1).sum())))
         return original(self, images, mask)
 
-    common = ["train", "--data", str(tmp_path / "data"), "--size", "32", "--epochs", "1", "--batch-size", "8",
-              "--device", "cpu", "--model", "cheapmix-s", "--out-dir", str(tmp_path / "runs"), "-q"]
+    common = [
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--model",
+        "cheapmix-s",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "-q",
+    ]
     TrainStep.__call__ = spy
     try:
-        res = CliRunner().invoke(app, [*common, "--name", "made", "--synthetic-defects", "0.5", "--copy-paste",
-                                       "0.5"])
+        res = CliRunner().invoke(app, [*common, "--name", "made", "--synthetic-defects", "0.5", "--copy-paste", "0.5"])
         assert res.exit_code == 0, res.output
         assert seen and all(kinds == ["SyntheticDefects", "CopyPaste"] for kinds, _ in seen)
         seen.clear()
@@ -123,8 +139,14 @@ def test_defective_images_keeps_a_seeded_subset_of_the_real_defects(tmp_path):
     write_dagm(tmp_path / "data", n_per_class=20, size=32, defective_fraction=0.5, seed=1, classes=1)
     chosen = []
     for _ in range(2):
-        cfg = C.from_dict({"data": {"root": str(tmp_path / "data"), "size": 32, "defective_images": 3},
-                           "train": {"device": "cpu"}, "out_dir": str(tmp_path / "runs"), "name": f"r{len(chosen)}"})
+        cfg = C.from_dict(
+            {
+                "data": {"root": str(tmp_path / "data"), "size": 32, "defective_images": 3},
+                "train": {"device": "cpu"},
+                "out_dir": str(tmp_path / "runs"),
+                "name": f"r{len(chosen)}",
+            }
+        )
         t = Trainer(cfg, quiet=True)
         samples = t.train_set.samples
         chosen.append(sorted(s.key for s in samples if s.defective))

@@ -1,4 +1,5 @@
 """The demo's whole path (data -> train -> evaluate -> predict) at toy scale; `make demo` runs it full size."""
+
 import json
 
 from defectseg.data import load_dataset

@@ -1,5 +1,6 @@
 """ONNX export: PyTorch/ONNX Runtime parity for every registered model at two sizes with dynamic axes,
 metadata round trip, atomic writes, and clear errors for missing, truncated or foreign files."""
+
 from __future__ import annotations
 
 import json
@@ -108,8 +109,12 @@ def test_metadata_round_trip(tmp_path: Path) -> None:
 
 def test_metadata_must_be_strings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="json.dumps"):
-        export_onnx(_model("cheapnet-s"), tmp_path / "m.onnx", input_shape=(1, 1, 32, 32),
-                    metadata={"defectseg_config": {"not": "serialised"}})  # type: ignore[dict-item]
+        export_onnx(
+            _model("cheapnet-s"),
+            tmp_path / "m.onnx",
+            input_shape=(1, 1, 32, 32),
+            metadata={"defectseg_config": {"not": "serialised"}},
+        )  # type: ignore[dict-item]
     assert not (tmp_path / "m.onnx").exists()
 
 

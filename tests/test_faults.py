@@ -1,5 +1,6 @@
 """Bad inputs and faults a production user hits: nothing overwritten, nothing read back, nothing silent, and a
 one-line error that says how to fix it (docs/reliability.md lists the cases)."""
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,28 @@ def run(tmp_path_factory) -> dict[str, Path]:
     cwd = os.getcwd()
     os.chdir(root)  # the data path is given relative to here
     try:
-        _ok(["train", "--data", "data", "--size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
-             "--model", "cheapmix-s", "--out-dir", "runs", "--name", "r", "-q"])
+        _ok(
+            [
+                "train",
+                "--data",
+                "data",
+                "--size",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--model",
+                "cheapmix-s",
+                "--out-dir",
+                "runs",
+                "--name",
+                "r",
+                "-q",
+            ]
+        )
     finally:
         os.chdir(cwd)
     return {"root": root, "ckpt": root / "runs" / "r" / "best.pt", "images": images}
@@ -59,8 +80,11 @@ def run(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a/b", "a\\b", ".."])
 def test_run_name_cannot_escape_out_dir(tmp_path, name):
-    _refused(["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "runs"), "--name", name],
-             "name:", "plain run name")
+    _refused(
+        ["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "runs"), "--name", name],
+        "name:",
+        "plain run name",
+    )
     assert not (tmp_path / "x").exists() and not (tmp_path / "runs").exists()
 
 
@@ -89,8 +113,11 @@ def test_evaluate_refuses_an_onnx_file_with_what_to_pass(tmp_path):
 
 def test_predict_never_writes_into_its_input_folder(run):
     before = sorted(p.name for p in run["images"].iterdir())
-    _refused(["predict", str(run["images"]), "--checkpoint", str(run["ckpt"]), "--out", str(run["images"]), "-q"],
-             "holds input images", "separate output folder")
+    _refused(
+        ["predict", str(run["images"]), "--checkpoint", str(run["ckpt"]), "--out", str(run["images"]), "-q"],
+        "holds input images",
+        "separate output folder",
+    )
     assert sorted(p.name for p in run["images"].iterdir()) == before
 
 
@@ -131,11 +158,13 @@ def test_data_synth_refuses_a_non_empty_folder(tmp_path):
     out = tmp_path / "syn"
     _ok(["data", "synth", "--out", str(out), "--n-per-class", "6", "--size", "32", "--classes", "1"])
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
-    _refused(["data", "synth", "--out", str(out), "--n-per-class", "3", "--size", "32", "--classes", "1"],
-             "not empty", "--overwrite")
+    _refused(
+        ["data", "synth", "--out", str(out), "--n-per-class", "3", "--size", "32", "--classes", "1"],
+        "not empty",
+        "--overwrite",
+    )
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-    _ok(["data", "synth", "--out", str(out), "--n-per-class", "3", "--size", "32", "--classes", "1",
-         "--overwrite"])
+    _ok(["data", "synth", "--out", str(out), "--n-per-class", "3", "--size", "32", "--classes", "1", "--overwrite"])
     _ok(["data", "stats", str(out)])  # the replaced data loads (no files of the first synth left)
     assert len(list((out / "Class1").rglob("*.PNG"))) < len([p for p in before if p.suffix == ".PNG"])
 
@@ -145,10 +174,31 @@ def test_unwritable_outputs_are_one_line_errors(run, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     ck = str(run["ckpt"])
-    _refused(["train", "--data", str(run["root"] / "data"), "--size", "32", "--epochs", "1", "--device", "cpu",
-              "--out-dir", str(blocker / "runs"), "--name", "r", "-q"], "cannot write the run folder", "--out-dir")
-    _refused(["predict", str(run["images"]), "--checkpoint", ck, "--out", str(blocker / "p"), "-q"],
-             "cannot create the output folder", "writable --out")
+    _refused(
+        [
+            "train",
+            "--data",
+            str(run["root"] / "data"),
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(blocker / "runs"),
+            "--name",
+            "r",
+            "-q",
+        ],
+        "cannot write the run folder",
+        "--out-dir",
+    )
+    _refused(
+        ["predict", str(run["images"]), "--checkpoint", ck, "--out", str(blocker / "p"), "-q"],
+        "cannot create the output folder",
+        "writable --out",
+    )
     _refused(["export", "--checkpoint", ck, "--out", str(blocker / "m.onnx")], "cannot write", "writable --out")
     _refused(["evaluate", "--checkpoint", ck, "--json", str(blocker / "m.json")], "cannot write", "--json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
@@ -164,8 +214,12 @@ def test_a_checkpoint_that_would_run_code_is_refused_plainly(tmp_path):
             return (os.system, ("touch " + str(tmp_path / "ran"),))
 
     torch.save({"format": "defectseg-checkpoint-v2", "x": RunsCode()}, tmp_path / "evil.pt")
-    res = _refused(["evaluate", "--checkpoint", str(tmp_path / "evil.pt")], "is not a safe checkpoint",
-                   "will not be loaded", "system")
+    res = _refused(
+        ["evaluate", "--checkpoint", str(tmp_path / "evil.pt")],
+        "is not a safe checkpoint",
+        "will not be loaded",
+        "system",
+    )
     assert "weights_only" not in res.output and not (tmp_path / "ran").exists()
 
 
@@ -193,8 +247,27 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
 
 
 def _train_args(run, out: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(run["root"] / "data"), "--size", "32", "--epochs", "1", "--batch-size", "4",
-            "--device", "cpu", "--model", "cheapmix-s", "--out-dir", str(out), "--name", "r", "-q", *extra]
+    return [
+        "train",
+        "--data",
+        str(run["root"] / "data"),
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--model",
+        "cheapmix-s",
+        "--out-dir",
+        str(out),
+        "--name",
+        "r",
+        "-q",
+        *extra,
+    ]
 
 
 def test_a_second_training_into_a_locked_run_folder_is_refused(run, tmp_path):
@@ -240,8 +313,9 @@ def test_kill_9_during_training_then_resume_finishes(run, tmp_path):
     folder = tmp_path / "r"
     args = _train_args(run, tmp_path)
     args[args.index("--epochs") + 1] = "12"
-    proc = subprocess.Popen([sys.executable, "-m", "defectseg.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "defectseg.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (folder / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -273,8 +347,9 @@ def test_an_image_over_the_pixel_cap_is_refused_from_its_header(run, tmp_path, m
     with pytest.raises(ValueError, match="over the cap of 150,000,000 pixels.*DEFECTSEG_MAX_PIXELS"):
         read_image(folder / "bomb.png")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 100_000  # KB: never decoded
-    res = runner.invoke(app, ["predict", str(folder), "--checkpoint", str(run["ckpt"]), "--out",
-                              str(tmp_path / "p"), "-q"])
+    res = runner.invoke(
+        app, ["predict", str(folder), "--checkpoint", str(run["ckpt"]), "--out", str(tmp_path / "p"), "-q"]
+    )
     assert res.exit_code == 0 and "over the cap" in " ".join(res.output.split())
     rows = [json.loads(line) for line in (tmp_path / "p" / "results.jsonl").read_text().splitlines()]
     assert sum(r["verdict"] == "ERROR" for r in rows) == 1 and len(rows) == 5
@@ -292,8 +367,26 @@ def test_an_unreadable_file_in_any_split_fails_before_training_or_is_listed_with
     victims = sorted((data / "Class1" / "Test").glob("*.PNG"))[:2]
     for v in victims:  # truncated: the header reads, the pixels do not
         v.write_bytes(v.read_bytes()[: v.stat().st_size // 2])
-    args = ["train", "--data", str(data), "--size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
-            "--model", "cheapmix-s", "--out-dir", str(tmp_path / "runs"), "--name", "r", "-q"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--model",
+        "cheapmix-s",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--name",
+        "r",
+        "-q",
+    ]
     _refused(args, "2 samples cannot be read", victims[0].name, "--skip-bad")
     assert not (tmp_path / "runs" / "r" / "metrics.csv").exists()  # refused before the first epoch
     res = _ok(args + ["--skip-bad"])
@@ -324,7 +417,7 @@ def _write_generic(root: Path, n: int, defective: int, values: tuple[int, ...] =
         mask = np.zeros((32, 32), np.uint8)
         if j < defective:
             for k, v in enumerate(values):
-                mask[8:16, 8 * k: 8 * k + 6] = v
+                mask[8:16, 8 * k : 8 * k + 6] = v
         write_png(root / "masks" / f"p{j:03d}.png", mask)
     return root
 
@@ -341,22 +434,45 @@ def test_generic_split_is_stratified_by_defect_and_a_split_without_defects_is_re
         assert [len(defective & set(split[k])) for k in ("train", "val", "test")] == [6, 1, 1], seed
     # With a single defective image, one of validation or test has none: training says so.
     one = _write_generic(tmp_path / "one", 12, 1)
-    res = _ok(["train", "--data", str(one), "--size", "32", "--epochs", "1", "--batch-size", "4", "--device",
-               "cpu", "--model", "cheapmix-s", "--out-dir", str(tmp_path / "runs"), "--name", "r", "-q"])
+    res = _ok(
+        [
+            "train",
+            "--data",
+            str(one),
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--model",
+            "cheapmix-s",
+            "--out-dir",
+            str(tmp_path / "runs"),
+            "--name",
+            "r",
+            "-q",
+        ]
+    )
     flat = " ".join(res.output.split())
     assert "split has no defective image among its" in flat and "data.fractions" in flat
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--batch-size", "0"], "train.batch_size: expected >= 1, got 0"),
-    (["--size", "0"], "data.size: expected >= 1, got 0"),
-    (["--set", "train.lr=abc"], "train.lr: expected a number, got 'abc'"),
-    (["--lr", "0"], "train.lr: expected > 0"),
-    (["--epochs", "0"], "train.epochs: expected >= 1, got 0"),
-    (["--epochs", "-1"], "train.epochs: expected >= 1, got -1"),
-    (["--set", "train.iterations=0"], "train.iterations: expected null or >= 1, got 0"),
-    (["--set", "infer.min_area=-5"], "infer.min_area: expected >= 0, got -5"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--batch-size", "0"], "train.batch_size: expected >= 1, got 0"),
+        (["--size", "0"], "data.size: expected >= 1, got 0"),
+        (["--set", "train.lr=abc"], "train.lr: expected a number, got 'abc'"),
+        (["--lr", "0"], "train.lr: expected > 0"),
+        (["--epochs", "0"], "train.epochs: expected >= 1, got 0"),
+        (["--epochs", "-1"], "train.epochs: expected >= 1, got -1"),
+        (["--set", "train.iterations=0"], "train.iterations: expected null or >= 1, got 0"),
+        (["--set", "infer.min_area=-5"], "infer.min_area: expected >= 0, got -5"),
+    ],
+)
 def test_bad_training_options_are_one_line_errors(tmp_path, option, message):
     _refused(["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "runs"), *option], message)
     assert not (tmp_path / "runs").exists()
@@ -411,8 +527,24 @@ def test_an_ambiguous_mask_set_is_refused_before_training_and_a_chosen_rule_trai
     _refused(["data", "stats", str(data)], "ambiguous mask values (0, 1, 2, 255)", "data.mask_rule=gt0")
     res = _ok(["data", "stats", str(data), "--mask-rule", "gt0", "--json"])
     assert json.loads(res.output)["defective"] == 4
-    common = ["train", "--data", str(data), "--size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
-              "--model", "cheapmix-s", "--out-dir", str(tmp_path / "runs"), "-q"]
+    common = [
+        "train",
+        "--data",
+        str(data),
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--model",
+        "cheapmix-s",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "-q",
+    ]
     res = _refused([*common, "--name", "amb"], "ambiguous mask values", "data.mask_rule")
     assert not (tmp_path / "runs" / "amb" / "metrics.csv").exists()  # refused before the first epoch
     _ok([*common, "--name", "gt0", "--set", "data.mask_rule=gt0"])

@@ -1,4 +1,5 @@
 """find_images: files and folders -> the images to predict, and every skipped entry with its reason."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,9 +75,13 @@ def test_masks_hidden_and_non_images(tmp_path):
     (tmp_path / "README").write_text("x")
     images, skipped = find_images([tmp_path], recursive=True)
     assert images == [tmp_path / "a.png"]
-    assert reasons(skipped) == {"a_mask.png": "mask/label file", "b_GT.bmp": "mask/label file",
-                                "c_Label.jpg": "mask/label file", "notes.txt": "not an image (suffix .txt)",
-                                "README": "not an image (suffix none)"}
+    assert reasons(skipped) == {
+        "a_mask.png": "mask/label file",
+        "b_GT.bmp": "mask/label file",
+        "c_Label.jpg": "mask/label file",
+        "notes.txt": "not an image (suffix .txt)",
+        "README": "not an image (suffix none)",
+    }
 
 
 def test_suffix_any_case_and_order(tmp_path):

@@ -1,5 +1,6 @@
 """Inference rewrites (fuse.py, models/layers.py, CheapNetInference) compute exactly the trained model's function,
 and backend "auto" runs a .pt on ONNX Runtime only when the exported graph matches PyTorch."""
+
 from __future__ import annotations
 
 import sys
@@ -8,18 +9,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_infer import _save  # a checkpoint written as training writes one
 from torch import nn
 
 from defectseg import backends
-from defectseg.predictor import Predictor
 from defectseg.bench import run_benchmark
 from defectseg.export import OnnxModel, export_onnx
 from defectseg.fuse import fuse_for_inference
 from defectseg.models import PixelModel, create_model, list_models
 from defectseg.models.cheapnet import CheapNetInference
 from defectseg.models.layers import fold_batchnorm, subpixel_weight
-
-from test_infer import _save  # a checkpoint written as training writes one
+from defectseg.predictor import Predictor
 
 
 def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -36,8 +36,10 @@ def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("k,p,op,groups,cin,cout", [(3, 1, 1, 4, 8, 4), (3, 1, 1, 4, 4, 4), (3, 1, 1, 1, 3, 5),
-                                                    (4, 1, 0, 2, 4, 6), (2, 0, 0, 3, 3, 3)])
+@pytest.mark.parametrize(
+    "k,p,op,groups,cin,cout",
+    [(3, 1, 1, 4, 8, 4), (3, 1, 1, 4, 4, 4), (3, 1, 1, 1, 3, 5), (4, 1, 0, 2, 4, 6), (2, 0, 0, 3, 3, 3)],
+)
 def test_subpixel_weight_is_the_transposed_conv_exactly(k, p, op, groups, cin, cout):
     torch.manual_seed(0)
     t = nn.ConvTranspose2d(cin, cout, k, 2, p, output_padding=op, groups=groups)
@@ -57,8 +59,11 @@ def test_subpixel_weight_refuses_what_it_cannot_express():
 @pytest.mark.parametrize("transposed,groups", [(False, 1), (False, 4), (True, 4), (True, 1)])
 def test_fold_batchnorm_equals_conv_then_bn(transposed, groups):
     torch.manual_seed(0)
-    conv = (nn.ConvTranspose2d(8, 4, 3, 2, 1, output_padding=1, groups=groups) if transposed
-            else nn.Conv2d(8, 4, 3, 1, 1, groups=groups, bias=False))
+    conv = (
+        nn.ConvTranspose2d(8, 4, 3, 2, 1, output_padding=1, groups=groups)
+        if transposed
+        else nn.Conv2d(8, 4, 3, 1, 1, groups=groups, bias=False)
+    )
     bn = _randomise_batchnorm(nn.BatchNorm2d(4))
     x = torch.randn(2, 8, 6, 5)
     with torch.no_grad():
@@ -67,9 +72,11 @@ def test_fold_batchnorm_equals_conv_then_bn(transposed, groups):
         torch.testing.assert_close(conv(x), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name,options", [(n, {}) for n in list_models("segment")]
-                         + [("cheapnet-m", {"head": "linear"}), ("cheapnet-s", {"conv": "standard"}),
-                            ("cheapmix-s", {"context": True})])
+@pytest.mark.parametrize(
+    "name,options",
+    [(n, {}) for n in list_models("segment")]
+    + [("cheapnet-m", {"head": "linear"}), ("cheapnet-s", {"conv": "standard"}), ("cheapmix-s", {"context": True})],
+)
 def test_fused_model_computes_the_same_function(name, options):
     net = _randomise_batchnorm(create_model(name, in_channels=1, num_classes=2, **options))
     model = PixelModel(net).eval()
@@ -125,25 +132,36 @@ def test_auto_backend_falls_back_to_torch_and_says_why(ckpt, monkeypatch):
 
 
 def test_benchmark_times_several_backends_in_one_run():
-    rows = run_benchmark(["cheapnet-s"], size=32, device="cpu", backend=["torch", "torch-fused", "auto"],
-                         warmup=0, repeats=1, min_repeats=1, threads=1)
+    rows = run_benchmark(
+        ["cheapnet-s"],
+        size=32,
+        device="cpu",
+        backend=["torch", "torch-fused", "auto"],
+        warmup=0,
+        repeats=1,
+        min_repeats=1,
+        threads=1,
+    )
     assert [r["backend"] for r in rows] == ["torch", "torch-fused", "onnxruntime-fused"]
     assert all(r["median_ms"] > 0 for r in rows)
-    rows = run_benchmark(["cheapnet-s"], size=32, device="cpu", backend="auto", train=True, warmup=0, repeats=1,
-                         min_repeats=1, threads=1)
+    rows = run_benchmark(
+        ["cheapnet-s"], size=32, device="cpu", backend="auto", train=True, warmup=0, repeats=1, min_repeats=1, threads=1
+    )
     assert rows[0]["backend"] == "torch" and rows[0]["mode"] == "train"
     with pytest.raises(ValueError, match="--train times the training step"):
         run_benchmark(["cheapnet-s"], size=32, device="cpu", backend="torch-fused", train=True)
 
 
 def test_openvino_backend_times_the_graph_or_says_it_is_missing(monkeypatch):
-    rows = run_benchmark(["cheapnet-s"], size=32, device="cpu", backend="openvino-fused", warmup=0, repeats=1,
-                         min_repeats=1, threads=1)
+    rows = run_benchmark(
+        ["cheapnet-s"], size=32, device="cpu", backend="openvino-fused", warmup=0, repeats=1, min_repeats=1, threads=1
+    )
     assert rows[0]["backend"] == "openvino-fused"
     assert rows[0]["median_ms"] > 0 if rows[0]["repeats"] else "openvino is not installed" in rows[0]["note"]
     monkeypatch.setitem(sys.modules, "openvino", None)
-    rows = run_benchmark(["cheapnet-s"], size=32, device="cpu", backend="openvino-fused", warmup=0, repeats=1,
-                         min_repeats=1, threads=1)
+    rows = run_benchmark(
+        ["cheapnet-s"], size=32, device="cpu", backend="openvino-fused", warmup=0, repeats=1, min_repeats=1, threads=1
+    )
     assert rows[0]["median_ms"] is None and rows[0]["note"] == "skipped: openvino is not installed"
 
 

@@ -5,6 +5,7 @@ Geometry tests replace the network by a function whose output we control: logits
 is bright and -20 elsewhere (a "bright pixel detector"), so the expected defect is the bright rectangle drawn
 into the image, and any error in resizing, padding, tiling or blending shows up as a shifted or missing box.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,21 +15,29 @@ import numpy as np
 import pytest
 import torch
 
-from defectseg import config as C
 from defectseg import checkpoint
-from defectseg import trainer
+from defectseg import config as C
 from defectseg.data.dataset import resize_pair
 from defectseg.data.io import write_png
 from defectseg.export import export_checkpoint
-from defectseg.predictor import Predictor, Result
 from defectseg.models import create_model
+from defectseg.predictor import Predictor, Result
 
 BRIGHT = 200
 
 
-def _save(path: Path, name: str = "cheapnet-s", size: int = 64, num_classes: int = 1, channels: int = 1,
-          model_in: int | None = None, task: str = "segment", options: dict | None = None,
-          reference: str | None = None, seed: int = 0) -> Path:
+def _save(
+    path: Path,
+    name: str = "cheapnet-s",
+    size: int = 64,
+    num_classes: int = 1,
+    channels: int = 1,
+    model_in: int | None = None,
+    task: str = "segment",
+    options: dict | None = None,
+    reference: str | None = None,
+    seed: int = 0,
+) -> Path:
     """A checkpoint written by hand exactly as trainer.train writes one (random weights, non-trivial BN)."""
     cfg = C.RunConfig()
     cfg.model.name, cfg.model.options = name, options or {}
@@ -42,8 +51,16 @@ def _save(path: Path, name: str = "cheapnet-s", size: int = 64, num_classes: int
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     names = ["background", "defect"] if num_classes <= 2 else ["background"] + [f"d{i}" for i in range(1, num_classes)]
-    return checkpoint.save_checkpoint(path, {"config": cfg.to_dict(), "num_classes": num_classes, "class_names": names,
-                                         "task": task, "model": model.state_dict()})
+    return checkpoint.save_checkpoint(
+        path,
+        {
+            "config": cfg.to_dict(),
+            "num_classes": num_classes,
+            "class_names": names,
+            "task": task,
+            "model": model.state_dict(),
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +85,7 @@ def bright_detector(calls: list | None = None, num_classes: int = 1, cls: int = 
             return np.where(hot, 20.0, -20.0).astype(np.float32)
         out = np.full((x.shape[0], num_classes, *x.shape[2:]), -20.0, np.float32)
         out[:, 0:1][~hot] = 20.0
-        out[:, cls:cls + 1][hot] = 20.0
+        out[:, cls : cls + 1][hot] = 20.0
         return out
 
     return logits
@@ -90,8 +107,15 @@ def _close(got: tuple, want: tuple, tol: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- geometry
-@pytest.mark.parametrize("size,box", [((97, 203), (120, 30, 160, 50)), ((64, 64), (5, 7, 20, 30)),
-                                      ((250, 31), (3, 200, 25, 240)), ((40, 300), (250, 0, 300, 12))])
+@pytest.mark.parametrize(
+    "size,box",
+    [
+        ((97, 203), (120, 30, 160, 50)),
+        ((64, 64), (5, 7, 20, 30)),
+        ((250, 31), (3, 200, 25, 240)),
+        ((40, 300), (250, 0, 300, 12)),
+    ],
+)
 @pytest.mark.parametrize("tile", [None, 64])
 def test_defect_box_is_in_native_pixels(ckpt: Path, size, box, tile) -> None:
     pred = Predictor.from_checkpoint(ckpt, device="cpu", tile=tile, tile_overlap=16)
@@ -139,6 +163,7 @@ def test_resize_mode_feeds_exactly_the_training_input(ckpt: Path) -> None:
     prob64 = torch.sigmoid(logits)[0, 0].numpy()
     # back to native size: bilinear (the image was shrunk in one side, grown in the other)
     import cv2
+
     np.testing.assert_allclose(r.prob, cv2.resize(prob64, (90, 150), interpolation=cv2.INTER_LINEAR), atol=1e-5)
 
 
@@ -210,8 +235,16 @@ def test_predict_paths_streams_in_chunks_and_reports_bad_files(ckpt: Path, tmp_p
     good = (tmp_path / "img0.png").read_bytes()
     (tmp_path / "trunc.png").write_bytes(good[: len(good) // 2])
     (tmp_path / "text.png").write_text("not an image")
-    order = [paths[0], tmp_path / "trunc.png", paths[1], paths[2], tmp_path / "text.png", paths[3], paths[4],
-             tmp_path / "missing.png"]
+    order = [
+        paths[0],
+        tmp_path / "trunc.png",
+        paths[1],
+        paths[2],
+        tmp_path / "text.png",
+        paths[3],
+        paths[4],
+        tmp_path / "missing.png",
+    ]
     calls: list = []
     pred = Predictor.from_checkpoint(ckpt, device="cpu", batch_size=2)
     pred.segmenter.logits = bright_detector(calls)
@@ -254,7 +287,7 @@ def test_overlapped_pipeline_gives_the_serial_results_and_files(ckpt: Path, tmp_
     assert outputs[True] == outputs[False] and len(outputs[True]) == 2 + 2 * 7
     assert [rec["error"] is not None for rec in outputs[True]["records"]] == [False] * 3 + [True] + [False] * 4
     before = threading.active_count()
-    for r in pred.predict_paths(paths):
+    for _ in pred.predict_paths(paths):
         break
     assert threading.active_count() <= before
 
@@ -293,9 +326,11 @@ def test_gate_skips_segmenter_for_ok_images(ckpt: Path, tmp_path: Path) -> None:
     assert sum(s[0] for s in calls) == 2  # the segmenter never saw the OK image
     assert [r.verdict for r in rs] == ["NG", "OK", "NG"]
     assert rs[1].defects == [] and rs[1].mask.shape == (70, 64) and not rs[1].mask.any()
-    assert [round(r.gate_probability, 4) for r in rs] == [round(1 / (1 + np.exp(-3)), 4),
-                                                           round(1 / (1 + np.exp(3)), 4),
-                                                           round(1 / (1 + np.exp(-3)), 4)]
+    assert [round(r.gate_probability, 4) for r in rs] == [
+        round(1 / (1 + np.exp(-3)), 4),
+        round(1 / (1 + np.exp(3)), 4),
+        round(1 / (1 + np.exp(-3)), 4),
+    ]
 
 
 def test_gate_must_be_a_classifier_and_main_model_a_segmenter(ckpt: Path, tmp_path: Path) -> None:
@@ -419,8 +454,11 @@ def test_version_1_checkpoint_with_bare_network_weights_loads(ckpt: Path, tmp_pa
     state = checkpoint.model_from_checkpoint(ck)[0].state_dict()
     assert {"scale", "shift"} <= set(state) and all(k.startswith("net.") for k in state if k not in ("scale", "shift"))
     checkpoint.save_checkpoint(tmp_path / "v2.pt", {**ck, "model": state})
-    v1 = {**ck, "format": "defectseg-checkpoint-v1",
-          "model": {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}}
+    v1 = {
+        **ck,
+        "format": "defectseg-checkpoint-v1",
+        "model": {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")},
+    }
     torch.save(v1, tmp_path / "v1.pt")
     img = np.random.default_rng(6).integers(0, 256, (40, 52), dtype=np.uint8)
     a = Predictor.from_checkpoint(tmp_path / "v2.pt", device="cpu").predict(img)
@@ -473,8 +511,7 @@ def test_result_json_record(ckpt: Path) -> None:
 
 
 def test_writer_multiclass_mask_ids_and_folder_walk(ckpt3: Path, tmp_path: Path) -> None:
-    from defectseg.data.io import read_image
-    from defectseg.data.io import find_images
+    from defectseg.data.io import find_images, read_image
     from defectseg.outputs import write_results
 
     src = tmp_path / "in"
@@ -502,8 +539,9 @@ def test_cuda_fast_paths_agree_with_cpu(ckpt: Path, dtype, channels_last) -> Non
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (300, 200), dtype=np.uint8) for _ in range(3)]
     cpu = Predictor.from_checkpoint(ckpt, device="cpu", tile=128, tile_overlap=16)
-    gpu = Predictor.from_checkpoint(ckpt, device="cuda", dtype=dtype, channels_last=channels_last, tile=128,
-                                    tile_overlap=16)
+    gpu = Predictor.from_checkpoint(
+        ckpt, device="cuda", dtype=dtype, channels_last=channels_last, tile=128, tile_overlap=16
+    )
     tol = 1e-4 if dtype is None else 3e-2  # bf16 keeps 8 bits of mantissa
     for a, b in zip(cpu.predict_arrays(imgs), gpu.predict_arrays(imgs)):
         np.testing.assert_allclose(a.prob, b.prob, atol=tol)

@@ -1,4 +1,5 @@
 """Localization and region metrics on hand-drawn masks; every expected value is derived by hand below."""
+
 from __future__ import annotations
 
 import math
@@ -6,13 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from defectseg.localize import (
-    RegionMetrics,
-    box_iou,
-    defects_from_mask,
-    PostProcess,
-    find_defects,
-)
+from defectseg.localize import PostProcess, RegionMetrics, box_iou, defects_from_mask, find_defects
 
 
 def box(d: dict) -> tuple[int, int, int, int]:
@@ -152,9 +147,9 @@ def test_defects_from_mask_per_class_with_score_one_and_ignore_index() -> None:
 def test_mask_holds_exactly_the_pixels_of_the_records() -> None:
     """One pass decides both: components below min_area leave the records and the mask together."""
     prob = np.zeros((10, 12), np.float32)
-    prob[1:4, 1:4] = 0.9   # 9 pixels: kept
-    prob[6, 6:8] = 0.8     # 2 pixels: below min_area 3
-    prob[8, 10] = 0.55     # 1 pixel: below min_area 3
+    prob[1:4, 1:4] = 0.9  # 9 pixels: kept
+    prob[6, 6:8] = 0.8  # 2 pixels: below min_area 3
+    prob[8, 10] = 0.55  # 1 pixel: below min_area 3
     det = PostProcess(threshold=0.5, min_area=3)(prob)
     assert [box(d) for d in det.defects] == [(1, 1, 4, 4)]
     want = np.zeros((10, 12), np.uint8)

@@ -1,5 +1,6 @@
 """Losses: hand-computed tiny cases (incl. all-background masks and ignore pixels), torch equivalences,
 finite gradients, and the build_loss registry."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Metrics: hand-computed tiny cases (incl. all-background and ignore pixels), cross-checks against
 torchmetrics over several batches, and the distributed reduce/gather on two gloo ranks."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,6 @@ from defectseg.metrics import (
     average_precision_score,
     average_ranks,
 )
-
 
 
 def approx_nan(values, expected) -> None:
@@ -330,8 +330,9 @@ def test_pixel_ranking_matches_exact_scores_and_adds_up():
     for p, t in zip(prob, truth):  # two images accumulate into the same totals
         parts.update(p, t)
     # (aupro aside: stacking the two images joins regions that touch the seam, so its regions differ)
-    assert {k: v for k, v in whole.compute().items() if k != "aupro"} == \
-        {k: v for k, v in parts.compute().items() if k != "aupro"}
+    assert {k: v for k, v in whole.compute().items() if k != "aupro"} == {
+        k: v for k, v in parts.compute().items() if k != "aupro"
+    }
     out = whole.compute()  # every probability sits inside its own bin: the histogram figures are exact
     assert out["pixel_auroc"] == pytest.approx(auroc_score(prob.ravel(), truth.ravel()))
     assert out["pixel_ap"] == pytest.approx(average_precision_score(prob.ravel(), truth.ravel()))

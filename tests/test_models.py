@@ -4,6 +4,7 @@ The reference tables here (torchvision's MobileNetV2 / VGG16 / ResNet18 key layo
 names, the authors' CheapNet module) are written from the upstream sources and DESIGN.md, not from
 `defectseg.models`, so a drift in the implementation shows up as a failure.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -147,9 +148,13 @@ def test_cheapnet_parameter_formulas(g: int):
 
 def test_cheapnet_variants_and_design_numbers():
     # The literal numbers of DESIGN.md (guards the formulas themselves against a typo).
-    expected = {("cheapnet-s", "depthwise"): 277, ("cheapnet-m", "depthwise"): 4387,
-                ("cheapnet-l", "depthwise"): 140291, ("cheapnet-s", "standard"): 475,
-                ("cheapnet-m", "standard"): 102595}
+    expected = {
+        ("cheapnet-s", "depthwise"): 277,
+        ("cheapnet-m", "depthwise"): 4387,
+        ("cheapnet-l", "depthwise"): 140291,
+        ("cheapnet-s", "standard"): 475,
+        ("cheapnet-m", "standard"): 102595,
+    }
     for (name, conv), n in expected.items():
         with torch.device("meta"):
             model = create_model(name, conv=conv)
@@ -158,7 +163,8 @@ def test_cheapnet_variants_and_design_numbers():
     # More classes / input channels change only the first and last convs.
     with torch.device("meta"):
         assert count_params(create_model("cheapnet", in_channels=3, num_classes=4, width=8)) == (
-            137 * 8 + 3 + 2 * 9 * 8 + 3 * (2 * 8 + 3))
+            137 * 8 + 3 + 2 * 9 * 8 + 3 * (2 * 8 + 3)
+        )
 
 
 class AuthorsCheapNet(nn.Module):
@@ -285,8 +291,15 @@ def test_classifier_too_small_is_value_error():
 
 # ----------------------------------------------------------------------------- Mobile-UNet and MobileNetV2
 
-MNV2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                 (6, 320, 1, 1)]
+MNV2_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def _bn_keys(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
@@ -343,9 +356,13 @@ def test_mobilenetv2_encoder_keys_match_torchvision():
     assert own == torchvision_mobilenet_v2_features(3)
     assert len(own) == 312
     assert count_params(model.encoder) == 2_223_872  # torchvision mobilenet_v2 `features`
-    for key, shape in {"features.0.0.weight": (32, 3, 3, 3), "features.1.conv.0.0.weight": (32, 1, 3, 3),
-                       "features.1.conv.1.weight": (16, 32, 1, 1), "features.2.conv.0.0.weight": (96, 16, 1, 1),
-                       "features.18.0.weight": (1280, 320, 1, 1)}.items():
+    for key, shape in {
+        "features.0.0.weight": (32, 3, 3, 3),
+        "features.1.conv.0.0.weight": (32, 1, 3, 3),
+        "features.1.conv.1.weight": (16, 32, 1, 1),
+        "features.2.conv.0.0.weight": (96, 16, 1, 1),
+        "features.18.0.weight": (1280, 320, 1, 1),
+    }.items():
         assert own[key] == shape, key
     # The classifier shares the same encoder (same keys, so the same pretrained file loads into both).
     with torch.device("meta"):
@@ -370,11 +387,23 @@ def test_mobile_unet_taps_and_decoder_shapes():
         torch.testing.assert_close(outs[1], model.blocks[0](outs[0]))
         torch.testing.assert_close(outs[2], model.ups[1](outs[1]) + taps[2])
         torch.testing.assert_close(outs[8], model.head(outs[7]))
-    assert [tuple(t.shape[1:]) for t in taps] == [(16, 128, 128), (24, 64, 64), (32, 32, 32), (96, 16, 16),
-                                                   (1280, 8, 8)]
+    assert [tuple(t.shape[1:]) for t in taps] == [
+        (16, 128, 128),
+        (24, 64, 64),
+        (32, 32, 32),
+        (96, 16, 16),
+        (1280, 8, 8),
+    ]
     assert [tuple(t.shape[1:]) for t in outs[:8]] == [
-        (96, 16, 16), (96, 16, 16), (32, 32, 32), (32, 32, 32), (24, 64, 64), (24, 64, 64),
-        (16, 128, 128), (16, 128, 128)]
+        (96, 16, 16),
+        (96, 16, 16),
+        (32, 32, 32),
+        (32, 32, 32),
+        (24, 64, 64),
+        (24, 64, 64),
+        (16, 128, 128),
+        (16, 128, 128),
+    ]
     assert tuple(outs[8].shape) == (1, 5, 256, 256)
     torch.testing.assert_close(logits, outs[8])
     up = model.ups[0]
@@ -401,8 +430,9 @@ def test_mobilenetv2_torchvision_weights_load(tmp_path: Path):
 
     gray = create_model("mobile-unet", in_channels=1)
     load_encoder_weights(gray, path)
-    torch.testing.assert_close(gray.encoder.state_dict()["features.0.0.weight"],
-                               state["features.0.0.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(
+        gray.encoder.state_dict()["features.0.0.weight"], state["features.0.0.weight"].sum(1, keepdim=True)
+    )
     # Summing the stem over RGB makes a gray image respond like the RGB image with equal channels.
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
@@ -423,10 +453,21 @@ def torchvision_to_timm_mobilenetv2(state: dict[str, torch.Tensor]) -> dict[str,
             stage_of[i] = (s, b)
             i += 1
     first = {"conv.0.0": "conv_dw", "conv.0.1": "bn1", "conv.1": "conv_pw", "conv.2": "bn2"}
-    rest = {"conv.0.0": "conv_pw", "conv.0.1": "bn1", "conv.1.0": "conv_dw", "conv.1.1": "bn2",
-            "conv.2": "conv_pwl", "conv.3": "bn3"}
-    top = {"features.0.0": "conv_stem", "features.0.1": "bn1", "features.18.0": "conv_head",
-           "features.18.1": "bn2", "classifier.1": "classifier"}
+    rest = {
+        "conv.0.0": "conv_pw",
+        "conv.0.1": "bn1",
+        "conv.1.0": "conv_dw",
+        "conv.1.1": "bn2",
+        "conv.2": "conv_pwl",
+        "conv.3": "bn3",
+    }
+    top = {
+        "features.0.0": "conv_stem",
+        "features.0.1": "bn1",
+        "features.18.0": "conv_head",
+        "features.18.1": "bn2",
+        "classifier.1": "classifier",
+    }
     out = {}
     for key, v in state.items():
         *mod, leaf = key.split(".")
@@ -483,9 +524,21 @@ def test_encoder_weights_errors(tmp_path: Path):
 
 # ----------------------------------------------------------------------------- U-Net encoders
 
-VGG16_CONVS = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12: (256, 256),
-               14: (256, 256), 17: (512, 256), 19: (512, 512), 21: (512, 512), 24: (512, 512),
-               26: (512, 512), 28: (512, 512)}
+VGG16_CONVS = {
+    0: (64, 3),
+    2: (64, 64),
+    5: (128, 64),
+    7: (128, 128),
+    10: (256, 128),
+    12: (256, 256),
+    14: (256, 256),
+    17: (512, 256),
+    19: (512, 512),
+    21: (512, 512),
+    24: (512, 512),
+    26: (512, 512),
+    28: (512, 512),
+}
 
 
 def torchvision_vgg16_features(in_channels: int = 3, last: int = 28) -> dict[str, tuple[int, ...]]:
@@ -571,8 +624,12 @@ def test_unet_encoder_weights_load_full_and_truncated(tmp_path: Path, name: str)
 
 def test_vgg16_bn_file_is_rejected_with_its_foreign_keys(tmp_path: Path):
     """vgg16_bn numbers its layers differently: the error names the BatchNorm keys plain VGG16 lacks."""
-    state = {"features.0.weight": torch.zeros(64, 3, 3, 3), "features.0.bias": torch.zeros(64),
-             "features.1.weight": torch.zeros(64), "features.1.bias": torch.zeros(64)}
+    state = {
+        "features.0.weight": torch.zeros(64, 3, 3, 3),
+        "features.0.bias": torch.zeros(64),
+        "features.1.weight": torch.zeros(64),
+        "features.1.bias": torch.zeros(64),
+    }
     for model in (create_model("unet-vgg16"), create_model("unet-vgg16", downsamples=2)):
         with pytest.raises(ValueError, match=r"features\.1\.weight"):
             load_encoder_weights(model, _save(state, tmp_path / "vgg16_bn.pth"))
@@ -649,7 +706,10 @@ def test_cheapmix_parameter_formula(g: int):
 
 def test_cheapmix_variants_options_and_general_count():
     assert {n: create_model(n).width for n in ("cheapmix-s", "cheapmix-m", "cheapmix-l")} == {
-        "cheapmix-s": 16, "cheapmix-m": 32, "cheapmix-l": 64}
+        "cheapmix-s": 16,
+        "cheapmix-m": 32,
+        "cheapmix-l": 64,
+    }
     assert [12 * g * g + 168 * g + 1 for g in (16, 32, 64)] == [5_761, 17_665, 59_905]
     with torch.device("meta"):
         for blocks in (0, 1, 2, 3):
@@ -747,15 +807,16 @@ def test_cheapmix_bad_size_names_nearest_valid_size():
 
 def test_cheapmix_macs_closed_form():
     """MACs by hand (the bilinear upsampling and the additions have none); matches FlopCounterMode too."""
-    from defectseg.bench import count_macs
     from torch.utils.flop_counter import FlopCounterMode
+
+    from defectseg.bench import count_macs
 
     g, cin, ncls, blocks, h, w = 8, 3, 2, 2, 32, 48
     hw = h * w
     per_block = 9 * g + g * g  # depthwise 3x3 + pointwise 1x1 per output pixel
     stem = hw * 9 * cin * g
-    stages = sum((1 + blocks) * per_block * hw // 4 ** i for i in (1, 2, 3, 4))
-    decoder = sum(per_block * hw // 4 ** i for i in (3, 2, 1, 0))
+    stages = sum((1 + blocks) * per_block * hw // 4**i for i in (1, 2, 3, 4))
+    decoder = sum(per_block * hw // 4**i for i in (3, 2, 1, 0))
     head = hw * g * ncls
     model = create_model("cheapmix", in_channels=cin, num_classes=ncls, width=g, blocks=blocks)
     expected = 2 * (stem + stages + decoder + head)  # batch 2

@@ -1,5 +1,6 @@
 """`defectseg predict` and `defectseg export` end to end on tiny synthetic DAGM data with models trained through
 the trainer (a segmenter and a classifier gate), plus a hand-built reference-mode checkpoint."""
+
 from __future__ import annotations
 
 import csv
@@ -12,15 +13,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from defectseg import checkpoint, evaluate, trainer
 from defectseg import config as C
-from defectseg import checkpoint
-from defectseg import evaluate
-from defectseg import trainer
 from defectseg.cli import app
 from defectseg.data.io import read_image, write_png
 from defectseg.data.synthetic import write_dagm
-from defectseg.predictor import Predictor
 from defectseg.models import create_model
+from defectseg.predictor import Predictor
 
 runner = CliRunner()
 
@@ -30,14 +29,32 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     """Tiny DAGM folder; a CheapNet-S segmenter and a small VGG gate trained for one epoch each."""
     root = tmp_path_factory.mktemp("cli")
     data = write_dagm(root / "dagm", n_per_class=6, size=64, classes=2, defective_fraction=0.5, seed=3)
-    common = {"out_dir": str(root / "runs"), "data": {"root": str(data), "format": "dagm", "size": 64,
-                                                       "augment": "none", "fractions": [0.7, 0.15, 0.15]}}
-    seg = trainer.train(C.resolve(overrides={**common, "name": "seg", "model": {"name": "cheapnet-s"},
-                                            "train": {"epochs": 1, "batch_size": 8, "device": "cpu"}}), quiet=True)
-    gate = trainer.train(C.resolve(overrides={**common, "name": "gate",
-                                             "model": {"name": "classifier-vgg", "options": {"widths": [4, 8]}},
-                                             "train": {"task": "classify", "epochs": 1, "batch_size": 8,
-                                                       "device": "cpu"}}), quiet=True)
+    common = {
+        "out_dir": str(root / "runs"),
+        "data": {"root": str(data), "format": "dagm", "size": 64, "augment": "none", "fractions": [0.7, 0.15, 0.15]},
+    }
+    seg = trainer.train(
+        C.resolve(
+            overrides={
+                **common,
+                "name": "seg",
+                "model": {"name": "cheapnet-s"},
+                "train": {"epochs": 1, "batch_size": 8, "device": "cpu"},
+            }
+        ),
+        quiet=True,
+    )
+    gate = trainer.train(
+        C.resolve(
+            overrides={
+                **common,
+                "name": "gate",
+                "model": {"name": "classifier-vgg", "options": {"widths": [4, 8]}},
+                "train": {"task": "classify", "epochs": 1, "batch_size": 8, "device": "cpu"},
+            }
+        ),
+        quiet=True,
+    )
     images = root / "images"
     (images / "sub").mkdir(parents=True)
     src = sorted(data.rglob("Class*/Test/*.PNG"))[:5]
@@ -63,14 +80,35 @@ def test_predict_writes_masks_overlays_jsonl_csv_and_skips_bad_files(trained, tm
     (images / "broken.png").write_bytes(good[: len(good) // 3])  # truncated PNG
     out = tmp_path / "out"
     (images / "img0_label.png").write_bytes(good)  # a mask file beside the images: not predicted
-    shallow = _invoke(["predict", images, "--checkpoint", trained["seg"], "--out", tmp_path / "shallow",
-                       "--device", "cpu", "-q"])
+    shallow = _invoke(
+        ["predict", images, "--checkpoint", trained["seg"], "--out", tmp_path / "shallow", "--device", "cpu", "-q"]
+    )
     assert shallow.exit_code == 0, shallow.output
-    assert [Path(r["path"]).name for r in _jsonl(tmp_path / "shallow" / "results.jsonl")] == \
-        ["broken.png", "img0.PNG", "img1.PNG", "img2.PNG", "img3.PNG"]  # sub-folders only with --recursive
+    assert [Path(r["path"]).name for r in _jsonl(tmp_path / "shallow" / "results.jsonl")] == [
+        "broken.png",
+        "img0.PNG",
+        "img1.PNG",
+        "img2.PNG",
+        "img3.PNG",
+    ]  # sub-folders only with --recursive
     assert "skipped 3 entries" in shallow.output and "pass --recursive" in shallow.output
-    res = _invoke(["predict", images, "--recursive", "--checkpoint", trained["seg"], "--out", out, "--threshold",
-                   "0.5", "--device", "cpu", "--batch-size", "2"])
+    res = _invoke(
+        [
+            "predict",
+            images,
+            "--recursive",
+            "--checkpoint",
+            trained["seg"],
+            "--out",
+            out,
+            "--threshold",
+            "0.5",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert res.exit_code == 0, res.output
     recs = _jsonl(out / "results.jsonl")
     names = [Path(r["path"]).name for r in recs]
@@ -99,8 +137,21 @@ def test_predict_matches_the_predictor_on_a_known_defect(trained, tmp_path: Path
     img = np.full((75, 131), 128, np.uint8)
     img[20:30, 70:82] = 0
     write_png(tmp_path / "odd.png", img)
-    res = _invoke(["predict", tmp_path / "odd.png", "--checkpoint", trained["seg"], "--out", tmp_path / "o",
-                   "--device", "cpu", "--no-overlays", "--threshold", "0.5"])
+    res = _invoke(
+        [
+            "predict",
+            tmp_path / "odd.png",
+            "--checkpoint",
+            trained["seg"],
+            "--out",
+            tmp_path / "o",
+            "--device",
+            "cpu",
+            "--no-overlays",
+            "--threshold",
+            "0.5",
+        ]
+    )
     assert res.exit_code == 0, res.output
     (rec,) = _jsonl(tmp_path / "o" / "results.jsonl")
     assert rec["defects"] == json.loads(json.dumps(pred.predict(img).to_json()["defects"]))
@@ -109,8 +160,9 @@ def test_predict_matches_the_predictor_on_a_known_defect(trained, tmp_path: Path
 
 def test_predict_exit_code_when_nothing_readable(trained, tmp_path: Path) -> None:
     (tmp_path / "a.png").write_text("garbage")
-    res = _invoke(["predict", tmp_path / "a.png", "--checkpoint", trained["seg"], "--out", tmp_path / "o",
-                   "--device", "cpu"])
+    res = _invoke(
+        ["predict", tmp_path / "a.png", "--checkpoint", trained["seg"], "--out", tmp_path / "o", "--device", "cpu"]
+    )
     assert res.exit_code == 1 and "no image could be read" in res.output
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -119,12 +171,12 @@ def test_predict_exit_code_when_nothing_readable(trained, tmp_path: Path) -> Non
 
 
 def test_cascade_gate_end_to_end(trained, tmp_path: Path) -> None:
-    base = ["predict", trained["images"], "--checkpoint", trained["seg"], "--device", "cpu", "--gate",
-            trained["gate"]]
+    base = ["predict", trained["images"], "--checkpoint", trained["seg"], "--device", "cpu", "--gate", trained["gate"]]
     res = _invoke(base + ["--out", tmp_path / "all", "--gate-threshold", "0"])
     assert res.exit_code == 0, res.output
-    plain = _invoke(["predict", trained["images"], "--checkpoint", trained["seg"], "--device", "cpu", "--out",
-                     tmp_path / "plain"])
+    plain = _invoke(
+        ["predict", trained["images"], "--checkpoint", trained["seg"], "--device", "cpu", "--out", tmp_path / "plain"]
+    )
     gated_all = _jsonl(tmp_path / "all" / "results.jsonl")
     assert all(0.0 <= r["gate_probability"] <= 1.0 for r in gated_all)
     # threshold 0: the gate passes everything, so the defects are the plain segmenter's
@@ -157,8 +209,21 @@ def test_evaluate_behind_a_gate_is_the_cascade_and_takes_post_processing_overrid
     # gate threshold 1 stops every image: all OK, no defect pixel, no region found
     shut = evaluate.evaluate_checkpoint(seg, device="cpu", gate=trained["gate"], gate_threshold=1.0)
     assert shut["image_recall"] == 0.0 and shut["defect_iou"] == 0.0 and shut["region_recall50"] == 0.0
-    res = _invoke(["evaluate", "--checkpoint", seg, "--device", "cpu", "--gate", trained["gate"],
-                   "--gate-threshold", "1", "--json", tmp_path / "m.json"])
+    res = _invoke(
+        [
+            "evaluate",
+            "--checkpoint",
+            seg,
+            "--device",
+            "cpu",
+            "--gate",
+            trained["gate"],
+            "--gate-threshold",
+            "1",
+            "--json",
+            tmp_path / "m.json",
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "m.json").read_text())["image_recall"] == 0.0
     res = _invoke(["evaluate", "--checkpoint", trained["seg"], "--gate", trained["seg"]])
@@ -183,16 +248,31 @@ def test_export_then_predict_with_onnx_gives_the_same_defects(trained, tmp_path:
     thr = float(values[gap] + values[gap + 1]) / 2
     outs = {}
     for name, ck in (("pt", trained["seg"]), ("onnx", onnx_path)):
-        res = _invoke(["predict", trained["images"], "--checkpoint", ck, "--out", tmp_path / name,
-                       "--device", "cpu", "--threshold", f"{thr:.6f}", "--min-area", "1"])
+        res = _invoke(
+            [
+                "predict",
+                trained["images"],
+                "--checkpoint",
+                ck,
+                "--out",
+                tmp_path / name,
+                "--device",
+                "cpu",
+                "--threshold",
+                f"{thr:.6f}",
+                "--min-area",
+                "1",
+            ]
+        )
         assert res.exit_code == 0, res.output
         outs[name] = _jsonl(tmp_path / name / "results.jsonl")
     assert sum(len(r["defects"]) for r in outs["pt"]) > 0
     key = lambda d: (d["y1"], d["x1"], d["y2"], d["x2"])  # equal scores may sort either way
     for a, b in zip(outs["pt"], outs["onnx"]):
         da, db = sorted(a["defects"], key=key), sorted(b["defects"], key=key)
-        assert [{k: v for k, v in d.items() if k != "score"} for d in da] == \
-               [{k: v for k, v in d.items() if k != "score"} for d in db]
+        assert [{k: v for k, v in d.items() if k != "score"} for d in da] == [
+            {k: v for k, v in d.items() if k != "score"} for d in db
+        ]
         assert [d["score"] for d in da] == pytest.approx([d["score"] for d in db], abs=1e-5)
 
 
@@ -216,15 +296,38 @@ def test_reference_mode_cli(tmp_path: Path) -> None:
     cfg.model.name, cfg.data.size, cfg.data.channels, cfg.data.reference = "cheapnet-s", 64, 1, "golden.png"
     torch.manual_seed(0)
     model = create_model("cheapnet-s", in_channels=2)
-    ck = checkpoint.save_checkpoint(tmp_path / "ref.pt", {"config": cfg.to_dict(), "num_classes": 1,
-                                                      "class_names": ["background", "defect"], "task": "segment",
-                                                      "model": model.state_dict()})
+    ck = checkpoint.save_checkpoint(
+        tmp_path / "ref.pt",
+        {
+            "config": cfg.to_dict(),
+            "num_classes": 1,
+            "class_names": ["background", "defect"],
+            "task": "segment",
+            "model": model.state_dict(),
+        },
+    )
     write_png(tmp_path / "golden.png", np.full((48, 80), 90, np.uint8))
     write_png(tmp_path / "img.png", np.full((48, 80), 100, np.uint8))
     res = _invoke(["predict", tmp_path / "img.png", "--checkpoint", ck, "--out", tmp_path / "o", "--device", "cpu"])
     assert res.exit_code == 2 and "--reference" in res.output
-    res = _invoke(["predict", tmp_path / "img.png", "--checkpoint", ck, "--out", tmp_path / "o", "--device", "cpu",
-                   "--reference", tmp_path / "golden.png", "--tile", "32", "--tile-overlap", "8"])
+    res = _invoke(
+        [
+            "predict",
+            tmp_path / "img.png",
+            "--checkpoint",
+            ck,
+            "--out",
+            tmp_path / "o",
+            "--device",
+            "cpu",
+            "--reference",
+            tmp_path / "golden.png",
+            "--tile",
+            "32",
+            "--tile-overlap",
+            "8",
+        ]
+    )
     assert res.exit_code == 0, res.output
     (rec,) = _jsonl(tmp_path / "o" / "results.jsonl")
     assert (rec["width"], rec["height"], rec["error"]) == (80, 48, None)

@@ -4,6 +4,7 @@ API key, Prometheus metrics, faults from other clients, a bounded load test and 
 The network is replaced by the "bright pixel detector" of test_infer (logits +20 where the image is bright), so the
 expected defect is the bright rectangle drawn into each image.
 """
+
 from __future__ import annotations
 
 import base64
@@ -132,8 +133,10 @@ def test_bad_input_is_a_4xx_with_a_message_and_the_server_goes_on(client):
     assert "not an image" in got[0][1] and ("truncated" in got[1][1] or "not an image" in got[1][1])
     assert "empty file" in got[2][1] and "multipart field 'image'" in got[5][1] and "over the cap" in got[6][1]
     assert "over the limit" in got[7][1] and "Too many files" in got[11][1]
-    assert client.post("/inspect", files={"image": ("a.png", _png(_scene(32, 32, (4, 4, 8, 8))),
-                                                    "image/png")}).status_code == 200
+    assert (
+        client.post("/inspect", files={"image": ("a.png", _png(_scene(32, 32, (4, 4, 8, 8))), "image/png")}).status_code
+        == 200
+    )
 
 
 def test_a_chunked_body_over_the_limit_is_refused_too(client):
@@ -153,8 +156,7 @@ def test_api_key_guards_every_endpoint_but_health_and_the_page(ckpt):
         assert c.get("/metrics").status_code == 401
         assert c.get("/metrics", headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.get("/metrics", headers={"X-API-Key": "s3cret"}).status_code == 200
-        r = c.post("/inspect", files={"image": ("a.png", png, "image/png")},
-                   headers={"Authorization": "Bearer s3cret"})
+        r = c.post("/inspect", files={"image": ("a.png", png, "image/png")}, headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 200
 
 
@@ -163,8 +165,9 @@ def test_binding_beyond_loopback_needs_a_key(ckpt):
     check_bind("0.0.0.0", "k")
     with pytest.raises(ValueError, match="--api-key"):
         check_bind("0.0.0.0", None)
-    res = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(ckpt), "--host", "0.0.0.0"],
-                             env={"DEFECTSEG_API_KEY": ""})
+    res = CliRunner().invoke(
+        cli_app, ["serve", "--checkpoint", str(ckpt), "--host", "0.0.0.0"], env={"DEFECTSEG_API_KEY": ""}
+    )
     assert res.exit_code == 2 and "API key" in res.output.replace("\n", " ")
 
 
@@ -235,9 +238,11 @@ def test_a_client_killed_mid_upload_and_garbage_do_not_disturb_a_good_request(li
 
     def killed() -> None:
         s = socket.create_connection(("127.0.0.1", live.port))
-        s.sendall(b"POST /inspect HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                  b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"image\"; "
-                  b"filename=\"a.png\"\r\n\r\n" + png[:200])
+        s.sendall(
+            b"POST /inspect HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b'Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name="image"; '
+            b'filename="a.png"\r\n\r\n' + png[:200]
+        )
         s.close()  # gone mid-upload
 
     def garbage() -> None:
@@ -292,8 +297,9 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="needs chromium and chromedriver (apt install chromium "
-                                                "chromium-driver)")
+@pytest.mark.skipif(
+    _chromium() is None, reason="needs chromium and chromedriver (apt install chromium chromium-driver)"
+)
 def test_the_page_uploads_an_image_shows_its_overlay_and_defects_and_rethresholds(live, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -321,8 +327,9 @@ def test_the_page_uploads_an_image_shows_its_overlay_and_defects_and_rethreshold
         assert d.find_element(By.CSS_SELECTOR, ".card img").get_attribute("src").startswith("data:image/png")
         assert d.find_element(By.ID, "count-ng").text == "1"
         # The slider to 0.95, above the defect's probability 0.88: the server re-runs only the post-processing.
-        d.execute_script("const s = document.getElementById('threshold'); s.value = 0.95; "
-                         "s.dispatchEvent(new Event('input'));")
+        d.execute_script(
+            "const s = document.getElementById('threshold'); s.value = 0.95; s.dispatchEvent(new Event('input'));"
+        )
         wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".card .verdict").text == "OK")
         assert d.find_elements(By.CSS_SELECTOR, ".card tbody tr") == []
         assert d.find_element(By.ID, "count-ok").text == "1" and d.find_element(By.ID, "count-ng").text == "0"

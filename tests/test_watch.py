@@ -1,5 +1,6 @@
 """`defectseg watch`: each image dropped into the folder is inspected once, across restarts; files still being
 written wait; a torn results.jsonl line (a crash) is dropped, not appended to."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,7 @@ from defectseg.watch import watch
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory) -> Predictor:
-    pred = Predictor.from_checkpoint(_save(tmp_path_factory.mktemp("watch") / "seg.pt"), device="cpu",
-                                     backend="torch")
+    pred = Predictor.from_checkpoint(_save(tmp_path_factory.mktemp("watch") / "seg.pt"), device="cpu", backend="torch")
     pred.segmenter.logits = bright_detector()
     return pred
 
@@ -78,8 +78,9 @@ def test_watch_cli_once_and_refusals(predictor, tmp_path):
     inbox.mkdir()
     _drop(inbox, "a.png")
     os.utime(inbox / "a.png", (time.time() - 10, time.time() - 10))
-    res = CliRunner().invoke(app, ["watch", str(inbox), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
-                                   "--once", "--device", "cpu"])
+    res = CliRunner().invoke(
+        app, ["watch", str(inbox), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--once", "--device", "cpu"]
+    )
     assert res.exit_code == 0 and "1 images inspected" in res.output, res.output
     res = CliRunner().invoke(app, ["watch", str(inbox), "--checkpoint", str(ckpt), "--out", str(inbox), "--once"])
     assert res.exit_code == 2 and "must not be the watched folder" in res.output.replace("\n", " ")

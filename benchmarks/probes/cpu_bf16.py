@@ -5,6 +5,7 @@ and with oneDNN capped to see a CPU without native bf16 (docs/results.md, traini
     python benchmarks/probes/cpu_bf16.py
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/probes/cpu_bf16.py
 """
+
 import time
 
 import torch

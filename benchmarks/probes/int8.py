@@ -6,33 +6,69 @@ would matter only if int8 were faster). Prints the median ms of float32 and int8
 Measured 2026-11-30 (another job on the other core): CheapNet-M 40 ms float32, 128 ms int8 (QDQ), 133 ms
 (QOperator); CheapMix-M (Conv only) 50 ms float32, 196 ms int8; QOperator fails on its Resize. int8 is not shipped.
 """
-import sys, tempfile, time
+
+import sys
+import tempfile
+import time
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.quantization import quantize_static, CalibrationDataReader, QuantFormat, QuantType, quant_pre_process
-from defectseg.models import create_model, PixelModel
-from defectseg.fuse import fuse_for_inference
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
 from defectseg.export import export_onnx
+from defectseg.fuse import fuse_for_inference
+from defectseg.models import PixelModel, create_model
+
 name = sys.argv[1]
 tmp = tempfile.mkdtemp(prefix="int8-")
 m = fuse_for_inference(PixelModel(create_model(name)).eval())
-export_onnx(m, f"{tmp}/{name}.onnx", (1,1,512,512))
+export_onnx(m, f"{tmp}/{name}.onnx", (1, 1, 512, 512))
 rng = np.random.default_rng(0)
+
+
 class R(CalibrationDataReader):
-    def __init__(s): s.it = iter([{"image": rng.integers(0,256,(1,1,512,512)).astype(np.float32)} for _ in range(4)])
-    def get_next(s): return next(s.it, None)
+    def __init__(s):
+        s.it = iter([{"image": rng.integers(0, 256, (1, 1, 512, 512)).astype(np.float32)} for _ in range(4)])
+
+    def get_next(s):
+        return next(s.it, None)
+
+
 for fmt in [QuantFormat.QDQ, QuantFormat.QOperator]:
     out = f"{tmp}/{name}-{fmt}.onnx"
-    quantize_static(f"{tmp}/{name}.onnx", out, R(), quant_format=fmt, per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
-    o = ort.SessionOptions(); o.intra_op_num_threads=1
+    quantize_static(
+        f"{tmp}/{name}.onnx",
+        out,
+        R(),
+        quant_format=fmt,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+    )
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 1
     s0 = ort.InferenceSession(f"{tmp}/{name}.onnx", o, providers=["CPUExecutionProvider"])
     s1 = ort.InferenceSession(out, o, providers=["CPUExecutionProvider"])
-    x = rng.integers(0,256,(1,1,512,512)).astype(np.float32)
-    def tm(s, n=10):
-        for _ in range(3): s.run(None, {"image": x})
-        ts=[]
+    x = rng.integers(0, 256, (1, 1, 512, 512)).astype(np.float32)
+
+    def tm(s, n=10, x=x):
+        for _ in range(3):
+            s.run(None, {"image": x})
+        ts = []
         for _ in range(n):
-            t=time.perf_counter(); s.run(None, {"image": x}); ts.append(time.perf_counter()-t)
-        return round(np.median(ts)*1e3,1)
-    print(name, fmt, "fp32", tm(s0), "int8", tm(s1), "maxdiff", np.abs(s0.run(None,{"image":x})[0]-s1.run(None,{"image":x})[0]).max())
+            t = time.perf_counter()
+            s.run(None, {"image": x})
+            ts.append(time.perf_counter() - t)
+        return round(np.median(ts) * 1e3, 1)
+
+    print(
+        name,
+        fmt,
+        "fp32",
+        tm(s0),
+        "int8",
+        tm(s1),
+        "maxdiff",
+        np.abs(s0.run(None, {"image": x})[0] - s1.run(None, {"image": x})[0]).max(),
+    )

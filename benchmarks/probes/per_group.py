@@ -5,6 +5,7 @@ MT_Blowhole, MT_Break, MT_Crack, MT_Fray, MT_Uneven, MT_Free), through the predi
 Prints, per group: images, defect pixels, pixel IoU over the group (intersection and union summed over its
 images), and the share of its images called NG.
 """
+
 import collections
 import json
 import sys
@@ -12,9 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from defectseg import checkpoint
-from defectseg import data
-from defectseg import evaluate
+from defectseg import checkpoint, data, evaluate
 
 ck_path = sys.argv[1]
 which = sys.argv[2] if len(sys.argv) > 2 else "test"

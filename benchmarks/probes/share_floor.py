@@ -7,6 +7,7 @@ the subset's test split (natural proportions: a quarter defective). One thread; 
 
     OMP_NUM_THREADS=1 python benchmarks/probes/share_floor.py benchmarks/results/share-floor.md
 """
+
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +23,10 @@ with tempfile.TemporaryDirectory() as tmp:
     data = Path(tmp) / "mt"
     split_file = make_subset(data, free_per_defective=3)
     if not out.exists():
-        out.write_text("| seed | defective_share | test defect IoU | image AUROC | pixel AP | seconds |\n|---|---|---|---|---|---|\n")
+        out.write_text(
+            "| seed | defective_share | test defect IoU | image AUROC | pixel AP | seconds |\n"
+            "|---|---|---|---|---|---|\n"
+        )
     for seed in (0, 1):
         for share in (None, 0.25, 0.5):
             cfg = C.RunConfig()
@@ -32,8 +36,10 @@ with tempfile.TemporaryDirectory() as tmp:
             cfg.out_dir, cfg.name = tmp + "/runs", f"s{seed}-{share}"
             r = train(cfg, quiet=True)
             m = r.test_metrics
-            row = (f"| {seed} | {share} | {m['defect_iou']:.3f} | {m['image_auroc']:.3f} | {m['pixel_ap']:.3f} "
-                   f"| {r.seconds:.0f} |\n")
+            row = (
+                f"| {seed} | {share} | {m['defect_iou']:.3f} | {m['image_auroc']:.3f} | {m['pixel_ap']:.3f} "
+                f"| {r.seconds:.0f} |\n"
+            )
             print(row, end="", flush=True)
             with out.open("a") as f:
                 f.write(row)

@@ -6,6 +6,7 @@ seeds 0 and 1. Test defect IoU, image AUROC and pixel AP on the set's test split
 
     OMP_NUM_THREADS=1 python benchmarks/probes/tall_aspect.py benchmarks/results/tall-aspect.md
 """
+
 import json
 import sys
 import tempfile
@@ -40,8 +41,10 @@ with tempfile.TemporaryDirectory() as tmp:
     (data / "split.json").write_text(json.dumps(kept))
     print({k: len(v) for k, v in kept.items()}, flush=True)
     if not out.exists():
-        out.write_text("| seed | keep_aspect | shape | test defect IoU | image AUROC | pixel AP | seconds |\n"
-                       "|---|---|---|---|---|---|---|\n")
+        out.write_text(
+            "| seed | keep_aspect | shape | test defect IoU | image AUROC | pixel AP | seconds |\n"
+            "|---|---|---|---|---|---|---|\n"
+        )
     for seed in (0, 1):
         for keep in (True, False):
             cfg = C.RunConfig()
@@ -52,8 +55,10 @@ with tempfile.TemporaryDirectory() as tmp:
             r = train(cfg, quiet=True)
             m = r.test_metrics
             shape = C.resize_hw(C.from_dict(load_checkpoint(r.best)["config"]).data)
-            row = (f"| {seed} | {keep} | {shape[0]}x{shape[1]} | {m['defect_iou']:.3f} | {m['image_auroc']:.3f} "
-                   f"| {m['pixel_ap']:.3f} | {r.seconds:.0f} |\n")
+            row = (
+                f"| {seed} | {keep} | {shape[0]}x{shape[1]} | {m['defect_iou']:.3f} | {m['image_auroc']:.3f} "
+                f"| {m['pixel_ap']:.3f} | {r.seconds:.0f} |\n"
+            )
             print(row, end="", flush=True)
             with out.open("a") as f:
                 f.write(row)

@@ -5,13 +5,15 @@ A `Net` is a loaded network as one function, uint8 (B, C_in, h, w) -> float32 lo
 needs to feed it (its config, channels, size multiple). The network normalises raw pixel values itself
 (`models.PixelModel`, or the exported graph).
 """
+
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,13 +54,13 @@ class Net:
     class_names: list[str]
     task: str
     size_multiple: int
-    image_channels: int           # channels of the image itself (1 gray, 3 RGB)
-    uses_reference: bool          # input = image + reference on the channel axis
+    image_channels: int  # channels of the image itself (1 gray, 3 RGB)
+    uses_reference: bool  # input = image + reference on the channel axis
     source: Path
-    backend: str                  # "torch" or "onnxruntime"
-    fixed_batch: int | None = None          # ONNX graphs exported --static
+    backend: str  # "torch" or "onnxruntime"
+    fixed_batch: int | None = None  # ONNX graphs exported --static
     fixed_hw: tuple[int, int] | None = None
-    note: str = ""                          # how backend "auto" chose (empty when the backend was asked for)
+    note: str = ""  # how backend "auto" chose (empty when the backend was asked for)
 
     @property
     def input_channels(self) -> int:
@@ -75,8 +77,14 @@ def classifier_probabilities(net: Net, batch: np.ndarray) -> np.ndarray:
     return expit(net.logits(batch).reshape(len(batch), -1)[:, 0].astype(np.float64))
 
 
-def load_net(path: str | Path, device: str = "auto", backend: str = "auto", dtype: str | None = None,
-             channels_last: bool = False, threads: int | None = None) -> Net:
+def load_net(
+    path: str | Path,
+    device: str = "auto",
+    backend: str = "auto",
+    dtype: str | None = None,
+    channels_last: bool = False,
+    threads: int | None = None,
+) -> Net:
     """Load a .pt checkpoint (torch) or an exported .onnx (onnxruntime) behind one interface.
 
     backend "auto": an .onnx runs on ONNX Runtime; a .pt where `auto_backend` says onnxruntime (float32 on the CPU)
@@ -94,11 +102,14 @@ def load_net(path: str | Path, device: str = "auto", backend: str = "auto", dtyp
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist; pass runs/<name>/best.pt or an exported .onnx")
     if backend == "onnxruntime" and not is_onnx:
-        raise ValueError(f"backend onnxruntime needs an .onnx file but got {path}; export it first with "
-                         f"`defectseg export --checkpoint {path}` and pass the .onnx")
+        raise ValueError(
+            f"backend onnxruntime needs an .onnx file but got {path}; export it first with "
+            f"`defectseg export --checkpoint {path}` and pass the .onnx"
+        )
     if backend == "torch" and is_onnx:
-        raise ValueError(f"backend torch needs a .pt checkpoint but got {path}; use --backend onnxruntime "
-                         "(or auto) for .onnx files")
+        raise ValueError(
+            f"backend torch needs a .pt checkpoint but got {path}; use --backend onnxruntime (or auto) for .onnx files"
+        )
     if backend == "torch":
         ckpt = load_checkpoint(path)
         cfg, num_classes, names, task = checkpoint_fields(ckpt, path)
@@ -107,17 +118,26 @@ def load_net(path: str | Path, device: str = "auto", backend: str = "auto", dtyp
     return _onnx_net(path, device, dtype, threads)
 
 
-def torch_net(model: Any, cfg: C.RunConfig, num_classes: int, class_names: list[str], task: str,
-              device: str | torch.device = "auto", dtype: str | None = None, channels_last: bool = False,
-              source: str | Path = "model") -> Net:
+def torch_net(
+    model: Any,
+    cfg: C.RunConfig,
+    num_classes: int,
+    class_names: list[str],
+    task: str,
+    device: str | torch.device = "auto",
+    dtype: str | None = None,
+    channels_last: bool = False,
+    source: str | Path = "model",
+) -> Net:
     """A `Net` around an in-memory `PixelModel` (raw pixels in, logits out): how training validates a model
     through the same path as predict. The model is put in eval mode on `device` (moved in place)."""
     dev = pick_device(device)
     if dtype not in (None, "fp32", "bf16", "fp16"):
         raise ValueError(f"dtype {dtype!r} is not supported; use bf16, fp16 or leave it unset (float32)")
     if dtype in ("bf16", "fp16") and dev.type != "cuda":
-        raise ValueError(f"dtype {dtype} autocast is a CUDA option but the device is {dev}; drop --dtype or "
-                         "use --device cuda")
+        raise ValueError(
+            f"dtype {dtype} autocast is a CUDA option but the device is {dev}; drop --dtype or use --device cuda"
+        )
     amp = parse_dtype(dtype)
     cl = channels_last and dev.type == "cuda"  # a CUDA memory-layout option; on the CPU it only costs copies
     model = model.eval().to(dev)
@@ -134,8 +154,18 @@ def torch_net(model: Any, cfg: C.RunConfig, num_classes: int, class_names: list[
             out = model(t)
         return out.float().cpu().numpy()
 
-    return Net(logits, cfg, num_classes, class_names, task, int(getattr(model, "size_multiple", 1)),
-               cfg.data.channels, bool(cfg.data.reference), Path(source), "torch")
+    return Net(
+        logits,
+        cfg,
+        num_classes,
+        class_names,
+        task,
+        int(getattr(model, "size_multiple", 1)),
+        cfg.data.channels,
+        bool(cfg.data.reference),
+        Path(source),
+        "torch",
+    )
 
 
 def _onnx_providers(device: str) -> list[str]:
@@ -147,43 +177,57 @@ def _onnx_providers(device: str) -> list[str]:
         return ["cpu"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ValueError(f"device {device!r} asked for but this onnxruntime has no CUDA provider "
-                             f"(available: {ort.get_available_providers()}); use --device cpu or install "
-                             "onnxruntime-gpu")
+            raise ValueError(
+                f"device {device!r} asked for but this onnxruntime has no CUDA provider "
+                f"(available: {ort.get_available_providers()}); use --device cpu or install "
+                "onnxruntime-gpu"
+            )
         return ["cuda"]
     raise ValueError(f"device {device!r} is not supported by the onnxruntime backend; use auto, cpu or cuda")
 
 
 def _onnx_net(path: Path, device: str, dtype: str | None, threads: int | None) -> Net:
     if dtype not in (None, "fp32"):
-        raise ValueError(f"dtype {dtype} is a torch-backend option; the ONNX graph runs in float32 "
-                         "(drop --dtype, or predict with the .pt checkpoint)")
+        raise ValueError(
+            f"dtype {dtype} is a torch-backend option; the ONNX graph runs in float32 "
+            "(drop --dtype, or predict with the .pt checkpoint)"
+        )
     try:
         om = OnnxModel(path, providers=_onnx_providers(device), threads=threads)
     except ValueError:
         raise
     except Exception as exc:  # anything ORT or protobuf throws for a broken file
-        raise ValueError(f"cannot load ONNX model {path} ({type(exc).__name__}: {str(exc)[:200]}); re-export "
-                         "it with `defectseg export`") from exc
+        raise ValueError(
+            f"cannot load ONNX model {path} ({type(exc).__name__}: {str(exc)[:200]}); re-export "
+            "it with `defectseg export`"
+        ) from exc
     raw = om.metadata.get(ONNX_CONFIG_KEY)
     if raw is None:
-        raise ValueError(f"{path} has no '{ONNX_CONFIG_KEY}' metadata, so its preprocessing is unknown; export "
-                         "it with `defectseg export --checkpoint best.pt` (not a bare torch.onnx.export)")
+        raise ValueError(
+            f"{path} has no '{ONNX_CONFIG_KEY}' metadata, so its preprocessing is unknown; export "
+            "it with `defectseg export --checkpoint best.pt` (not a bare torch.onnx.export)"
+        )
     try:
         meta = json.loads(raw)
         cfg, num_classes, names, task = checkpoint_fields(meta, path)
     except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: metadata '{ONNX_CONFIG_KEY}' is not a defectseg config ({exc}); re-export "
-                         "it with `defectseg export`") from exc
+        raise ValueError(
+            f"{path}: metadata '{ONNX_CONFIG_KEY}' is not a defectseg config ({exc}); re-export "
+            "it with `defectseg export`"
+        ) from exc
     if meta.get("format") != ONNX_FORMAT:
-        raise ValueError(f"{path} was exported as {meta.get('format')!r}, whose graph expects normalised input; "
-                         f"this version reads {ONNX_FORMAT!r} (the graph normalises raw pixels itself): re-export "
-                         "it from its .pt with `defectseg export`")
+        raise ValueError(
+            f"{path} was exported as {meta.get('format')!r}, whose graph expects normalised input; "
+            f"this version reads {ONNX_FORMAT!r} (the graph normalises raw pixels itself): re-export "
+            "it from its .pt with `defectseg export`"
+        )
     image_channels, uses_ref = cfg.data.channels, bool(cfg.data.reference)
     in_channels = input_channels(cfg)
     if om.input_channels != in_channels:
-        raise ValueError(f"{path}: the graph takes {om.input_channels} channels but its config implies "
-                         f"{in_channels}; re-export it with `defectseg export`")
+        raise ValueError(
+            f"{path}: the graph takes {om.input_channels} channels but its config implies "
+            f"{in_channels}; re-export it with `defectseg export`"
+        )
     shape = om.input_shape
     fixed_batch = shape[0] if isinstance(shape[0], int) else None
     fixed_hw = (shape[2], shape[3]) if isinstance(shape[2], int) and isinstance(shape[3], int) else None
@@ -195,15 +239,27 @@ def _onnx_net(path: Path, device: str, dtype: str | None, threads: int | None) -
             return om(xf)
         outs = []
         for i in range(0, len(xf), fixed_batch):  # a --static graph: feed its fixed batch, zero-padded
-            part = xf[i:i + fixed_batch]
+            part = xf[i : i + fixed_batch]
             n = len(part)
             if n < fixed_batch:
                 part = np.concatenate([part, np.zeros((fixed_batch - n, *part.shape[1:]), np.float32)])
             outs.append(om(part)[:n])
         return np.concatenate(outs)
 
-    return Net(run, cfg, num_classes, names, task, multiple, image_channels, uses_ref, path, "onnxruntime",
-               fixed_batch, fixed_hw)
+    return Net(
+        run,
+        cfg,
+        num_classes,
+        names,
+        task,
+        multiple,
+        image_channels,
+        uses_ref,
+        path,
+        "onnxruntime",
+        fixed_batch,
+        fixed_hw,
+    )
 
 
 def _exported_net(path: Path, threads: int | None) -> Net:
@@ -226,8 +282,9 @@ def _exported_net(path: Path, threads: int | None) -> Net:
         side = max(m, min(cfg.data.size, 256) // m * m)
         shape = (1, input_channels(cfg), side, side)
         with tempfile.TemporaryDirectory(prefix="defectseg-") as tmp:
-            onnx_path = export_onnx(fuse_for_inference(model), Path(tmp) / "model.onnx", shape,
-                                    metadata=onnx_metadata(ckpt))
+            onnx_path = export_onnx(
+                fuse_for_inference(model), Path(tmp) / "model.onnx", shape, metadata=onnx_metadata(ckpt)
+            )
             net = _onnx_net(onnx_path, "cpu", None, threads)  # the session holds the graph in memory
         x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
         with torch.inference_mode():  # the checkpoint's own model, not a rewritten one, is the reference

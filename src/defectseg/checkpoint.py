@@ -4,6 +4,7 @@ A checkpoint is a plain dict of tensors and Python values, read with `torch.load
 the resolved config, the number of logits, the class names, the task and the weights of the `PixelModel` (raw
 pixels in, logits out: the normalisation is part of the weights), so evaluate, predict and export need nothing else.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,17 @@ import torch
 from . import config as C
 from .models import PixelModel, create_model
 
-__all__ = ["CHECKPOINT_FORMAT", "READABLE_FORMATS", "build_model", "checkpoint_fields", "input_channels",
-           "load_checkpoint", "load_weights", "model_from_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "READABLE_FORMATS",
+    "build_model",
+    "checkpoint_fields",
+    "input_channels",
+    "load_checkpoint",
+    "load_weights",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]
 
 # v2 stores the PixelModel's weights (keys "net.*" plus the normalisation buffers); v1 stored the bare network's.
 CHECKPOINT_FORMAT = "defectseg-checkpoint-v2"
@@ -53,21 +63,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused an object: never retry with weights_only=False
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))  # the refused object, e.g. posix.system
-        raise ValueError(f"{path} is not a safe checkpoint: it holds Python objects other than tensors and plain "
-                         f"values{' (' + found.group(1) + ')' if found else ''}, which could run code when loaded, "
-                         "so it will not be loaded. Use a best.pt/last.pt written by `defectseg train`") from None
+        raise ValueError(
+            f"{path} is not a safe checkpoint: it holds Python objects other than tensors and plain "
+            f"values{' (' + found.group(1) + ')' if found else ''}, which could run code when loaded, "
+            "so it will not be loaded. Use a best.pt/last.pt written by `defectseg train`"
+        ) from None
     except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); "
-                         "the file is corrupt or not a torch checkpoint: use a best.pt/last.pt written by "
-                         "`defectseg train`") from exc
+        raise ValueError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); "
+            "the file is corrupt or not a torch checkpoint: use a best.pt/last.pt written by "
+            "`defectseg train`"
+        ) from exc
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt is None or not str(fmt).startswith("defectseg-checkpoint"):
-        raise ValueError(f"{path} is not a defectseg checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
-                         "to use bare weights, load them into a model with load_encoder_weights or "
-                         "model.load_state_dict")
+        raise ValueError(
+            f"{path} is not a defectseg checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
+            "to use bare weights, load them into a model with load_encoder_weights or "
+            "model.load_state_dict"
+        )
     if fmt not in READABLE_FORMATS:
-        raise ValueError(f"{path} is a {fmt} checkpoint, written by a newer defectseg; this version reads "
-                         f"{', '.join(READABLE_FORMATS)}: upgrade defectseg")
+        raise ValueError(
+            f"{path} is a {fmt} checkpoint, written by a newer defectseg; this version reads "
+            f"{', '.join(READABLE_FORMATS)}: upgrade defectseg"
+        )
     return ckpt
 
 
@@ -75,12 +93,15 @@ def checkpoint_fields(d: dict[str, Any], source: str | Path) -> tuple[C.RunConfi
     """(config, number of logits, class names, task) of a checkpoint or of an exported model's metadata."""
     missing = [k for k in ("config", "num_classes") if k not in d]
     if missing:
-        raise ValueError(f"{source} lacks {missing}; use a checkpoint written by `defectseg train` (or an ONNX "
-                         "file written by `defectseg export`)")
+        raise ValueError(
+            f"{source} lacks {missing}; use a checkpoint written by `defectseg train` (or an ONNX "
+            "file written by `defectseg export`)"
+        )
     cfg = C.from_dict(d["config"])
     num_classes = int(d["num_classes"])
-    names = list(d.get("class_names") or (["background", "defect"] if num_classes <= 2
-                                          else [str(i) for i in range(num_classes)]))
+    names = list(
+        d.get("class_names") or (["background", "defect"] if num_classes <= 2 else [str(i) for i in range(num_classes)])
+    )
     return cfg, num_classes, names, str(d.get("task", cfg.train.task))
 
 
@@ -91,8 +112,7 @@ def input_channels(cfg: C.RunConfig) -> int:
 
 def build_model(cfg: C.RunConfig, num_classes: int) -> PixelModel:
     """The configured network wrapped with its normalisation: raw pixel values in, logits out."""
-    net = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=num_classes,
-                       **cfg.model.options)
+    net = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=num_classes, **cfg.model.options)
     return PixelModel(net, cfg.data.mean, cfg.data.std)
 
 
@@ -111,7 +131,9 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint
     try:
         load_weights(model, ckpt["model"])
     except (RuntimeError, KeyError) as exc:
-        raise ValueError(f"{source}: the stored weights do not fit {cfg.model.name} with {input_channels(cfg)} "
-                         f"input channels and {ckpt['num_classes']} outputs ({str(exc)[:300]}); the checkpoint's "
-                         "config and weights disagree: re-train or re-save it") from exc
+        raise ValueError(
+            f"{source}: the stored weights do not fit {cfg.model.name} with {input_channels(cfg)} "
+            f"input channels and {ckpt['num_classes']} outputs ({str(exc)[:300]}); the checkpoint's "
+            "config and weights disagree: re-train or re-save it"
+        ) from exc
     return model.eval(), cfg

@@ -1,4 +1,5 @@
 """The `defectseg` command: demo, train, evaluate, predict, export, benchmark, data."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ from .trainer import TrainingError
 from .trainer import train as run_train
 from .watch import watch
 
-app = typer.Typer(help="Find and localize surface defects in industrial images.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Find and localize surface defects in industrial images.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 app.add_typer(data_app, name="data", help="Dataset tools: synthetic data, statistics.")
 console = Console()
 
@@ -86,27 +91,39 @@ def train(
     iterations: Optional[int] = typer.Option(None, help="Train this many steps instead of epochs."),
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None),
-    size: Optional[int] = typer.Option(None, help="Training resolution: size x size (with data.keep_aspect, "
-                                       "about size² pixels at a tall or wide set's aspect)."),
+    size: Optional[int] = typer.Option(
+        None,
+        help="Training resolution: size x size (with data.keep_aspect, "
+        "about size² pixels at a tall or wide set's aspect).",
+    ),
     loss: Optional[str] = typer.Option(None, help=f"{_one_of('train.loss')}."),
     augment: Optional[str] = typer.Option(None, help=f"{_one_of('data.augment')}."),
     split_file: Optional[str] = typer.Option(None, help="Reuse a split file (JSON lists train/val/test)."),
     encoder_weights: Optional[str] = typer.Option(None, help="Local file with torchvision-named encoder weights."),
     freeze_encoder_epochs: Optional[int] = typer.Option(None),
-    reference: Optional[str] = typer.Option(None, help="Reference mode: a defect-free image file, or 'group' "
-                                            "(the first defect-free training image of each class)."),
+    reference: Optional[str] = typer.Option(
+        None,
+        help="Reference mode: a defect-free image file, or 'group' "
+        "(the first defect-free training image of each class).",
+    ),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
     seed: Optional[int] = typer.Option(None),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and list) unreadable or inconsistent samples."),
-    allow_unlabeled: bool = typer.Option(False, "--allow-unlabeled",
-                                         help="Generic layout: images without a mask are defect-free."),
-    synthetic_defects: Optional[float] = typer.Option(None, help="Probability per good training image of a "
-                                                      "painted synthetic defect (with its mask)."),
-    copy_paste: Optional[float] = typer.Option(None, help="Probability per good training image of a real "
-                                               "defect pasted from another image of the batch."),
-    defect_free_only: bool = typer.Option(False, "--defect-free-only",
-                                          help="Ignore the real defective training images (learn from good parts "
-                                               "with --synthetic-defects); threshold set on good validation images."),
+    allow_unlabeled: bool = typer.Option(
+        False, "--allow-unlabeled", help="Generic layout: images without a mask are defect-free."
+    ),
+    synthetic_defects: Optional[float] = typer.Option(
+        None, help="Probability per good training image of a painted synthetic defect (with its mask)."
+    ),
+    copy_paste: Optional[float] = typer.Option(
+        None, help="Probability per good training image of a real defect pasted from another image of the batch."
+    ),
+    defect_free_only: bool = typer.Option(
+        False,
+        "--defect-free-only",
+        help="Ignore the real defective training images (learn from good parts "
+        "with --synthetic-defects); threshold set on good validation images.",
+    ),
     set_: list[str] = typer.Option([], "--set", help="Any config value: section.key=value (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run of the same name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="One line per epoch, no progress bar."),
@@ -117,15 +134,36 @@ def train(
             result = run_train(C.RunConfig(), resume=resume, quiet=quiet)
         else:
             overrides = {
-                "name": name, "out_dir": out_dir,
-                "data": {"root": data, "format": format, "size": size, "augment": augment,
-                         "split_file": split_file, "skip_bad": skip_bad or None, "reference": reference,
-                         "allow_unlabeled": allow_unlabeled or None, "synthetic_defects": synthetic_defects,
-                         "copy_paste": copy_paste, "defect_free_only": defect_free_only or None},
-                "model": {"name": model, "encoder_weights": encoder_weights,
-                          "freeze_encoder_epochs": freeze_encoder_epochs},
-                "train": {"task": task, "epochs": epochs, "iterations": iterations, "batch_size": batch_size,
-                          "lr": lr, "loss": loss, "device": device, "seed": seed},
+                "name": name,
+                "out_dir": out_dir,
+                "data": {
+                    "root": data,
+                    "format": format,
+                    "size": size,
+                    "augment": augment,
+                    "split_file": split_file,
+                    "skip_bad": skip_bad or None,
+                    "reference": reference,
+                    "allow_unlabeled": allow_unlabeled or None,
+                    "synthetic_defects": synthetic_defects,
+                    "copy_paste": copy_paste,
+                    "defect_free_only": defect_free_only or None,
+                },
+                "model": {
+                    "name": model,
+                    "encoder_weights": encoder_weights,
+                    "freeze_encoder_epochs": freeze_encoder_epochs,
+                },
+                "train": {
+                    "task": task,
+                    "epochs": epochs,
+                    "iterations": iterations,
+                    "batch_size": batch_size,
+                    "lr": lr,
+                    "loss": loss,
+                    "device": device,
+                    "seed": seed,
+                },
             }
             cfg = C.resolve(preset, config, overrides)
             cfg = C.from_dict(C._deep_update(cfg.to_dict(), _parse_set(set_)))
@@ -147,20 +185,36 @@ def evaluate(
     split_file: Optional[str] = typer.Option(None, help="Use this split file instead of the run's."),
     device: str = typer.Option("auto"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
-    gate: Optional[Path] = typer.Option(None, help="Classifier checkpoint (task classify) in front of the "
-                                                   "segmenter: the cascade, as `predict --gate` runs it."),
-    gate_threshold: Optional[float] = typer.Option(None, help="Gate probability below which an image is OK "
-                                                   "(default: the gate checkpoint's own threshold)."),
+    gate: Optional[Path] = typer.Option(
+        None,
+        help="Classifier checkpoint (task classify) in front of the "
+        "segmenter: the cascade, as `predict --gate` runs it.",
+    ),
+    gate_threshold: Optional[float] = typer.Option(
+        None, help="Gate probability below which an image is OK (default: the gate checkpoint's own threshold)."
+    ),
     threshold: Optional[float] = typer.Option(None, help="Defect probability threshold (default: the checkpoint's)."),
     min_area: Optional[int] = typer.Option(None, help="Drop defects smaller than this many pixels."),
 ) -> None:
     """Evaluate a checkpoint: pixel, image-level and per-defect metrics over a whole split."""
     try:
         if checkpoint.suffix.lower() == ".onnx":
-            raise ValueError(f"{checkpoint} is an exported model; evaluate the checkpoint it came from "
-                             "(--checkpoint runs/<name>/best.pt), or run `defectseg predict` with the .onnx")
-        metrics = evaluate_checkpoint(checkpoint, data, split, format, device, split_file=split_file, gate=gate,
-                                      gate_threshold=gate_threshold, threshold=threshold, min_area=min_area)
+            raise ValueError(
+                f"{checkpoint} is an exported model; evaluate the checkpoint it came from "
+                "(--checkpoint runs/<name>/best.pt), or run `defectseg predict` with the .onnx"
+            )
+        metrics = evaluate_checkpoint(
+            checkpoint,
+            data,
+            split,
+            format,
+            device,
+            split_file=split_file,
+            gate=gate,
+            gate_threshold=gate_threshold,
+            threshold=threshold,
+            min_area=min_area,
+        )
     except ValueError as exc:
         _fail(exc)
     console.print(_metrics_table(f"{split} split: {checkpoint}{f' behind gate {gate}' if gate else ''}", metrics))
@@ -201,31 +255,44 @@ def demo(
 # --- predict / export commands: below this line ---
 @app.command("predict")
 def predict_cmd(  # long only by its option list: the body reads in forty lines
-    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (their images; mask/label files "
-                                                  "and sub-folders are skipped and counted)."),
+    inputs: list[Path] = typer.Argument(
+        ..., help="Image files and/or folders (their images; mask/label files and sub-folders are skipped and counted)."
+    ),
     checkpoint: Path = typer.Option(..., help="runs/<name>/best.pt, or a model.onnx written by `defectseg export`."),
     out: Path = typer.Option(Path("predictions"), help="Output folder: masks, overlays, results.jsonl/csv."),
     threshold: Optional[float] = typer.Option(None, help="Defect probability threshold (default: the checkpoint's)."),
     min_area: Optional[int] = typer.Option(None, help="Drop defects smaller than this many pixels."),
     batch_size: int = typer.Option(8, help="Images (or tiles) per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-    backend: str = typer.Option("auto", help="auto (.onnx: onnxruntime; .pt on the CPU: exported to ONNX at load "
-                                             "and run by onnxruntime when it matches PyTorch; else torch), torch "
-                                             "or onnxruntime."),
+    backend: str = typer.Option(
+        "auto",
+        help="auto (.onnx: onnxruntime; .pt on the CPU: exported to ONNX at load "
+        "and run by onnxruntime when it matches PyTorch; else torch), torch "
+        "or onnxruntime.",
+    ),
     dtype: Optional[str] = typer.Option(None, help="bf16 or fp16 autocast (torch backend on CUDA)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format (CUDA)."),
-    tile: Optional[int] = typer.Option(None, help="Tile mode: native-resolution NxN windows (0: resize mode; "
-                                                  "default: the checkpoint's infer.tile, usually resize mode)."),
+    tile: Optional[int] = typer.Option(
+        None,
+        help="Tile mode: native-resolution NxN windows (0: resize mode; "
+        "default: the checkpoint's infer.tile, usually resize mode).",
+    ),
     tile_overlap: Optional[int] = typer.Option(None, help="Overlap of tiles in pixels."),
-    gate: Optional[Path] = typer.Option(None, help="Classifier checkpoint (task classify): images it calls OK "
-                                                   "skip segmentation."),
-    gate_threshold: Optional[float] = typer.Option(None, help="Gate probability below which an image is OK "
-                                                   "(default: the gate checkpoint's own threshold)."),
+    gate: Optional[Path] = typer.Option(
+        None, help="Classifier checkpoint (task classify): images it calls OK skip segmentation."
+    ),
+    gate_threshold: Optional[float] = typer.Option(
+        None, help="Gate probability below which an image is OK (default: the gate checkpoint's own threshold)."
+    ),
     reference: Optional[Path] = typer.Option(None, help="Defect-free reference image (reference-mode models)."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Write masks and results only."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous prediction in --out."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also predict images in sub-folders (mask "
-                                                                   "folders such as Label/ stay skipped)."),
+    recursive: bool = typer.Option(
+        False,
+        "--recursive",
+        "-r",
+        help="Also predict images in sub-folders (mask folders such as Label/ stay skipped).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary."),
 ) -> None:
     """Find defects in images: writes <stem>_mask.png, <stem>_overlay.png, results.jsonl and results.csv.
@@ -241,21 +308,38 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
     try:
         paths, skipped = find_images(inputs, recursive=recursive, exclude=out)
         if any(p.resolve().parent == out.resolve() for p in paths):
-            raise ValueError(f"--out {out} holds input images: masks written there could replace inputs "
-                             "(a_mask.png) and be read back as inputs; choose a separate output folder")
+            raise ValueError(
+                f"--out {out} holds input images: masks written there could replace inputs "
+                "(a_mask.png) and be read back as inputs; choose a separate output folder"
+            )
         if not paths:
-            raise ValueError(f"no image files ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in "
-                             f"{', '.join(map(str, inputs))}" + (f" ({len(skipped)} entries skipped: "
-                             f"{skipped[0][0]}: {skipped[0][1]}, ...)" if skipped else ""))
+            raise ValueError(
+                f"no image files ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in "
+                f"{', '.join(map(str, inputs))}"
+                + (f" ({len(skipped)} entries skipped: {skipped[0][0]}: {skipped[0][1]}, ...)" if skipped else "")
+            )
         predictor = Predictor.from_checkpoint(
-            checkpoint, device=device, backend=backend, dtype=dtype, channels_last=channels_last,
-            batch_size=batch_size, tile=tile, gate=gate, gate_threshold=gate_threshold, reference=reference,
-            threshold=threshold, min_area=min_area, tile_overlap=tile_overlap)
+            checkpoint,
+            device=device,
+            backend=backend,
+            dtype=dtype,
+            channels_last=channels_last,
+            batch_size=batch_size,
+            tile=tile,
+            gate=gate,
+            gate_threshold=gate_threshold,
+            reference=reference,
+            threshold=threshold,
+            min_area=min_area,
+            tile_overlap=tile_overlap,
+        )
     except ValueError as exc:
         _fail(exc)
     if not quiet:
-        console.print(f"predicting {len(paths)} images with {checkpoint} ({predictor.segmenter.backend}, "
-                      f"{predictor.mode} mode{', gate ' + str(gate) if gate else ''}) -> {out}")
+        console.print(
+            f"predicting {len(paths)} images with {checkpoint} ({predictor.segmenter.backend}, "
+            f"{predictor.mode} mode{', gate ' + str(gate) if gate else ''}) -> {out}"
+        )
         if predictor.segmenter.note:
             console.print(f"backend {predictor.segmenter.backend}: {predictor.segmenter.note}")
     if skipped:
@@ -276,9 +360,11 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
         _fail(exc)
     seconds = time.perf_counter() - t0
     done = writer.n_images - writer.n_errors
-    console.print(f"{writer.n_images} images: {writer.n_ok} OK, {writer.n_ng} NG ({writer.n_defects} defects), "
-                  f"{writer.n_errors} unreadable; {seconds:.2f} s, {done / max(seconds, 1e-9):.1f} img/s "
-                  f"(reading and writing included)")
+    console.print(
+        f"{writer.n_images} images: {writer.n_ok} OK, {writer.n_ng} NG ({writer.n_defects} defects), "
+        f"{writer.n_errors} unreadable; {seconds:.2f} s, {done / max(seconds, 1e-9):.1f} img/s "
+        f"(reading and writing included)"
+    )
     console.print(f"results: {out / 'results.jsonl'}, {out / 'results.csv'}")
     if writer.n_errors:
         console.print(f"[yellow]{writer.n_errors} unreadable images were skipped:[/yellow]")
@@ -294,9 +380,12 @@ def serve_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A .pt checkpoint or an exported .onnx."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs an API key."),
     port: int = typer.Option(8000, help="TCP port."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="DEFECTSEG_API_KEY",
-                                          help="Required on every endpoint but /health and the page "
-                                               "(X-API-Key header or Authorization: Bearer)."),
+    api_key: Optional[str] = typer.Option(
+        None,
+        "--api-key",
+        envvar="DEFECTSEG_API_KEY",
+        help="Required on every endpoint but /health and the page (X-API-Key header or Authorization: Bearer).",
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     backend: str = typer.Option("auto", help="auto, torch or onnxruntime (as predict)."),
     tile: Optional[int] = typer.Option(None, help="Tile images larger than this (as predict)."),
@@ -311,8 +400,13 @@ def serve_cmd(
     from .serve import ServeConfig, serve  # fastapi and uvicorn load only for this command (a second to import)
 
     try:
-        cfg = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb,
-                          max_images=max_images, max_pixels=max_pixels)
+        cfg = ServeConfig(
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_body_mb=max_body_mb,
+            max_images=max_images,
+            max_pixels=max_pixels,
+        )
         serve(checkpoint, host, port, api_key, cfg, device=device, backend=backend, tile=tile, threads=threads)
     except ValueError as exc:
         _fail(exc)
@@ -334,9 +428,18 @@ def watch_cmd(
     try:
         predictor = Predictor.from_checkpoint(checkpoint, device=device, tile=tile)
         console.print(f"watching {in_dir} with {checkpoint} ({predictor.segmenter.backend}) -> {out}; Ctrl-C stops")
-        n = watch(predictor, in_dir, out, interval, settle, once, overlays=not no_overlays,
-                  on_result=lambda r: console.print(f"{r.verdict}  {r.path}  {len(r.defects)} defects"
-                                                    + (f"  {r.error}" if r.error else "")))
+        n = watch(
+            predictor,
+            in_dir,
+            out,
+            interval,
+            settle,
+            once,
+            overlays=not no_overlays,
+            on_result=lambda r: console.print(
+                f"{r.verdict}  {r.path}  {len(r.defects)} defects" + (f"  {r.error}" if r.error else "")
+            ),
+        )
     except ValueError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -360,10 +463,14 @@ def export_cmd(
         report = export_checkpoint(checkpoint, out, dynamic=dynamic, size=size)
     except ValueError as exc:
         _fail(exc)
-    console.print(f"wrote {report.path} ({'dynamic' if report.dynamic else 'static'} input "
-                  f"{'(B, ' + str(report.input_shape[1]) + ', H, W)' if report.dynamic else report.input_shape})")
-    line = (f"parity: max |onnxruntime - torch| = {report.max_abs_diff:.3g} on a random {report.input_shape} input "
-            f"(logits up to {report.max_abs_logit:.3g})")
+    console.print(
+        f"wrote {report.path} ({'dynamic' if report.dynamic else 'static'} input "
+        f"{'(B, ' + str(report.input_shape[1]) + ', H, W)' if report.dynamic else report.input_shape})"
+    )
+    line = (
+        f"parity: max |onnxruntime - torch| = {report.max_abs_diff:.3g} on a random {report.input_shape} input "
+        f"(logits up to {report.max_abs_logit:.3g})"
+    )
     if report.ok:
         console.print(line)
     else:
@@ -371,13 +478,13 @@ def export_cmd(
         raise typer.Exit(1)
 
 
-
 # --- benchmark command: below this line ---
 def _benchmark_command_line(ctx: typer.Context) -> str:
     """The command as it would be typed to repeat this run: every option that differs from its default."""
     # The settings every figure depends on are written even at their defaults; the rest only when changed.
-    always = {"size", "channels", "device", "batch", "dtype", "backend"} | (set() if ctx.params.get("ablation")
-                                                                           else {"models"})
+    always = {"size", "channels", "device", "batch", "dtype", "backend"} | (
+        set() if ctx.params.get("ablation") else {"models"}
+    )
     parts = ["defectseg", "benchmark"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
@@ -408,26 +515,31 @@ def _int_list(value: str, what: str) -> list[int]:
 @app.command("benchmark")
 def benchmark_cmd(
     ctx: typer.Context,
-    models: str = typer.Option("cheapnet-s,cheapnet-m,mobile-unet",
-                               help="Comma-separated model names (see `defectseg models`)."),
+    models: str = typer.Option(
+        "cheapnet-s,cheapnet-m,mobile-unet", help="Comma-separated model names (see `defectseg models`)."
+    ),
     size: int = typer.Option(512, help="Square input side (a multiple of each model's size_multiple)."),
     channels: int = typer.Option(1, help="Input channels for every model (the paper's Mobile-UNet used 3)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     batch: str = typer.Option("1", help="Comma-separated batch sizes: 1 gives latency, larger ones throughput."),
     dtype: str = typer.Option("fp32", help="Comma-separated: fp32, bf16, fp16 (autocast, as predict/train)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="channels_last memory format."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile (a row is skipped with a note if it "
-                                                          "fails)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile (a row is skipped with a note if it fails)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Capture one CUDA graph, time replays (CUDA)."),
-    backend: str = typer.Option("auto", help="Comma-separated: torch (eager), torch-fused (BatchNorm folded, "
-                                             "CheapNet's head rewritten), onnxruntime, onnxruntime-fused (the "
-                                             "exported float32 graph), auto (what predict runs: onnxruntime-fused "
-                                             "on the CPU, torch on CUDA)."),
+    backend: str = typer.Option(
+        "auto",
+        help="Comma-separated: torch (eager), torch-fused (BatchNorm folded, "
+        "CheapNet's head rewritten), onnxruntime, onnxruntime-fused (the "
+        "exported float32 graph), auto (what predict runs: onnxruntime-fused "
+        "on the CPU, torch on CUDA).",
+    ),
     train: bool = typer.Option(False, "--train", help="Time full training steps (augmentation, bce-dice, Adam)."),
-    ablation: Optional[str] = typer.Option(None, help="'cheapnet': sweep width G for depthwise and standard "
-                                                      "convs instead of --models."),
-    widths: str = typer.Option(",".join(map(str, (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))),
-                               help="Widths G for --ablation."),
+    ablation: Optional[str] = typer.Option(
+        None, help="'cheapnet': sweep width G for depthwise and standard convs instead of --models."
+    ),
+    widths: str = typer.Option(
+        ",".join(map(str, (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))), help="Widths G for --ablation."
+    ),
     convs: str = typer.Option("depthwise,standard", help="Conv kinds for --ablation."),
     threads: Optional[int] = typer.Option(None, help="CPU intra-op threads (default: torch's current setting)."),
     warmup: int = typer.Option(5, help="Untimed calls before timing."),
@@ -460,16 +572,32 @@ def benchmark_cmd(
 
         def progress(row: dict) -> None:
             if not quiet:
-                figure = "skipped" if row["median_ms"] is None else \
-                    f"median {row['median_ms']:.3g} ms, {row['img_per_s']:.1f} img/s"
+                figure = (
+                    "skipped"
+                    if row["median_ms"] is None
+                    else f"median {row['median_ms']:.3g} ms, {row['img_per_s']:.1f} img/s"
+                )
                 err.print(f"{row['model']} {row['mode']} {row['backend']} {row['dtype']} b{row['batch']}: {figure}")
 
         load_start = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else None
-        rows = run_benchmark(specs, size, channels, device, _int_list(batch, "batch"), _split_list(dtype, "dtype"),
-                             backend=_split_list(backend, "backend"), channels_last=channels_last, compile=compile,
-                             cuda_graphs=cuda_graphs,
-                             train=train, threads=threads, warmup=warmup, repeats=repeats, max_seconds=max_seconds,
-                             progress=progress)
+        rows = run_benchmark(
+            specs,
+            size,
+            channels,
+            device,
+            _int_list(batch, "batch"),
+            _split_list(dtype, "dtype"),
+            backend=_split_list(backend, "backend"),
+            channels_last=channels_last,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+            train=train,
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            max_seconds=max_seconds,
+            progress=progress,
+        )
         header = bench_header(rows[0]["device"], _benchmark_command_line(ctx), threads)
         if load_start is not None:  # a shared machine shows up here: compare with "load average" (at the end)
             header["load average at start"] = load_start
@@ -484,7 +612,6 @@ def benchmark_cmd(
     typer.echo(text, nl=False)
     if plot is not None and not quiet:
         err.print(f"plot: {plot}")
-
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

@@ -7,6 +7,7 @@ Every value is checked when the config is built, so a typo in --set or a YAML fi
 the bad value and what is expected, instead of a traceback deep in training (or after the first epoch). Types
 come from the annotations; each field's other limits are declared beside it with `setting(...)`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,11 +34,12 @@ from .runtime import check_device_name
 class Rule:
     """What a field's values may be beyond their type (one of ok, among, names, check). `ok` is not asked about
     None, whose type says whether null is allowed."""
-    say: str = ""                                        # what is expected, in words ("> 0", "4 or 8")
-    ok: Callable[[Any], bool] | None = None              # a range: True for a good value
-    among: tuple[Any, ...] = ()                          # a few fixed values (None among them where null is)
-    names: Callable[[], Iterable[str]] | None = None     # the names a registry holds now
-    check: Callable[[Any], str | None] | None = None     # a test that says itself what is wrong
+
+    say: str = ""  # what is expected, in words ("> 0", "4 or 8")
+    ok: Callable[[Any], bool] | None = None  # a range: True for a good value
+    among: tuple[Any, ...] = ()  # a few fixed values (None among them where null is)
+    names: Callable[[], Iterable[str]] | None = None  # the names a registry holds now
+    check: Callable[[Any], str | None] | None = None  # a test that says itself what is wrong
 
     def problem(self, value: Any) -> tuple[str, str | None] | None:
         """None for a good (typed) value; else (what from_dict says after the key, what the value is not: None
@@ -46,8 +48,10 @@ class Rule:
             allowed = list(self.names())
             if value not in allowed:
                 hint = _hint(value, allowed)
-                return (f"unknown value {value!r}; choose one of: {', '.join(allowed)}{hint}",
-                        f"one of {', '.join(allowed)}{hint}")
+                return (
+                    f"unknown value {value!r}; choose one of: {', '.join(allowed)}{hint}",
+                    f"one of {', '.join(allowed)}{hint}",
+                )
         elif self.among:
             if value not in self.among:
                 hint = _hint(value, [a for a in self.among if a])
@@ -61,9 +65,15 @@ class Rule:
         return None
 
 
-def setting(default: Any, *, say: str = "", ok: Callable[[Any], bool] | None = None, among: Iterable[Any] = (),
-            names: tuple[str, ...] | Callable[[], Iterable[str]] | None = None,
-            check: Callable[[Any], str | None] | None = None) -> Any:
+def setting(
+    default: Any,
+    *,
+    say: str = "",
+    ok: Callable[[Any], bool] | None = None,
+    among: Iterable[Any] = (),
+    names: tuple[str, ...] | Callable[[], Iterable[str]] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
     """A dataclass field with its rule (see Rule) in its metadata; a list or dict default is copied per instance."""
     rule = Rule(say, ok, tuple(among), names if names is None or callable(names) else (lambda: names), check)
     if isinstance(default, (list, dict)):
@@ -78,13 +88,14 @@ class DataConfig:
     # training resolution: images resized to size x size (or see keep_aspect);
     # 128 beat 256 on magnetic tile and tied 192 on NEU-Seg (docs/results.md)
     size: int = setting(128, ok=lambda v: v >= 1, say=">= 1")
-    keep_aspect: bool = False            # tall or wide images (median height/width >= 1.5 or <= 1/1.5): resize to
-                                         # their median aspect at about size² pixels, not squashed to a square (off:
-                                         # no better on tall magnetic tiles, benchmarks/probes/tall_aspect.py)
+    keep_aspect: bool = False  # tall or wide images (median height/width >= 1.5 or <= 1/1.5): resize to
+    # their median aspect at about size² pixels, not squashed to a square (off:
+    # no better on tall magnetic tiles, benchmarks/probes/tall_aspect.py)
     # (H, W) of resize training and predict; None: size x size, or what keep_aspect chooses when training starts
     # (stored in the checkpoint)
-    shape: tuple[int, int] | None = setting(None, ok=lambda v: all(n >= 1 for n in v),
-                                            say="null or [H, W] >= 1 (multiples of the model's size multiple)")
+    shape: tuple[int, int] | None = setting(
+        None, ok=lambda v: all(n >= 1 for n in v), say="null or [H, W] >= 1 (multiples of the model's size multiple)"
+    )
     # train on crop x crop windows at native resolution instead of resizing
     crop: int | None = setting(None, ok=lambda v: v >= 1, say="null or >= 1 (a multiple of the model's size multiple)")
     # crop mode: share of a defective image's crops centred on a defect pixel
@@ -94,28 +105,30 @@ class DataConfig:
     defective_share: float | None = setting(0.25, ok=lambda v: 0 < v < 1, say="null or in (0, 1)")
     # 1 gray, 3 RGB (the model gets twice as many in reference mode)
     channels: int = setting(1, among=(1, 3), say="1 (gray) or 3 (RGB)")
-    split_file: str | None = None        # reuse a split (e.g. magnetic-tile/split-70-15-15.json)
+    split_file: str | None = None  # reuse a split (e.g. magnetic-tile/split-70-15-15.json)
     fractions: tuple[float, float, float] = setting(
-        (0.7, 0.15, 0.15), ok=lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
-        say="three non-negative fractions (train, val, test) summing to 1")
+        (0.7, 0.15, 0.15),
+        ok=lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
+        say="three non-negative fractions (train, val, test) summing to 1",
+    )
     augment: str = setting("light", names=lambda: transforms.PRESETS)  # none | light | strong
     # auto (each format's own) | gt0 | gt127 | ids (data/io.py says which is which)
     mask_rule: str = setting("auto", names=("auto", "gt0", "gt127", "ids"))
     cache: bool = True
     skip_bad: bool = False
-    allow_unlabeled: bool = False        # generic layout: an image without a mask is defect-free
-    defective_only: bool = False         # train on defective images only (the cascade's segmenter)
-    defect_free_only: bool = False       # train on defect-free images only (with synthetic_defects: learn from
-                                         # good parts); the threshold then comes from val-frr (good val images)
+    allow_unlabeled: bool = False  # generic layout: an image without a mask is defect-free
+    defective_only: bool = False  # train on defective images only (the cascade's segmenter)
+    defect_free_only: bool = False  # train on defect-free images only (with synthetic_defects: learn from
+    # good parts); the threshold then comes from val-frr (good val images)
     # keep only this many real defective training images (seeded; few-label)
     defective_images: int | None = setting(None, ok=lambda v: v >= 0, say="null or an integer >= 0")
     # probability per good training image of a painted defect (data/defects.py)
     synthetic_defects: float = setting(0.0, ok=lambda v: 0 <= v <= 1, say="in [0, 1]")
     # probability per good training image of a pasted real defect
     copy_paste: float = setting(0.0, ok=lambda v: 0 <= v <= 1, say="in [0, 1]")
-    reference: str | None = None         # reference mode: a defect-free image file, or "group"
+    reference: str | None = None  # reference mode: a defect-free image file, or "group"
     workers: int = setting(0, ok=lambda v: v >= 0, say=">= 0")
-    mean: float = 0.5                    # normalisation after scaling to [0, 1]: (x - mean) / std
+    mean: float = 0.5  # normalisation after scaling to [0, 1]: (x - mean) / std
     std: float = setting(0.25, ok=lambda v: v > 0, say="> 0 (images are divided by it)")
 
 
@@ -131,7 +144,7 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
     # None: derived (1 logit for binary unless the loss is "ce")
     num_classes: int | None = setting(None, ok=lambda v: v >= 1, say="null (derived) or >= 1")
-    encoder_weights: str | None = None   # a local file with torchvision-named encoder weights
+    encoder_weights: str | None = None  # a local file with torchvision-named encoder weights
     freeze_encoder_epochs: int = setting(0, ok=lambda v: v >= 0, say=">= 0")
 
 
@@ -154,9 +167,9 @@ class TrainConfig:
     iterations: int | None = setting(None, ok=lambda v: v >= 1, say="null or >= 1")
     batch_size: int = setting(16, ok=lambda v: v >= 1, say=">= 1")
     grad_clip: float | None = setting(None, ok=lambda v: v > 0, say="null or > 0")
-    prior_init: bool = True              # start a model's `head` bias at the training split's class prior
-    amp: bool = True                     # bf16 autocast on CUDA, and on a CPU with native bf16 (runtime.cpu_bf16)
-    channels_last: bool = True           # NHWC activations: faster on CUDA and for CheapNet on the CPU
+    prior_init: bool = True  # start a model's `head` bias at the training split's class prior
+    amp: bool = True  # bf16 autocast on CUDA, and on a CPU with native bf16 (runtime.cpu_bf16)
+    channels_last: bool = True  # NHWC activations: faster on CUDA and for CheapNet on the CPU
     seed: int = 0
     device: str = setting("auto", check=check_device_name)  # auto | cpu | cuda | cuda:N
     # validation metric that picks best.pt (higher is better); pixel_ap does not depend on the threshold, which is
@@ -204,9 +217,11 @@ class InferConfig:
 @dataclass
 class RunConfig:
     # A plain folder name: "../x" or "/tmp/x" would put the run outside out_dir.
-    name: str = setting("run", ok=lambda v: v.strip() not in ("", ".", "..") and not re.search(r"[/\\]", v),
-                        say="a plain run name without / or \\ (it names the folder inside out_dir; choose the "
-                            "parent with --out-dir)")
+    name: str = setting(
+        "run",
+        ok=lambda v: v.strip() not in ("", ".", "..") and not re.search(r"[/\\]", v),
+        say="a plain run name without / or \\ (it names the folder inside out_dir; choose the parent with --out-dir)",
+    )
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -230,15 +245,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     # no oversampling (the papers' recipes turn off our defaults' floor on defective draws).
     "cheapnet-paper": {
         "data": {"size": 512, "augment": "none", "defective_share": None},
-        "train": {"loss": "bce", "optimizer": "adam", "lr": 0.01, "schedule": "multistep",
-                  "milestones": [60, 90], "gamma": 0.1, "epochs": 120},
+        "train": {
+            "loss": "bce",
+            "optimizer": "adam",
+            "lr": 0.01,
+            "schedule": "multistep",
+            "milestones": [60, 90],
+            "gamma": 0.1,
+            "epochs": 120,
+        },
     },
     # Mobile-UNet paper: cross-entropy with median-frequency-balancing weights, 256², Adam.
     "mobile-unet-paper": {
         "data": {"size": 256, "channels": 3, "defective_share": None},
         "model": {"name": "mobile-unet"},
-        "train": {"loss": "ce", "class_weights": "median-frequency", "optimizer": "adam", "lr": 1e-3,
-                  "schedule": "none", "epochs": 100},
+        "train": {
+            "loss": "ce",
+            "class_weights": "median-frequency",
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "schedule": "none",
+            "epochs": 100,
+        },
     },
     # Cascade segmenter: trained on defective images only with BCE+Dice 0.8/0.2, encoder frozen for the
     # first 5 epochs. Its gate is a classifier trained on all images with `--task classify`.
@@ -263,8 +291,12 @@ def choices(key: str) -> list[str]:
     train.schedule, train.monitor, infer.threshold_from, infer.score. The names come from the registries, so CLI
     help and checks never go stale.
     """
-    table = {f"{section}.{f.name}": f.metadata["rule"].names for section, cls in _SECTIONS.items()
-             for f in fields(cls) if "rule" in f.metadata and f.metadata["rule"].names}
+    table = {
+        f"{section}.{f.name}": f.metadata["rule"].names
+        for section, cls in _SECTIONS.items()
+        for f in fields(cls)
+        if "rule" in f.metadata and f.metadata["rule"].names
+    }
     if key not in table:
         raise ValueError(f"no list of choices for {key!r}; keys with choices: {', '.join(table)}")
     return list(table[key]())
@@ -373,8 +405,10 @@ def _hint(value: Any, allowed: list[str]) -> str:
 
 def _unknown_key(key: str, where: str, known: list[str]) -> str:
     hint = _hint(key, known)
-    return f"unknown config key {where + key!r}{hint}; known keys{' in ' + where[:-1] if where else ''}: " \
-           f"{', '.join(known)}"
+    return (
+        f"unknown config key {where + key!r}{hint}; known keys{' in ' + where[:-1] if where else ''}: "
+        f"{', '.join(known)}"
+    )
 
 
 def _raise(errors: list[str]) -> None:
@@ -397,8 +431,10 @@ def _check(d: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             if value is None:  # `train:` with every key commented out
                 continue
             if not isinstance(value, Mapping):
-                errors.append(f"{key}: expected a mapping of {key} keys (e.g. {key}.{next(iter(defaults[key]))}), "
-                              f"got {_show(value)}")
+                errors.append(
+                    f"{key}: expected a mapping of {key} keys (e.g. {key}.{next(iter(defaults[key]))}), "
+                    f"got {_show(value)}"
+                )
                 continue
             section = full.setdefault(key, {})
             for k, v in value.items():
@@ -440,12 +476,14 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
         raise ValueError(f"a config must be a mapping of sections (data, model, train, infer), got {_show(d)}")
     typed, errors = _check(d)
     _raise(errors)
-    return RunConfig(name=typed["name"], out_dir=typed["out_dir"],
-                     **{s: cls(**typed[s]) for s, cls in _SECTIONS.items()})
+    return RunConfig(
+        name=typed["name"], out_dir=typed["out_dir"], **{s: cls(**typed[s]) for s, cls in _SECTIONS.items()}
+    )
 
 
-def resolve(preset: str | None = None, config_file: str | Path | None = None,
-            overrides: dict[str, Any] | None = None) -> RunConfig:
+def resolve(
+    preset: str | None = None, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> RunConfig:
     """defaults < preset < YAML file < overrides (nested dicts; None values are ignored)."""
     d: dict[str, Any] = {}
     layers: list[dict[str, Any]] = []
@@ -463,8 +501,11 @@ def resolve(preset: str | None = None, config_file: str | Path | None = None,
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: _drop_none(v) if isinstance(v, dict) and k not in ("options", "loss_options") else v
-            for k, v in d.items() if v is not None}
+    return {
+        k: _drop_none(v) if isinstance(v, dict) and k not in ("options", "loss_options") else v
+        for k, v in d.items()
+        if v is not None
+    }
 
 
 def _deep_update(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -487,8 +528,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         if section in d and d[section] is None:  # `train:` with every key commented out: nothing to set
             del d[section]
         elif section in d and not isinstance(d[section], dict):
-            raise ValueError(f"config file {path}: section {section!r} must be a mapping of {section} keys "
-                             f"(indented `key: value` lines under `{section}:`), got {_show(d[section])}")
+            raise ValueError(
+                f"config file {path}: section {section!r} must be a mapping of {section} keys "
+                f"(indented `key: value` lines under `{section}:`), got {_show(d[section])}"
+            )
     return d
 
 
@@ -496,5 +539,16 @@ def save_yaml(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "InferConfig", "RunConfig", "PRESETS",
-           "resolve", "from_dict", "load_yaml", "save_yaml", "choices"]
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "InferConfig",
+    "RunConfig",
+    "PRESETS",
+    "resolve",
+    "from_dict",
+    "load_yaml",
+    "save_yaml",
+    "choices",
+]

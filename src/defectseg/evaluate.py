@@ -4,13 +4,15 @@ threshold chosen on the validation split.
 Every image runs through the Predictor and its one post-processing step at the image's native size (a classifier
 through the gate), so validation, test and `defectseg evaluate` report what `predict` delivers.
 """
+
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +29,16 @@ from .models import PixelModel
 from .predictor import Gate, Predictor, References
 from .runtime import Dist, pick_device
 
-__all__ = ["EvalSet", "calibrate_threshold", "eval_set", "evaluate_checkpoint", "evaluate_model", "f1_threshold",
-           "predictions", "split_images"]
+__all__ = [
+    "EvalSet",
+    "calibrate_threshold",
+    "eval_set",
+    "evaluate_checkpoint",
+    "evaluate_model",
+    "f1_threshold",
+    "predictions",
+    "split_images",
+]
 
 
 @dataclass
@@ -44,26 +54,43 @@ class EvalSet:
         return len(self.dataset)
 
 
-
 def eval_set(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, cache: bool) -> EvalSet:
     """One split for evaluation (see `EvalSet`)."""
     return EvalSet(*split_images(cfg, spec, samples, pool, None, cache))
 
 
-def split_images(cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, size: tuple[int, int] | None,
-            cache: bool) -> tuple[SegmentationDataset, list[np.ndarray] | None]:
+def split_images(
+    cfg: C.RunConfig, spec: DatasetSpec, samples: list, pool: list, size: tuple[int, int] | None, cache: bool
+) -> tuple[SegmentationDataset, list[np.ndarray] | None]:
     """A split's images and masks at `size` (None: native) and, in reference mode, one reference per image."""
-    ds = SegmentationDataset(samples, size=size, channels=cfg.data.channels, cache=cache,
-                             num_classes=spec.num_classes, skip_bad=cfg.data.skip_bad)
-    refs = group_references(ds.samples, pool, size, cfg.data.channels, cfg.data.reference) \
-        if cfg.data.reference else None
+    ds = SegmentationDataset(
+        samples,
+        size=size,
+        channels=cfg.data.channels,
+        cache=cache,
+        num_classes=spec.num_classes,
+        skip_bad=cfg.data.skip_bad,
+    )
+    refs = (
+        group_references(ds.samples, pool, size, cfg.data.channels, cfg.data.reference) if cfg.data.reference else None
+    )
     return ds, refs
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device, num_classes: int,
-                   task: str = "segment", regions: bool = False, world: Dist = Dist(), batch_size: int = 8,
-                   gate: Net | None = None, gate_threshold: float | None = None) -> dict[str, float]:
+def evaluate_model(
+    model: PixelModel,
+    split: EvalSet,
+    cfg: C.RunConfig,
+    device: torch.device,
+    num_classes: int,
+    task: str = "segment",
+    regions: bool = False,
+    world: Dist = Dist(),
+    batch_size: int = 8,
+    gate: Net | None = None,
+    gate_threshold: float | None = None,
+) -> dict[str, float]:
     """Whole-split metrics of `model`: one confusion matrix and one list of image scores, reduced once.
 
     A segmenter is evaluated through the Predictor with the config's `infer` section, exactly as
@@ -93,19 +120,42 @@ def evaluate_model(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: 
         img.gather_distributed()
         ranking.reduce_distributed()
     pm, pr = cm.compute(), ranking.compute()
-    out = {"defect_iou": pm["defect_iou"], "miou": pm["miou"], "macc": pm["macc"], "pixel_acc": pm["pixel_acc"],
-           "mean_dice": pm["mean_dice"], **{f"iou_{i}": v for i, v in enumerate(pm["iou"])}, **_image_metrics(img),
-           "pixel_auroc": pr["pixel_auroc"], "pixel_ap": pr["pixel_ap"], "aupro": pr["aupro"]}
+    out = {
+        "defect_iou": pm["defect_iou"],
+        "miou": pm["miou"],
+        "macc": pm["macc"],
+        "pixel_acc": pm["pixel_acc"],
+        "mean_dice": pm["mean_dice"],
+        **{f"iou_{i}": v for i, v in enumerate(pm["iou"])},
+        **_image_metrics(img),
+        "pixel_auroc": pr["pixel_auroc"],
+        "pixel_ap": pr["pixel_ap"],
+        "aupro": pr["aupro"],
+    }
     if reg is not None:
         rm = reg.compute()
-        out.update({"region_ap50": rm["ap50"], "region_ap": rm["ap"], "region_precision50": rm["precision@0.5"],
-                    "region_recall50": rm["recall@0.5"], "count_mae": rm["count_mae"]})
+        out.update(
+            {
+                "region_ap50": rm["ap50"],
+                "region_ap": rm["ap"],
+                "region_precision50": rm["precision@0.5"],
+                "region_recall50": rm["recall@0.5"],
+                "count_mae": rm["count_mae"],
+            }
+        )
     return {k: float(v) for k, v in out.items()}
 
 
-def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device,
-                        num_classes: int, rule: str, target_frr: float = 0.01,
-                        batch_size: int = 8) -> tuple[float, str]:
+def calibrate_threshold(
+    model: PixelModel,
+    split: EvalSet,
+    cfg: C.RunConfig,
+    device: torch.device,
+    num_classes: int,
+    rule: str,
+    target_frr: float = 0.01,
+    batch_size: int = 8,
+) -> tuple[float, str]:
     """The operating threshold chosen on a (validation) split through the predict path, and one line saying how.
 
     rule "val-f1": the threshold with the best pixel F1 of the defect probability against the ground truth
@@ -141,7 +191,8 @@ def calibrate_threshold(model: PixelModel, split: EvalSet, cfg: C.RunConfig, dev
         return 0.0, f"target false-reject rate {target_frr} allows every one of {len(levels)} defect-free images"
     # images at or below this level stay OK
     return float(min(1.0, levels[allowed] + 1e-4)), (
-        f"{allowed} of {len(levels)} defect-free validation images NG (target false-reject rate {target_frr})")
+        f"{allowed} of {len(levels)} defect-free validation images NG (target false-reject rate {target_frr})"
+    )
 
 
 def f1_threshold(ranking: PixelRanking, fallback: float) -> tuple[float, str]:
@@ -154,15 +205,25 @@ def f1_threshold(ranking: PixelRanking, fallback: float) -> tuple[float, str]:
     n_pos, n_neg = int(ranking.pos.sum()), int(ranking.neg.sum())
     trivial = 2 * n_pos / (2 * n_pos + n_neg)  # F1 of calling every pixel a defect
     if best["best_f1"] < trivial + 0.1 * (1 - trivial):
-        return fallback, (f"kept {fallback:.4g}: the model has not learned to separate defects on the validation "
-                          f"split (best pixel F1 {best['best_f1']:.3f}, calling every pixel a defect gives "
-                          f"{trivial:.3f}); train longer, or see docs/results.md for recipes that learn")
+        return fallback, (
+            f"kept {fallback:.4g}: the model has not learned to separate defects on the validation "
+            f"split (best pixel F1 {best['best_f1']:.3f}, calling every pixel a defect gives "
+            f"{trivial:.3f}); train longer, or see docs/results.md for recipes that learn"
+        )
     return best["best_f1_threshold"], f"best validation pixel F1 {best['best_f1']:.3f}"
 
 
-def predictions(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: torch.device, num_classes: int,
-                indices: list[int] | None = None, batch_size: int = 8, gate: Net | None = None,
-                gate_threshold: float | None = None) -> Iterator[tuple[Any, np.ndarray]]:
+def predictions(
+    model: PixelModel,
+    split: EvalSet,
+    cfg: C.RunConfig,
+    device: torch.device,
+    num_classes: int,
+    indices: list[int] | None = None,
+    batch_size: int = 8,
+    gate: Net | None = None,
+    gate_threshold: float | None = None,
+) -> Iterator[tuple[Any, np.ndarray]]:
     """(outputs.Result, native ground-truth mask (H, W)) per image of `split` (or of `indices`), through the predict
     path: the Predictor with the config's `infer` section and its one post-processing step (behind `gate`, a
     classifier net, when given)."""
@@ -171,8 +232,15 @@ def predictions(model: PixelModel, split: EvalSet, cfg: C.RunConfig, device: tor
     for chunk in _chunks(list(range(len(split))) if indices is None else indices, batch_size, split.references):
         ref = None if split.references is None else split.references[chunk[0]]
         if predictor is None:
-            predictor = Predictor(net, cfg.infer, batch_size=batch_size, tile=cfg.infer.tile, gate=gate,
-                                  gate_threshold=gate_threshold, reference=ref)
+            predictor = Predictor(
+                net,
+                cfg.infer,
+                batch_size=batch_size,
+                tile=cfg.infer.tile,
+                gate=gate,
+                gate_threshold=gate_threshold,
+                reference=ref,
+            )
         predictor.use_reference(ref)
         images, masks = zip(*(split.dataset.arrays(i) for i in chunk))
         yield from zip(predictor.predict_arrays(images), masks)
@@ -192,12 +260,24 @@ def _chunks(indices: list[int], size: int, references: Sequence[np.ndarray] | No
 
 def _image_metrics(img: ImageLevel) -> dict[str, float]:
     il = img.compute()
-    return {"image_auroc": il["auroc"], "image_ap": il["ap"], "image_acc": il["accuracy"],
-            "image_precision": il["precision"], "image_recall": il["recall"]}
+    return {
+        "image_auroc": il["auroc"],
+        "image_ap": il["ap"],
+        "image_acc": il["accuracy"],
+        "image_precision": il["precision"],
+        "image_recall": il["recall"],
+    }
 
 
-def _evaluate_classifier(model: PixelModel, split: EvalSet, indices: list[int], cfg: C.RunConfig,
-                         device: torch.device, batch_size: int, world: Dist) -> dict[str, float]:
+def _evaluate_classifier(
+    model: PixelModel,
+    split: EvalSet,
+    indices: list[int],
+    cfg: C.RunConfig,
+    device: torch.device,
+    batch_size: int,
+    world: Dist,
+) -> dict[str, float]:
     """Image metrics of a classifier through the gate path (`predictor.Gate`): each whole image resized to the
     training size as predict's gate sees it, predicted defective when its probability >= infer.threshold."""
     gate = Gate(torch_net(model, cfg, 1, [], "classify", device), cfg.infer.threshold)
@@ -212,11 +292,19 @@ def _evaluate_classifier(model: PixelModel, split: EvalSet, indices: list[int], 
     return {k: float(v) for k, v in _image_metrics(img).items()}
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_name: str = "test",
-                        format: str | None = None, device: str = "auto", batch_size: int | None = None,
-                        split_file: str | None = None, gate: str | Path | None = None,
-                        gate_threshold: float | None = None, threshold: float | None = None,
-                        min_area: int | None = None) -> dict[str, float]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | None = None,
+    split_name: str = "test",
+    format: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    split_file: str | None = None,
+    gate: str | Path | None = None,
+    gate_threshold: float | None = None,
+    threshold: float | None = None,
+    min_area: int | None = None,
+) -> dict[str, float]:
     """Evaluate a checkpoint on one split of a dataset (the run's split.json when it is beside the checkpoint);
     with `gate` (a classifier checkpoint), the cascade: images the gate scores below `gate_threshold` (default: the
     gate's own) are OK.
@@ -229,8 +317,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
     model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
     cfg.infer = cfg.infer.overridden(threshold=threshold, min_area=min_area)  # checked before the data is read
     root = data or cfg.data.root
-    spec = load_dataset(root, format or cfg.data.format, skip_bad=cfg.data.skip_bad,
-                        allow_unlabeled=cfg.data.allow_unlabeled, mask_rule=cfg.data.mask_rule)
+    spec = load_dataset(
+        root,
+        format or cfg.data.format,
+        skip_bad=cfg.data.skip_bad,
+        allow_unlabeled=cfg.data.allow_unlabeled,
+        mask_rule=cfg.data.mask_rule,
+    )
     run_split = Path(checkpoint).parent / "split.json"
     if split_name == "all":
         split = {"all": [s.key for s in spec.samples]}
@@ -247,6 +340,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split_n
     # A run trained with skip_bad evaluates with it: say which files the metrics leave out.
     for p, why in [*spec.skipped, *ev.dataset.skipped]:
         print(f"skipped {p}: {why}", file=sys.stderr, flush=True)
-    return evaluate_model(model, ev, cfg, pick_device(device), ckpt["num_classes"], task,
-                          regions=task == "segment", batch_size=batch_size or cfg.train.batch_size,
-                          gate=gate_net, gate_threshold=gate_threshold)
+    return evaluate_model(
+        model,
+        ev,
+        cfg,
+        pick_device(device),
+        ckpt["num_classes"],
+        task,
+        regions=task == "segment",
+        batch_size=batch_size or cfg.train.batch_size,
+        gate=gate_net,
+        gate_threshold=gate_threshold,
+    )

@@ -6,6 +6,7 @@ than the torch.export-based exporter (which needs opset >= 18 and fails its down
 classifiers). torch deprecates it; `exporter="dynamo"` selects the torch.export-based path, tested as well, for the
 day it goes away.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,13 +38,23 @@ _REEXPORT = "re-export it from its checkpoint with `defectseg export`"
 
 _EXPORTERS = ("torchscript", "dynamo")
 _DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter has no implementations below 18
-_PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                     "tensorrt": "TensorrtExecutionProvider"}
+_PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int, int] = (1, 1, 256, 256),
-                dynamic: bool = True, metadata: dict[str, str] | None = None, opset: int = 17, *,
-                exporter: str = "torchscript") -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, int, int, int] = (1, 1, 256, 256),
+    dynamic: bool = True,
+    metadata: dict[str, str] | None = None,
+    opset: int = 17,
+    *,
+    exporter: str = "torchscript",
+) -> Path:
     """Export `model` (in eval mode, float32, on the CPU) to an ONNX file and return its path.
 
     The graph has one input "image" (B, C, H, W) float32 and one output "logits": (B, num_classes, H, W) for
@@ -58,17 +69,22 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     path = Path(path)
     if exporter not in _EXPORTERS:
         raise ValueError(f"exporter must be one of {_EXPORTERS}, got {exporter!r}")
-    if (len(input_shape) != 4 or not all(isinstance(s, int) and not isinstance(s, bool) for s in input_shape)
-            or min(input_shape) < 1):
+    if (
+        len(input_shape) != 4
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in input_shape)
+        or min(input_shape) < 1
+    ):
         raise ValueError(f"input_shape must be four positive integers (B, C, H, W), got {input_shape!r}")
     model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper exports as the module it wraps
     name = getattr(model, "registry_name", type(model).__name__)
     multiple = int(getattr(model, "size_multiple", 1))
     _, _, h, w = input_shape
     if h % multiple or w % multiple:
-        raise ValueError(f"input_shape {input_shape}: height and width must be multiples of {multiple} for "
-                         f"{name}; e.g. "
-                         f"{-(-h // multiple) * multiple}x{-(-w // multiple) * multiple}")
+        raise ValueError(
+            f"input_shape {input_shape}: height and width must be multiples of {multiple} for "
+            f"{name}; e.g. "
+            f"{-(-h // multiple) * multiple}x{-(-w // multiple) * multiple}"
+        )
     props = _metadata_props(model, multiple, metadata)
     if exporter == "dynamo" and opset < _DYNAMO_MIN_OPSET:
         opset = _DYNAMO_MIN_OPSET
@@ -84,8 +100,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     except (ValueError, RuntimeError) as exc:  # e.g. a channel count the first conv rejects
         raise ValueError(f"cannot export {name} with input_shape {input_shape}: {exc}") from exc
     if len(proto.graph.output) != 1:
-        raise ValueError(f"export needs a model that returns one logits tensor; {name} returns "
-                         f"{len(proto.graph.output)} outputs")
+        raise ValueError(
+            f"export needs a model that returns one logits tensor; {name} returns {len(proto.graph.output)} outputs"
+        )
     del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()
@@ -102,8 +119,10 @@ def _metadata_props(model: nn.Module, multiple: int, metadata: dict[str, str] | 
         props[MODEL_KEY] = str(name)
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise ValueError(f"ONNX metadata must map str to str; got {key!r}: {type(value).__name__}. "
-                             "Serialise structured values first, e.g. json.dumps(config).")
+            raise ValueError(
+                f"ONNX metadata must map str to str; got {key!r}: {type(value).__name__}. "
+                "Serialise structured values first, e.g. json.dumps(config)."
+            )
         props[key] = value
     return props
 
@@ -119,9 +138,17 @@ def _export_torchscript(model: nn.Module, dummy: torch.Tensor, dynamic: bool, op
         warnings.filterwarnings("ignore", category=UserWarning, message="Constant folding - Only steps=1")
         # Only the input's axes are declared: the exporter's shape inference makes the output's matching axes
         # symbolic, whatever its rank (segmenter or classifier), without running the model an extra time.
-        torch.onnx.export(model, (dummy,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes} if dynamic else None, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes} if dynamic else None,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     if dynamic and len(proto.graph.output) == 1:
         # Give the inferred output symbols (e.g. "Convlogits_dim_2") the input's names: logits share B (and H, W
@@ -141,8 +168,17 @@ def _export_dynamo(model: nn.Module, dummy: torch.Tensor, dynamic: bool, opset: 
     with warnings.catch_warnings():
         # torch 2.13's own pytree code trips its LeafSpec deprecation inside torch.export: not ours to fix.
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*isinstance\\(treespec, LeafSpec\\)")
-        program = torch.onnx.export(model, (dummy,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            model,
+            (dummy,),
+            None,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
     assert program is not None, "torch.onnx.export(dynamo=True) with f=None returns an ONNXProgram"
     return program.model_proto
 
@@ -198,8 +234,10 @@ def _resolve_providers(providers: list[str] | None) -> list[str]:
     for name in providers:
         full = _PROVIDER_ALIASES.get(name.lower(), name)
         if full not in known:
-            raise ValueError(f"unknown ONNX Runtime provider {name!r}; use e.g. 'CUDAExecutionProvider' or "
-                             f"'CPUExecutionProvider' (aliases: {', '.join(_PROVIDER_ALIASES)})")
+            raise ValueError(
+                f"unknown ONNX Runtime provider {name!r}; use e.g. 'CUDAExecutionProvider' or "
+                f"'CPUExecutionProvider' (aliases: {', '.join(_PROVIDER_ALIASES)})"
+            )
         # An unavailable provider (CUDA on a CPU-only install) is skipped; the CPU provider always remains.
         if full in available and full not in resolved:
             resolved.append(full)
@@ -250,8 +288,11 @@ class OnnxModel:
         # of 8 channels and more (CheapNet-M, 512²: 48 ms against 56), a loss for narrower ones (CheapNet-S, G = 2:
         # 11.8 ms against 4.3). The graph's typical conv width decides.
         self.blocked_layout = _median_conv_width(self.path) >= 8
-        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self.blocked_layout
-                                            else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.blocked_layout
+            else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        )
         chosen = _resolve_providers(providers)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=chosen)
@@ -259,8 +300,10 @@ class OnnxModel:
             raise ValueError(f"ONNX Runtime cannot load {self.path}: {exc}; {_REEXPORT}") from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
-            raise ValueError(f"{self.path} is not a defectseg model (expected one 4-D image input and one output, "
-                             f"got inputs {[(i.name, i.shape) for i in inputs]}); {_REEXPORT}")
+            raise ValueError(
+                f"{self.path} is not a defectseg model (expected one 4-D image input and one output, "
+                f"got inputs {[(i.name, i.shape) for i in inputs]}); {_REEXPORT}"
+            )
         self._input = inputs[0]
         self._output_name = outputs[0].name
         channels = self._input.shape[1]
@@ -285,17 +328,23 @@ class OnnxModel:
         A graph written by `export_checkpoint` takes raw pixel values (uint8 is cast to float32 here); a bare
         network exported with `export_onnx` takes whatever that network takes."""
         if not isinstance(x, np.ndarray) or x.ndim != 4:
-            raise ValueError(f"{self.path.name} expects a 4-D numpy array (B, C, H, W); got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
+            raise ValueError(
+                f"{self.path.name} expects a 4-D numpy array (B, C, H, W); got {getattr(x, 'shape', type(x).__name__)}"
+            )
         if not (np.issubdtype(x.dtype, np.floating) or x.dtype == np.uint8):
             raise ValueError(f"{self.path.name} expects float or uint8 input, got {x.dtype}")
         for axis, (want, got) in enumerate(zip(self._input.shape, x.shape)):
             if isinstance(want, int) and want != got:
                 what = "channels" if axis == 1 else f"axis {axis}"
-                fix = ("give images with that many channels" if axis == 1
-                       else "re-export with dynamic axes (`defectseg export`, the default)")
-                raise ValueError(f"{self.path.name} was exported for {what} = {want}, got {got} "
-                                 f"(input shape {tuple(x.shape)}); {fix}")
+                fix = (
+                    "give images with that many channels"
+                    if axis == 1
+                    else "re-export with dynamic axes (`defectseg export`, the default)"
+                )
+                raise ValueError(
+                    f"{self.path.name} was exported for {what} = {want}, got {got} "
+                    f"(input shape {tuple(x.shape)}); {fix}"
+                )
         x = np.ascontiguousarray(x, dtype=np.float32)
         return self.session.run([self._output_name], {self._input.name: x})[0]
 
@@ -314,9 +363,9 @@ PARITY_TOLERANCE = 1e-4  # max |logit difference| between ONNX Runtime and PyTor
 @dataclass
 class ExportReport:
     path: Path
-    input_shape: tuple[int, int, int, int]   # the parity-check input (B, C, H, W)
-    max_abs_diff: float                      # max |ONNX Runtime - PyTorch| over the logits
-    max_abs_logit: float                     # scale of the logits, to judge the difference
+    input_shape: tuple[int, int, int, int]  # the parity-check input (B, C, H, W)
+    max_abs_diff: float  # max |ONNX Runtime - PyTorch| over the logits
+    max_abs_logit: float  # scale of the logits, to judge the difference
     dynamic: bool
 
     @property
@@ -328,13 +377,19 @@ class ExportReport:
 def onnx_metadata(ckpt: dict[str, Any]) -> dict[str, str]:
     """What an exported model carries so the Predictor needs nothing else: the checkpoint's config,
     num_classes, class_names and task as JSON under ONNX_CONFIG_KEY."""
-    payload = {"format": ONNX_FORMAT, "config": ckpt["config"], "num_classes": int(ckpt["num_classes"]),
-               "class_names": list(ckpt.get("class_names") or []), "task": ckpt.get("task", "segment")}
+    payload = {
+        "format": ONNX_FORMAT,
+        "config": ckpt["config"],
+        "num_classes": int(ckpt["num_classes"]),
+        "class_names": list(ckpt.get("class_names") or []),
+        "task": ckpt.get("task", "segment"),
+    }
     return {ONNX_CONFIG_KEY: json.dumps(payload)}
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dynamic: bool = True,
-                      size: int | None = None, seed: int = 0) -> ExportReport:
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path | None = None, dynamic: bool = True, size: int | None = None, seed: int = 0
+) -> ExportReport:
     """Export a .pt checkpoint to a self-contained ONNX file and check parity with PyTorch.
 
     The graph is the checkpoint's `PixelModel`: input "image" (B, C, H, W) float32 raw pixel values 0..255
@@ -354,8 +409,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dyn
     m = model.size_multiple
     for side in hw:
         if side < 1 or side % m:
-            raise ValueError(f"--size {side} must be a positive multiple of {m} for {cfg.model.name}; e.g. "
-                             f"{max(m, -(-side // m) * m)}")
+            raise ValueError(
+                f"--size {side} must be a positive multiple of {m} for {cfg.model.name}; e.g. "
+                f"{max(m, -(-side // m) * m)}"
+            )
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
     channels = input_channels(cfg)
     # The graph is the rewritten model (BatchNorm folded, CheapNet's head rebuilt: 1.9x faster in ONNX Runtime
@@ -369,5 +426,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dyn
     return ExportReport(out, shape, float(np.abs(got - ref).max()), float(np.abs(ref).max()), dynamic)
 
 
-__all__ = ["export_onnx", "export_checkpoint", "ExportReport", "onnx_metadata", "OnnxModel", "read_onnx_metadata",
-           "INPUT_NAME", "OUTPUT_NAME", "ONNX_CONFIG_KEY", "ONNX_FORMAT"]
+__all__ = [
+    "export_onnx",
+    "export_checkpoint",
+    "ExportReport",
+    "onnx_metadata",
+    "OnnxModel",
+    "read_onnx_metadata",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "ONNX_CONFIG_KEY",
+    "ONNX_FORMAT",
+]

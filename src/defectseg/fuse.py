@@ -8,6 +8,7 @@
   PyTorch does not).
 The copy is for inference only (its state dict differs); keep the original for training and checkpoints.
 """
+
 from __future__ import annotations
 
 import copy

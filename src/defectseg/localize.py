@@ -14,24 +14,19 @@ Region metrics match predicted boxes to ground-truth components per image and pe
 descending score order (COCO's rule), and report precision/recall/F1 at IoU 0.5, AP50 and COCO
 AP@[.5:.95] with 101-point interpolation. Written in numpy; no pycocotools.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = [
-    "PostProcess",
-    "Detection",
-    "find_defects",
-    "defects_from_mask",
-    "box_iou",
-    "RegionMetrics",
-]
+__all__ = ["PostProcess", "Detection", "find_defects", "defects_from_mask", "box_iou", "RegionMetrics"]
 
 _BOX_KEYS = ("x1", "y1", "x2", "y2")
 # Softmax/sigmoid outputs can overshoot [0, 1] by float rounding; anything beyond this is not a
@@ -44,9 +39,7 @@ def _check_connectivity(connectivity: int) -> None:
         raise ValueError(f"connectivity={connectivity!r} is not supported; use 4 or 8")
 
 
-def _components(
-    mask: np.ndarray, connectivity: int
-) -> tuple[int, np.ndarray, np.ndarray]:
+def _components(mask: np.ndarray, connectivity: int) -> tuple[int, np.ndarray, np.ndarray]:
     """Label a boolean (H, W) mask. Returns (count including background label 0, labels, stats)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         mask.astype(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S
@@ -54,9 +47,7 @@ def _components(
     return count, labels, stats
 
 
-def _records(
-    stats: np.ndarray, scores: np.ndarray, cls: int, keep: np.ndarray
-) -> list[dict[str, Any]]:
+def _records(stats: np.ndarray, scores: np.ndarray, cls: int, keep: np.ndarray) -> list[dict[str, Any]]:
     """Build records for the component labels in `keep` (labels >= 1)."""
     out = []
     for label in keep:
@@ -83,7 +74,9 @@ def _check_prob(prob: np.ndarray) -> np.ndarray:
             "class probabilities (drop the batch dimension first)"
         )
     if not np.issubdtype(prob.dtype, np.floating):
-        raise ValueError(f"prob has dtype {prob.dtype}; pass float probabilities (for a label mask use defects_from_mask)")
+        raise ValueError(
+            f"prob has dtype {prob.dtype}; pass float probabilities (for a label mask use defects_from_mask)"
+        )
     lo, hi = float(prob.min()), float(prob.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("prob contains NaN or infinite values; check the model output")
@@ -135,8 +128,7 @@ class PostProcess:
     - a record's score is the "mean" or "max" probability of its class over its pixels.
     """
 
-    def __init__(self, threshold: float = 0.5, min_area: int = 1, connectivity: int = 8,
-                 score: str = "mean") -> None:
+    def __init__(self, threshold: float = 0.5, min_area: int = 1, connectivity: int = 8, score: str = "mean") -> None:
         _check_connectivity(connectivity)
         if score not in ("mean", "max"):
             raise ValueError(f"score={score!r} is not supported; use 'mean' or 'max'")
@@ -147,7 +139,7 @@ class PostProcess:
         self.threshold, self.min_area, self.connectivity, self.score = threshold, min_area, connectivity, score
 
     @classmethod
-    def from_config(cls, infer: Any) -> "PostProcess":
+    def from_config(cls, infer: Any) -> PostProcess:
         """From an `InferConfig` (threshold, min_area, connectivity, score)."""
         return cls(infer.threshold, infer.min_area, infer.connectivity, infer.score)
 
@@ -198,19 +190,13 @@ class PostProcess:
 
 
 def find_defects(
-    prob: np.ndarray,
-    threshold: float = 0.5,
-    min_area: int = 1,
-    connectivity: int = 8,
-    score: str = "mean",
+    prob: np.ndarray, threshold: float = 0.5, min_area: int = 1, connectivity: int = 8, score: str = "mean"
 ) -> list[dict[str, Any]]:
     """Defect records of a probability map, sorted by score: `PostProcess(...)(prob).defects`."""
     return PostProcess(threshold, min_area, connectivity, score)(prob).defects
 
 
-def defects_from_mask(
-    mask: np.ndarray, connectivity: int = 8, ignore_index: int | None = None
-) -> list[dict[str, Any]]:
+def defects_from_mask(mask: np.ndarray, connectivity: int = 8, ignore_index: int | None = None) -> list[dict[str, Any]]:
     """Ground-truth defect records (score 1.0) from a (H, W) class-id mask (0 = background).
 
     A boolean mask is a binary mask (True = class 1). Pixels equal to `ignore_index` (e.g. 255 for
@@ -370,7 +356,7 @@ class RegionMetrics:
         self._tp.append(tp)
         self._gt_classes.append(gclasses)
 
-    def merge(self, other: "RegionMetrics") -> "RegionMetrics":
+    def merge(self, other: RegionMetrics) -> RegionMetrics:
         """Add the images accumulated by `other` (e.g. another worker or rank) to this one."""
         if not np.array_equal(self._all_thresholds, other._all_thresholds):
             raise ValueError("cannot merge RegionMetrics with different iou_thresholds; build both with the same ones")

@@ -13,9 +13,11 @@ Losses are computed in float32 even under autocast: the log/exp terms lose too m
 `build_loss(name, class_weights=None, **options)` builds an `nn.Module` (forward(logits, target) -> scalar)
 by name; `LOSSES` holds the names. A loss module is registered beside its class with `@register_loss(name)`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ _M = TypeVar("_M", bound=type[nn.Module])
 
 def register_loss(name: str) -> Callable[[_M], _M]:
     """Class decorator: make the loss module buildable as `build_loss(name, **options)`."""
+
     def deco(cls: _M) -> _M:
         global LOSSES
         if name in _REGISTRY:
@@ -38,6 +41,7 @@ def register_loss(name: str) -> Callable[[_M], _M]:
         _REGISTRY[name] = cls
         LOSSES = tuple(sorted(_REGISTRY))
         return cls
+
     return deco
 
 
@@ -116,9 +120,7 @@ def bce_loss(
     return _masked_mean(per.mean(dim=1), valid)
 
 
-def dice_loss(
-    logits: Tensor, target: Tensor, smooth: float = 1.0, ignore_index: int = IGNORE_INDEX
-) -> Tensor:
+def dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Soft Dice loss 1 - (2·Σ p·t + s) / (Σ p + Σ t + s), sums over the whole batch's valid pixels.
 
     The sums run over all images of the batch at once (not per image and then averaged), so an image without
@@ -169,9 +171,7 @@ def _two_class_logits(logits: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(logits), logits], dim=1)
 
 
-def ce_loss(
-    logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = IGNORE_INDEX
-) -> Tensor:
+def ce_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cross-entropy over classes, optionally class-weighted, averaged over valid pixels.
 
     logits (B, N, H, W); a 1-logit head (B, 1, H, W) is treated as two classes with logits [0, z], which makes
@@ -201,11 +201,7 @@ def ce_loss(
 
 
 def focal_loss(
-    logits: Tensor,
-    target: Tensor,
-    gamma: float = 2.0,
-    alpha: float | None = 0.25,
-    ignore_index: int = IGNORE_INDEX,
+    logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float | None = 0.25, ignore_index: int = IGNORE_INDEX
 ) -> Tensor:
     """Focal loss (Lin et al. 2017) -α_t (1 - p_t)^γ log p_t, averaged over valid pixels.
 
@@ -314,9 +310,7 @@ class CELoss(nn.Module):
 class FocalLoss(nn.Module):
     """Module form of `focal_loss`: forward(logits (B,C,H,W), target (B,H,W)) -> scalar."""
 
-    def __init__(
-        self, gamma: float = 2.0, alpha: float | None = 0.25, ignore_index: int = IGNORE_INDEX
-    ) -> None:
+    def __init__(self, gamma: float = 2.0, alpha: float | None = 0.25, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         self.gamma, self.alpha, self.ignore_index = gamma, alpha, ignore_index
 

@@ -22,10 +22,12 @@ Distributed evaluation: every rank accumulates its shard, then `ConfusionMatrix.
 with repeated samples to equal shard sizes; evaluate with a sampler that does not pad (or on one rank) when
 exact figures matter.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -37,8 +39,18 @@ from .data.io import IGNORE_INDEX
 
 # The figures evaluation reports that can pick best.pt (`train.monitor`; higher is better). A classifier has only
 # the image_* ones.
-MONITORS = ("miou", "defect_iou", "mean_dice", "macc", "pixel_acc", "image_auroc", "image_ap", "image_acc",
-            "pixel_ap", "pixel_auroc")
+MONITORS = (
+    "miou",
+    "defect_iou",
+    "mean_dice",
+    "macc",
+    "pixel_acc",
+    "image_auroc",
+    "image_ap",
+    "image_acc",
+    "pixel_ap",
+    "pixel_auroc",
+)
 
 
 def _dist_ready() -> bool:
@@ -242,8 +254,9 @@ class PixelRanking:
         n, labels = cv2.connectedComponents((keep & truth).astype(np.uint8), connectivity=8)
         if n > 1:
             inside = labels > 0
-            per_region = np.bincount((labels[inside] - 1) * self.bins + k[inside],
-                                     minlength=(n - 1) * self.bins).reshape(n - 1, self.bins)
+            per_region = np.bincount(
+                (labels[inside] - 1) * self.bins + k[inside], minlength=(n - 1) * self.bins
+            ).reshape(n - 1, self.bins)
             self.regions += (per_region / per_region.sum(1, keepdims=True)).sum(0)
             self.n_regions += n - 1
 
@@ -260,8 +273,14 @@ class PixelRanking:
         of each region's pixels called defect) against the background false-positive rate, from 0 to
         AUPRO_MAX_FPR, divided by AUPRO_MAX_FPR (1 is perfect), with the curve's points at the bin edges."""
         n_pos, n_neg = int(self.pos.sum()), int(self.neg.sum())
-        nan = {"pixel_auroc": math.nan, "pixel_ap": math.nan, "aupro": math.nan, "best_f1": math.nan,
-               "best_f1_iou": math.nan, "best_f1_threshold": math.nan}
+        nan = {
+            "pixel_auroc": math.nan,
+            "pixel_ap": math.nan,
+            "aupro": math.nan,
+            "best_f1": math.nan,
+            "best_f1_iou": math.nan,
+            "best_f1_threshold": math.nan,
+        }
         if n_pos == 0 or n_neg == 0:
             return nan
         # tp[k], fp[k]: pixels with probability in bin k or above, i.e. called defect at threshold k / bins.
@@ -278,8 +297,14 @@ class PixelRanking:
         pro = np.concatenate([[0.0], (np.cumsum(self.regions[::-1]) / max(self.n_regions, 1))])
         fpr = np.concatenate([[0.0], np.cumsum(self.neg[::-1]) / n_neg])
         aupro = _area_up_to(fpr, pro, self.AUPRO_MAX_FPR) / self.AUPRO_MAX_FPR
-        return {"pixel_auroc": auroc, "pixel_ap": ap, "aupro": aupro, "best_f1": float(f1[best]),
-                "best_f1_iou": float(f1[best] / (2 - f1[best])), "best_f1_threshold": best / self.bins}
+        return {
+            "pixel_auroc": auroc,
+            "pixel_ap": ap,
+            "aupro": aupro,
+            "best_f1": float(f1[best]),
+            "best_f1_iou": float(f1[best] / (2 - f1[best])),
+            "best_f1_threshold": best / self.bins,
+        }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -341,8 +366,12 @@ class ImageLevel:
         self._labels: list[np.ndarray] = []
         self._decisions: list[np.ndarray | None] = []
 
-    def update(self, scores: Tensor | Sequence[float], labels: Tensor | Sequence[bool],
-               predicted: Tensor | Sequence[bool] | None = None) -> None:
+    def update(
+        self,
+        scores: Tensor | Sequence[float],
+        labels: Tensor | Sequence[bool],
+        predicted: Tensor | Sequence[bool] | None = None,
+    ) -> None:
         """Add a batch: scores (B,) float (higher = more likely defective), labels (B,) bool, and the decisions
         predicted (B,) bool (evaluation passes the verdicts; without them compute() thresholds the scores)."""
         scores_np = torch.as_tensor(scores).detach().float().cpu().numpy().astype(np.float64).reshape(-1)
@@ -401,8 +430,11 @@ class ImageLevel:
         images: ranking metrics measure how well the two groups are separated, which needs both.
         """
         scores, labels = self.scores, self.labels
-        predicted = np.concatenate([d if d is not None else s >= threshold
-                                    for s, d in zip(self._scores, self._decisions)]) if self._scores else labels
+        predicted = (
+            np.concatenate([d if d is not None else s >= threshold for s, d in zip(self._scores, self._decisions)])
+            if self._scores
+            else labels
+        )
         tp = int(np.sum(predicted & labels))
         fp = int(np.sum(predicted & ~labels))
         fn = int(np.sum(~predicted & labels))

@@ -3,10 +3,12 @@
 Each entry builds its object from the `TrainConfig` (`c`); schedules step once per iteration (MultiStep milestones
 are given in epochs and converted here). The scheduler's state is stored in checkpoints as plain values.
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -21,10 +23,12 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 SCHEDULES: dict[str, Callable[..., Any]] = {
     "none": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
     "multistep": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.MultiStepLR(
-        opt, [m * per_epoch for m in c.milestones], c.gamma),
+        opt, [m * per_epoch for m in c.milestones], c.gamma
+    ),
     "cosine": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total)),
-    "onecycle": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.OneCycleLR(opt, c.lr,
-                                                                                    total_steps=max(1, total)),
+    "onecycle": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.OneCycleLR(
+        opt, c.lr, total_steps=max(1, total)
+    ),
 }
 
 

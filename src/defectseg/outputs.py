@@ -1,16 +1,18 @@
 """What a prediction produces and how it is written: the `Result` of one image, and `ResultWriter`, which puts
 results into a folder as masks, overlays, results.jsonl and results.csv (predict, watch and the demo share it).
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import os
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -59,17 +61,35 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         """The JSON record of results.jsonl (no arrays)."""
         h, w = self.size if self.size else (None, None)
-        return {"path": self.path, "width": w, "height": h, "verdict": self.verdict,
-                "score": None if self.score is None else round(self.score, 6),
-                "defects": [{k: d[k] for k in ("x1", "y1", "x2", "y2", "area", "score", "class")}
-                            for d in self.defects],
-                "gate_probability": self.gate_probability, "error": self.error,
-                "seconds": round(self.seconds, 6)}
+        return {
+            "path": self.path,
+            "width": w,
+            "height": h,
+            "verdict": self.verdict,
+            "score": None if self.score is None else round(self.score, 6),
+            "defects": [{k: d[k] for k in ("x1", "y1", "x2", "y2", "area", "score", "class")} for d in self.defects],
+            "gate_probability": self.gate_probability,
+            "error": self.error,
+            "seconds": round(self.seconds, 6),
+        }
 
 
-
-_CSV_FIELDS = ("path", "width", "height", "verdict", "gate_probability", "defect", "x1", "y1", "x2", "y2",
-               "area", "score", "class", "error")
+_CSV_FIELDS = (
+    "path",
+    "width",
+    "height",
+    "verdict",
+    "gate_probability",
+    "defect",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "area",
+    "score",
+    "class",
+    "error",
+)
 
 
 class ResultWriter:
@@ -84,8 +104,15 @@ class ResultWriter:
     defect columns, so every input appears. Counters: n_images, n_ok, n_ng, n_errors, n_defects, errors.
     """
 
-    def __init__(self, out_dir: str | Path, overlays: bool = True, masks: bool = True,
-                 overwrite: bool = False, background: bool = True, append: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        overlays: bool = True,
+        masks: bool = True,
+        overwrite: bool = False,
+        background: bool = True,
+        append: bool = False,
+    ) -> None:
         self.out_dir = Path(out_dir)
         # append (folder watching): continue the results of an earlier run in out_dir; `done` lists its inputs
         previous = read_records(self.out_dir / "results.jsonl") if append else []
@@ -113,7 +140,7 @@ class ResultWriter:
         self.n_images = self.n_ok = self.n_ng = self.n_errors = self.n_defects = 0
         self.errors: list[tuple[str, str]] = []
 
-    def __enter__(self) -> "ResultWriter":
+    def __enter__(self) -> ResultWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -155,14 +182,24 @@ class ResultWriter:
             if rec["mask"] or rec["overlay"]:
                 self._submit(r, rec["mask"], rec["overlay"])
         self._jsonl.write(json.dumps(rec) + "\n")
-        base = {"path": _csv_safe(rec["path"]), "width": rec["width"], "height": rec["height"], "verdict": r.verdict,
-                "gate_probability": "" if r.gate_probability is None else f"{r.gate_probability:.6f}",
-                "error": _csv_safe(r.error or "")}
+        base = {
+            "path": _csv_safe(rec["path"]),
+            "width": rec["width"],
+            "height": rec["height"],
+            "verdict": r.verdict,
+            "gate_probability": "" if r.gate_probability is None else f"{r.gate_probability:.6f}",
+            "error": _csv_safe(r.error or ""),
+        }
         if r.defects:
             for i, d in enumerate(r.defects):
-                self._csv.writerow({**base, "defect": i, **{k: d[k] for k in ("x1", "y1", "x2", "y2", "area",
-                                                                                 "class")},
-                                    "score": f"{d['score']:.6f}"})
+                self._csv.writerow(
+                    {
+                        **base,
+                        "defect": i,
+                        **{k: d[k] for k in ("x1", "y1", "x2", "y2", "area", "class")},
+                        "score": f"{d['score']:.6f}",
+                    }
+                )
         else:
             self._csv.writerow(base)
 
@@ -218,12 +255,15 @@ def _claim_output(out_dir: Path, overwrite: bool) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose a writable --out") \
-            from None
+        raise ValueError(
+            f"cannot create the output folder {out_dir}: {exc.strerror}; choose a writable --out"
+        ) from None
     held = sorted(out_dir.iterdir())
     if held and not overwrite:
-        raise ValueError(f"output folder {out_dir} is not empty ({len(held)} entries, e.g. {held[0].name}); "
-                         "choose a new --out, or pass --overwrite to replace a previous prediction there")
+        raise ValueError(
+            f"output folder {out_dir} is not empty ({len(held)} entries, e.g. {held[0].name}); "
+            "choose a new --out, or pass --overwrite to replace a previous prediction there"
+        )
     if held:
         for rec in read_records(out_dir / "results.jsonl"):
             for key in ("mask", "overlay"):
@@ -233,8 +273,9 @@ def _claim_output(out_dir: Path, overwrite: bool) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def write_results(results: Iterable[Result], out_dir: str | Path, overlays: bool = True,
-                  overwrite: bool = False) -> int:
+def write_results(
+    results: Iterable[Result], out_dir: str | Path, overlays: bool = True, overwrite: bool = False
+) -> int:
     """Write every result with a `ResultWriter`; returns the number of NG images."""
     with ResultWriter(out_dir, overlays=overlays, overwrite=overwrite) as w:
         for r in results:

@@ -25,24 +25,26 @@ How an image reaches the model (the policy):
 
 A gate (cascade, `gate=` a classifier checkpoint with task "classify") always sees the whole image resized to
 its own training resolution (`Gate`); images it scores below `gate_threshold` (by default the threshold stored
-with the gate) get an all-zero probability map, an empty mask and no defects without running the segmenter. In reference mode (the checkpoint's
-`data.reference` is set) the model input is the image and a defect-free reference of the same product,
-resized to the image's size, concatenated on the channel axis (image first).
+with the gate) get an all-zero probability map, an empty mask and no defects without running the segmenter. In
+reference mode (the checkpoint's `data.reference` is set) the model input is the image and a defect-free
+reference of the same product, resized to the image's size, concatenated on the channel axis (image first).
 
 Memory stays bounded for folders of any size and for very large images: `predict_paths` reads images in
 chunks of at most `batch_size` images and `CHUNK_PIXELS` pixels, the model only ever sees one batch of
 training-size inputs or tiles, and per image the full-resolution float32 arrays are the probability map
 (one per class for multi-class heads) plus, in tile mode, one weight map.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import expit, softmax
@@ -114,7 +116,6 @@ def _resize_prob(p: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
-
 # ----------------------------------------------------------------------------- network inputs and the gate
 class References:
     """One defect-free reference image (reference-mode models), in a net's channels at an image's native size,
@@ -154,19 +155,25 @@ class Gate:
 
     def __init__(self, net: Net, threshold: float | None = None) -> None:
         if net.task != "classify":
-            raise ValueError(f"gate {net.source} is a {net.task} model; the gate must be a classifier trained "
-                             "with `defectseg train --task classify`")
+            raise ValueError(
+                f"gate {net.source} is a {net.task} model; the gate must be a classifier trained "
+                "with `defectseg train --task classify`"
+            )
         threshold = net.config.infer.threshold if threshold is None else threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"gate_threshold={threshold} is not a probability; pass a value in [0, 1]")
         self.net, self.threshold = net, float(threshold)
 
-    def probabilities(self, images: Sequence[np.ndarray], references: References | None = None,
-                      batch_size: int = 8) -> np.ndarray:
+    def probabilities(
+        self, images: Sequence[np.ndarray], references: References | None = None, batch_size: int = 8
+    ) -> np.ndarray:
         """(N,) float64 defect probabilities of uint8 (H, W[, 3]) images, in batches."""
-        out = [classifier_probabilities(self.net, np.stack([model_input(self.net, a, references)
-                                                            for a in images[i:i + batch_size]]))
-               for i in range(0, len(images), batch_size)]
+        out = [
+            classifier_probabilities(
+                self.net, np.stack([model_input(self.net, a, references) for a in images[i : i + batch_size]])
+            )
+            for i in range(0, len(images), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -187,14 +194,24 @@ class Predictor:
     Build it with `Predictor.from_checkpoint`; see the module docstring for the resize/tile policy.
     """
 
-    def __init__(self, segmenter: Net, infer: C.InferConfig, batch_size: int = 8, tile: int | None = None,
-                 gate: Net | None = None, gate_threshold: float | None = None,
-                 reference: np.ndarray | None = None, overlap: bool = True) -> None:
+    def __init__(
+        self,
+        segmenter: Net,
+        infer: C.InferConfig,
+        batch_size: int = 8,
+        tile: int | None = None,
+        gate: Net | None = None,
+        gate_threshold: float | None = None,
+        reference: np.ndarray | None = None,
+        overlap: bool = True,
+    ) -> None:
         """gate: a classifier net in front of the segmenter, deciding at `gate_threshold` (None: the threshold
         stored with the gate, `Gate`). infer: the post-processing settings (a checked `InferConfig`)."""
         if segmenter.task != "segment":
-            raise ValueError(f"{segmenter.source} is a {segmenter.task} model; predict needs a segmentation "
-                             "checkpoint (pass a classifier as the gate: --gate)")
+            raise ValueError(
+                f"{segmenter.source} is a {segmenter.task} model; predict needs a segmentation "
+                "checkpoint (pass a classifier as the gate: --gate)"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.segmenter, self.gate = segmenter, gate
@@ -207,38 +224,58 @@ class Predictor:
         needs_ref = [n for n in nets if n.uses_reference]
         if needs_ref and reference is None:
             trained = needs_ref[0].config.data.reference
-            raise ValueError(f"{needs_ref[0].source} is a reference-mode model (data.reference={trained!r}): it "
-                             "compares each image with a defect-free reference of the same product; pass "
-                             "--reference REF.png (reference=...)")
+            raise ValueError(
+                f"{needs_ref[0].source} is a reference-mode model (data.reference={trained!r}): it "
+                "compares each image with a defect-free reference of the same product; pass "
+                "--reference REF.png (reference=...)"
+            )
         if reference is not None and not needs_ref:
-            raise ValueError("a reference image was given but the model was not trained in reference mode "
-                             "(data.reference unset); drop --reference")
+            raise ValueError(
+                "a reference image was given but the model was not trained in reference mode "
+                "(data.reference unset); drop --reference"
+            )
         self.use_reference(reference)
         m = segmenter.size_multiple
         if tile:
             if segmenter.fixed_hw is not None:
-                raise ValueError(f"tile mode runs windows of any size, but {segmenter.source} was exported with a "
-                                 f"fixed {segmenter.fixed_hw[0]}x{segmenter.fixed_hw[1]} input; re-export with "
-                                 "`defectseg export --dynamic` or use resize mode (no --tile)")
+                raise ValueError(
+                    f"tile mode runs windows of any size, but {segmenter.source} was exported with a "
+                    f"fixed {segmenter.fixed_hw[0]}x{segmenter.fixed_hw[1]} input; re-export with "
+                    "`defectseg export --dynamic` or use resize mode (no --tile)"
+                )
             if tile < m:
                 raise ValueError(f"tile={tile} is smaller than the model's size multiple {m}; use --tile >= {m}")
             self.tile: int | None = (tile // m) * m  # rounded down: a forward never exceeds `tile` pixels
             if not 0 <= infer.tile_overlap < self.tile:
-                raise ValueError(f"tile_overlap={infer.tile_overlap} must be >= 0 and below the tile size "
-                                 f"{self.tile}; pass a larger --tile or a smaller --tile-overlap (e.g. "
-                                 f"{self.tile // 4})")
+                raise ValueError(
+                    f"tile_overlap={infer.tile_overlap} must be >= 0 and below the tile size "
+                    f"{self.tile}; pass a larger --tile or a smaller --tile-overlap (e.g. "
+                    f"{self.tile // 4})"
+                )
         else:
             self.tile = None
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", backend: str = "auto",
-                        dtype: str | None = None, channels_last: bool = False, batch_size: int = 8,
-                        tile: int | None = None, gate: str | Path | None = None,
-                        gate_threshold: float | None = None,
-                        reference: str | Path | None = None, threshold: float | None = None,
-                        min_area: int | None = None, connectivity: int | None = None, score: str | None = None,
-                        tile_overlap: int | None = None, threads: int | None = None) -> "Predictor":
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        backend: str = "auto",
+        dtype: str | None = None,
+        channels_last: bool = False,
+        batch_size: int = 8,
+        tile: int | None = None,
+        gate: str | Path | None = None,
+        gate_threshold: float | None = None,
+        reference: str | Path | None = None,
+        threshold: float | None = None,
+        min_area: int | None = None,
+        connectivity: int | None = None,
+        score: str | None = None,
+        tile_overlap: int | None = None,
+        threads: int | None = None,
+    ) -> Predictor:
         """Load a segmenter from a .pt checkpoint (torch backend) or an exported .onnx (onnxruntime backend).
 
         device: auto | cpu | cuda | cuda:N. dtype: None (float32) | "bf16" | "fp16" autocast (torch on CUDA);
@@ -253,13 +290,21 @@ class Predictor:
         gate_net = None
         if gate is not None:
             gate_net = load_net(gate, device, "auto", dtype, channels_last, threads)
-        infer = seg.config.infer.overridden(threshold=threshold, min_area=min_area, connectivity=connectivity,
-                                            score=score, tile_overlap=tile_overlap)
+        infer = seg.config.infer.overridden(
+            threshold=threshold, min_area=min_area, connectivity=connectivity, score=score, tile_overlap=tile_overlap
+        )
         ref = None
         if reference is not None:
             ref = read_image(reference)  # channels converted per network later
-        return cls(seg, infer, batch_size=batch_size, tile=infer.tile if tile is None else tile, gate=gate_net,
-                   gate_threshold=gate_threshold, reference=ref)
+        return cls(
+            seg,
+            infer,
+            batch_size=batch_size,
+            tile=infer.tile if tile is None else tile,
+            gate=gate_net,
+            gate_threshold=gate_threshold,
+            reference=ref,
+        )
 
     def use_reference(self, reference: np.ndarray | None) -> None:
         """Compare the next images with this defect-free reference (reference-mode models)."""
@@ -273,7 +318,7 @@ class Predictor:
 
     @property
     def mode(self) -> str:
-        """"resize" or "tile"."""
+        """ "resize" or "tile"."""
         return "tile" if self.tile else "resize"
 
     @property
@@ -287,8 +332,9 @@ class Predictor:
         for i, a in enumerate(images):
             a = np.asarray(a)
             if a.dtype != np.uint8:
-                raise ValueError(f"image #{i} has dtype {a.dtype}; pass uint8 arrays (read files with "
-                                 "defectseg.data.io.read_image)")
+                raise ValueError(
+                    f"image #{i} has dtype {a.dtype}; pass uint8 arrays (read files with defectseg.data.io.read_image)"
+                )
             if a.ndim == 3 and a.shape[2] == 1:
                 a = a[:, :, 0]
             elif a.ndim == 3 and a.shape[2] == 4:
@@ -359,9 +405,9 @@ class Predictor:
         """Native-size probability maps, one per image, in order (resize mode)."""
         hw = self.segmenter.input_hw
         for i in range(0, len(images), self.batch_size):
-            part = images[i:i + self.batch_size]
+            part = images[i : i + self.batch_size]
             batch = np.stack([model_input(self.segmenter, a, self._references) for a in part])
-            probs = _probabilities(self.segmenter.logits(batch))[:, :, :hw[0], :hw[1]]  # drop multiple-padding
+            probs = _probabilities(self.segmenter.logits(batch))[:, :, : hw[0], : hw[1]]  # drop multiple-padding
             for a, p in zip(part, probs):
                 yield _resize_prob(p, a.shape[:2])
 
@@ -371,14 +417,17 @@ class Predictor:
         m = self.segmenter.size_multiple
         hp, wp = _round_up(image.shape[0], m), _round_up(image.shape[1], m)
         th, tw = min(self.tile, hp), min(self.tile, wp)
-        stride = lambda t: max(m, ((t - self.infer.tile_overlap) // m) * m)  # origins on the model's grid
+
+        def stride(t: int) -> int:  # window origins stay on the model's downsampling grid
+            return max(m, ((t - self.infer.tile_overlap) // m) * m)
+
         return [(y, x, th, tw) for y in _starts(hp, th, stride(th)) for x in _starts(wp, tw, stride(tw))]
 
     def _window_input(self, image: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
         net = self.segmenter
-        parts = [as_channels(image[y:y + h, x:x + w], net.image_channels)]
+        parts = [as_channels(image[y : y + h, x : x + w], net.image_channels)]
         if net.uses_reference:
-            parts.append(self._references.at(net.image_channels, image.shape[:2])[y:y + h, x:x + w])
+            parts.append(self._references.at(net.image_channels, image.shape[:2])[y : y + h, x : x + w])
         return np.concatenate([_chw(_pad_to(p, h, w)) for p in parts], axis=0)
 
     def _segment_tiles(self, images: list[np.ndarray]) -> Iterator[np.ndarray]:
@@ -417,8 +466,8 @@ class Predictor:
                 num, den = acc[j]
                 vh, vw = min(h, H - y), min(w, W - x0)  # windows reach into the padding: crop it away
                 ww = wwin[:vh, :vw]
-                num[:, y:y + vh, x0:x0 + vw] += p[:, :vh, :vw] * ww
-                den[y:y + vh, x0:x0 + vw] += ww
+                num[:, y : y + vh, x0 : x0 + vw] += p[:, :vh, :vw] * ww
+                den[y : y + vh, x0 : x0 + vw] += ww
                 remaining[j] -= 1
                 if remaining[j] == 0:
                     num, den = acc.pop(j)
@@ -445,8 +494,14 @@ class Predictor:
         maps = dict(zip(run, self._segment_tiles(sub) if self.tile else self._segment_resize(sub)))
         return [(maps.get(j), gate_p[j]) for j in range(len(images))]
 
-    def result(self, image: np.ndarray, prob: np.ndarray | None, gate_probability: float | None = None,
-               path: str | None = None, post: PostProcess | None = None) -> Result:
+    def result(
+        self,
+        image: np.ndarray,
+        prob: np.ndarray | None,
+        gate_probability: float | None = None,
+        path: str | None = None,
+        post: PostProcess | None = None,
+    ) -> Result:
         """One image's Result from its probability map through `post` (default: the checkpoint's post-processing
         with this Predictor's overrides; the service passes one with a request's own threshold and min_area).
         prob None (the gate's OK): an all-background map, no defects, verdict OK."""
@@ -456,11 +511,9 @@ class Predictor:
             prob = np.zeros((h, w) if k == 1 else (k, h, w), np.float32)
             if k > 1:
                 prob[0] = 1.0  # all background
-            return Result(path, (h, w), prob, np.zeros((h, w), np.uint8), [], "OK", 0.0, gate_probability,
-                          image=image)
+            return Result(path, (h, w), prob, np.zeros((h, w), np.uint8), [], "OK", 0.0, gate_probability, image=image)
         det = (post or self.post)(prob)
-        return Result(path, (h, w), prob, det.mask, det.defects, det.verdict, det.score, gate_probability,
-                      image=image)
+        return Result(path, (h, w), prob, det.mask, det.defects, det.verdict, det.score, gate_probability, image=image)
 
     def _infer_chunk(self, chunk: list[_Item]) -> tuple[list[_Item], list, float]:
         """The networks' part of a chunk; returns what `_finish_chunk` needs, with the time it took."""

@@ -1,11 +1,13 @@
 """The run folder's files besides checkpoints: the lock that keeps one training per folder, metrics.csv, report.md."""
+
 from __future__ import annotations
 
 import csv
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import config as C
 from .data import DatasetSpec
@@ -39,9 +41,11 @@ class RunLock:
                 if self._stale(owner):
                     self.path.unlink(missing_ok=True)
                     continue
-                raise ValueError(f"run folder {self.path.parent} is in use by another training (pid "
-                                 f"{' on '.join(owner) or '?'}); pick another --name, or wait for it to finish "
-                                 f"(if no training runs there, delete {self.path})") from None
+                raise ValueError(
+                    f"run folder {self.path.parent} is in use by another training (pid "
+                    f"{' on '.join(owner) or '?'}); pick another --name, or wait for it to finish "
+                    f"(if no training runs there, delete {self.path})"
+                ) from None
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             self.held = True
@@ -106,29 +110,47 @@ def monitor_of(cfg: C.RunConfig) -> str:
     return cfg.train.monitor if cfg.train.task == "segment" else "image_auroc"
 
 
-def write_report(path: Path, cfg: C.RunConfig, spec: DatasetSpec, used: dict[str, int],
-                 metrics: dict[str, float], best_epoch: int, seconds: float, threshold_note: str = "",
-                 skipped: Sequence[tuple[Any, str]] = ()) -> None:
+def write_report(
+    path: Path,
+    cfg: C.RunConfig,
+    spec: DatasetSpec,
+    used: dict[str, int],
+    metrics: dict[str, float],
+    best_epoch: int,
+    seconds: float,
+    threshold_note: str = "",
+    skipped: Sequence[tuple[Any, str]] = (),
+) -> None:
     """report.md: the run's settings, the images each split used (skipped files listed), the test metrics."""
-    how = ("images resized to the training size, as the gate sees them" if cfg.train.task == "classify" else
-           "each image at its native size through the predict path: threshold, min_area and connected "
-           "components of `localize.PostProcess`")
-    lines = [f"# Run `{cfg.name}`", "",
-             f"- model: `{cfg.model.name}` {cfg.model.options or ''}",
-             f"- data: `{cfg.data.root}` (format {spec.format}, classes {spec.class_names}), "
-             f"size {'x'.join(map(str, C.resize_hw(cfg.data)))}, augment {cfg.data.augment}",
-             f"- split: train {used.get('train', 0)} / val {used.get('val', 0)} / test {used.get('test', 0)} images "
-             f"used (split.json{'; ' + str(len(skipped)) + ' files skipped, listed below' if skipped else ''})",
-             f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}, schedule {cfg.train.schedule}, "
-             f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
-             f"- post-processing: threshold {cfg.infer.threshold:.4g} ({cfg.infer.threshold_from}"
-             f"{': ' + threshold_note if threshold_note else ''}), min_area "
-             f"{cfg.infer.min_area}, connectivity "
-             f"{cfg.infer.connectivity}, {'tiles of ' + str(cfg.infer.tile) if cfg.infer.tile else 'resize mode'}",
-             f"- best epoch (by validation {monitor_of(cfg)}): {best_epoch}; wall time {seconds:.0f} s", "",
-             f"## Test split (whole split, defect-free images included; {how})", "",
-             "What each number means: docs/metrics.md.", "",
-             "| metric | value |", "|---|---|"]
+    how = (
+        "images resized to the training size, as the gate sees them"
+        if cfg.train.task == "classify"
+        else "each image at its native size through the predict path: threshold, min_area and connected "
+        "components of `localize.PostProcess`"
+    )
+    lines = [
+        f"# Run `{cfg.name}`",
+        "",
+        f"- model: `{cfg.model.name}` {cfg.model.options or ''}",
+        f"- data: `{cfg.data.root}` (format {spec.format}, classes {spec.class_names}), "
+        f"size {'x'.join(map(str, C.resize_hw(cfg.data)))}, augment {cfg.data.augment}",
+        f"- split: train {used.get('train', 0)} / val {used.get('val', 0)} / test {used.get('test', 0)} images "
+        f"used (split.json{'; ' + str(len(skipped)) + ' files skipped, listed below' if skipped else ''})",
+        f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}, schedule {cfg.train.schedule}, "
+        f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
+        f"- post-processing: threshold {cfg.infer.threshold:.4g} ({cfg.infer.threshold_from}"
+        f"{': ' + threshold_note if threshold_note else ''}), min_area "
+        f"{cfg.infer.min_area}, connectivity "
+        f"{cfg.infer.connectivity}, {'tiles of ' + str(cfg.infer.tile) if cfg.infer.tile else 'resize mode'}",
+        f"- best epoch (by validation {monitor_of(cfg)}): {best_epoch}; wall time {seconds:.0f} s",
+        "",
+        f"## Test split (whole split, defect-free images included; {how})",
+        "",
+        "What each number means: docs/metrics.md.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
     if skipped:
         lines += ["", f"## Skipped files ({len(skipped)})", ""]

@@ -4,6 +4,7 @@ Training, evaluation, the Predictor's backends and the benchmark all resolve a d
 a dtype name with `parse_dtype` and enter `autocast` here, so "bf16 on this CPU" or "cuda:1" means the same thing
 to every command.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DEVICE_PATTERN", "DTYPES", "Dist", "autocast", "check_device_name", "cpu_bf16", "default_threads",
-           "init_distributed", "parse_dtype", "pick_device", "seed_everything"]
+__all__ = [
+    "DEVICE_PATTERN",
+    "DTYPES",
+    "Dist",
+    "autocast",
+    "check_device_name",
+    "cpu_bf16",
+    "default_threads",
+    "init_distributed",
+    "parse_dtype",
+    "pick_device",
+    "seed_everything",
+]
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Names a command line or a config gives for a compute dtype; "fp32" is plain float32 (autocast off).
@@ -45,8 +57,10 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for but CUDA is not available (torch {torch.__version__}, no "
-                             "usable GPU); use --device cpu")
+            raise ValueError(
+                f"device {name!r} asked for but CUDA is not available (torch {torch.__version__}, no "
+                "usable GPU); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     return dev

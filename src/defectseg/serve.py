@@ -15,6 +15,7 @@ the request's worker thread. Bad input is a 4xx with a message, never a 500: a r
 Binding to anything but loopback needs an API key (`X-API-Key: KEY` or `Authorization: Bearer KEY`, compared in
 constant time) on every endpoint but `/health` and the page itself; no endpoint reads or writes a path a client gives.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,12 +56,12 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 @dataclass
 class ServeConfig:
-    max_batch: int = 8            # images per network call, across requests
-    max_wait_ms: float = 5.0      # how long the first image of a batch waits for others
-    max_body_mb: float = 64.0     # larger request bodies get 413
-    max_images: int = 16          # images per request
-    max_pixels: int = 0           # per image; 0: data.io.max_pixels() (DEFECTSEG_MAX_PIXELS, default 150 M)
-    cache: int = 64               # probability maps kept for GET /results/{id}
+    max_batch: int = 8  # images per network call, across requests
+    max_wait_ms: float = 5.0  # how long the first image of a batch waits for others
+    max_body_mb: float = 64.0  # larger request bodies get 413
+    max_images: int = 16  # images per request
+    max_pixels: int = 0  # per image; 0: data.io.max_pixels() (DEFECTSEG_MAX_PIXELS, default 150 M)
+    cache: int = 64  # probability maps kept for GET /results/{id}
     api_key: str | None = None
 
     def __post_init__(self) -> None:  # a bad value fails where the config is made, before a model is loaded
@@ -149,25 +150,41 @@ class Metrics:
 
     def text(self, batcher: Batcher) -> str:
         with self.lock:
-            lines = ["# HELP defectseg_requests_total HTTP requests by endpoint and status code.",
-                     "# TYPE defectseg_requests_total counter"]
-            lines += [f'defectseg_requests_total{{endpoint="{p}",code="{c}"}} {n}'
-                      for (p, c), n in sorted(self.requests.items())]
+            lines = [
+                "# HELP defectseg_requests_total HTTP requests by endpoint and status code.",
+                "# TYPE defectseg_requests_total counter",
+            ]
+            lines += [
+                f'defectseg_requests_total{{endpoint="{p}",code="{c}"}} {n}'
+                for (p, c), n in sorted(self.requests.items())
+            ]
             errors = sum(n for (_, c), n in self.requests.items() if c >= 400)
-            lines += ["# HELP defectseg_request_errors_total Requests answered with a 4xx or 5xx status.",
-                      "# TYPE defectseg_request_errors_total counter", f"defectseg_request_errors_total {errors}",
-                      "# HELP defectseg_inspect_seconds Latency of successful POST /inspect requests.",
-                      "# TYPE defectseg_inspect_seconds histogram"]
-            lines += [f'defectseg_inspect_seconds_bucket{{le="{b}"}} {n}' for b, n in zip(_LATENCY_BUCKETS, self.buckets)]
-            lines += [f'defectseg_inspect_seconds_bucket{{le="+Inf"}} {self.latency_count}',
-                      f"defectseg_inspect_seconds_sum {self.latency_sum:.6f}",
-                      f"defectseg_inspect_seconds_count {self.latency_count}",
-                      "# HELP defectseg_images_total Inspected images by verdict.", "# TYPE defectseg_images_total counter"]
+            lines += [
+                "# HELP defectseg_request_errors_total Requests answered with a 4xx or 5xx status.",
+                "# TYPE defectseg_request_errors_total counter",
+                f"defectseg_request_errors_total {errors}",
+                "# HELP defectseg_inspect_seconds Latency of successful POST /inspect requests.",
+                "# TYPE defectseg_inspect_seconds histogram",
+            ]
+            lines += [
+                f'defectseg_inspect_seconds_bucket{{le="{b}"}} {n}' for b, n in zip(_LATENCY_BUCKETS, self.buckets)
+            ]
+            lines += [
+                f'defectseg_inspect_seconds_bucket{{le="+Inf"}} {self.latency_count}',
+                f"defectseg_inspect_seconds_sum {self.latency_sum:.6f}",
+                f"defectseg_inspect_seconds_count {self.latency_count}",
+                "# HELP defectseg_images_total Inspected images by verdict.",
+                "# TYPE defectseg_images_total counter",
+            ]
             lines += [f'defectseg_images_total{{verdict="{v}"}} {n}' for v, n in sorted(self.verdicts.items())]
-        lines += ["# HELP defectseg_batches_total Network calls (each a batch of images from one or more requests).",
-                  "# TYPE defectseg_batches_total counter", f"defectseg_batches_total {batcher.batches}",
-                  "# HELP defectseg_batched_images_total Images through the network.",
-                  "# TYPE defectseg_batched_images_total counter", f"defectseg_batched_images_total {batcher.images}"]
+        lines += [
+            "# HELP defectseg_batches_total Network calls (each a batch of images from one or more requests).",
+            "# TYPE defectseg_batches_total counter",
+            f"defectseg_batches_total {batcher.batches}",
+            "# HELP defectseg_batched_images_total Images through the network.",
+            "# TYPE defectseg_batched_images_total counter",
+            f"defectseg_batched_images_total {batcher.images}",
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -198,8 +215,10 @@ class _Limits:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         refusal = None
         if self.api_key is not None and path not in _OPEN_PATHS and not _key_ok(headers, self.api_key):
-            refusal = JSONResponse({"detail": "missing or wrong API key: send it as 'X-API-Key: KEY' or "
-                                              "'Authorization: Bearer KEY'"}, status_code=401)
+            refusal = JSONResponse(
+                {"detail": "missing or wrong API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"},
+                status_code=401,
+            )
         elif headers.get("content-length", "").isdigit() and int(headers["content-length"]) > self.max_body:
             refusal = _too_large(self.max_body)
         if refusal is not None:
@@ -220,8 +239,10 @@ class _Limits:
 
 
 def _too_large_text(limit: int) -> str:
-    return (f"request body over the limit of {limit / 2**20:g} MiB; send fewer or smaller images (or start the "
-            "server with a larger --max-body-mb)")
+    return (
+        f"request body over the limit of {limit / 2**20:g} MiB; send fewer or smaller images (or start the "
+        "server with a larger --max-body-mb)"
+    )
 
 
 def _too_large(limit: int) -> Any:
@@ -280,8 +301,11 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
 
     def record(r: Result, key: str, name: str, want_mask: bool, want_overlay: bool) -> dict[str, Any]:
         j = r.to_json()  # the record predict writes, without the path and the timing
-        rec = {"id": key, "name": name, **{k: j[k] for k in ("verdict", "score", "defects", "width", "height",
-                                                            "gate_probability")}}
+        rec = {
+            "id": key,
+            "name": name,
+            **{k: j[k] for k in ("verdict", "score", "defects", "width", "height", "gate_probability")},
+        }
         if want_mask:
             rec["mask_png"] = _png_b64(r.mask_image())
         if want_overlay:
@@ -295,14 +319,27 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model": net.config.model.name, "checksum": checksum, "backend": net.backend,
-                "device": device,
-                "threshold": predictor.infer.threshold, "min_area": predictor.infer.min_area,
-                "mode": predictor.mode, "classes": net.class_names, "max_batch": cfg.max_batch}
+        return {
+            "status": "ok",
+            "model": net.config.model.name,
+            "checksum": checksum,
+            "backend": net.backend,
+            "device": device,
+            "threshold": predictor.infer.threshold,
+            "min_area": predictor.infer.min_area,
+            "mode": predictor.mode,
+            "classes": net.class_names,
+            "max_batch": cfg.max_batch,
+        }
 
     @app.post("/inspect")
-    async def inspect(request: Request, threshold: float | None = None, min_area: int | None = None,
-                      mask: str | None = None, overlay: str | None = None) -> Any:
+    async def inspect(
+        request: Request,
+        threshold: float | None = None,
+        min_area: int | None = None,
+        mask: str | None = None,
+        overlay: str | None = None,
+    ) -> Any:
         t0 = time.perf_counter()
         want_mask, want_overlay = check_format("mask", mask), check_format("overlay", overlay)
         post = post_for(threshold, min_area)
@@ -311,14 +348,18 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
         except _BodyTooLarge:
             raise HTTPException(413, _too_large_text(int(cfg.max_body_mb * 2**20))) from None
         except Exception as exc:  # noqa: BLE001 - any malformed body is the client's error
-            raise HTTPException(400, f"cannot read the request body as multipart/form-data ({exc}); send the "
-                                     "images as multipart field 'image'") from None
+            raise HTTPException(
+                400,
+                f"cannot read the request body as multipart/form-data ({exc}); send the "
+                "images as multipart field 'image'",
+            ) from None
         names, images = [], []
         try:  # the uploads are spooled to temporary files until the form is closed
             uploads = [u for u in form.getlist("image") if hasattr(u, "read")]
             if not uploads:
-                raise HTTPException(400, "no image: send one or more files as multipart field 'image' "
-                                         "(curl -F image=@part.png ...)")
+                raise HTTPException(
+                    400, "no image: send one or more files as multipart field 'image' (curl -F image=@part.png ...)"
+                )
             for i, u in enumerate(uploads):
                 name = Path(u.filename or f"image{i}").name  # a name for messages only, never a path on disk
                 data = await u.read()
@@ -353,23 +394,38 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
 
         records = await run_in_threadpool(finish)
         t_done = time.perf_counter()
-        ms = {"decode": round(1000 * (t_decoded - t0), 2), "network": round(1000 * (t_inferred - t_decoded), 2),
-              "post": round(1000 * (t_done - t_inferred), 2), "total": round(1000 * (t_done - t0), 2)}
-        body: dict[str, Any] = {"images": records, "verdict": "NG" if any(r["verdict"] == "NG" for r in records)
-                                else "OK", "ms": ms}
+        ms = {
+            "decode": round(1000 * (t_decoded - t0), 2),
+            "network": round(1000 * (t_inferred - t_decoded), 2),
+            "post": round(1000 * (t_done - t_inferred), 2),
+            "total": round(1000 * (t_done - t0), 2),
+        }
+        body: dict[str, Any] = {
+            "images": records,
+            "verdict": "NG" if any(r["verdict"] == "NG" for r in records) else "OK",
+            "ms": ms,
+        }
         if len(records) == 1:  # one image: its record is also the top level
             body = {**records[0], "images": records, "ms": ms}
         return JSONResponse(body)
 
     @app.get("/results/{key}")
-    def again(key: str, threshold: float | None = None, min_area: int | None = None, mask: str | None = None,
-              overlay: str | None = None) -> Any:
+    def again(
+        key: str,
+        threshold: float | None = None,
+        min_area: int | None = None,
+        mask: str | None = None,
+        overlay: str | None = None,
+    ) -> Any:
         want_mask, want_overlay = check_format("mask", mask), check_format("overlay", overlay)
         with cache_lock:
             hit = cache.get(key)
         if hit is None:
-            raise HTTPException(404, f"no stored result {key!r}: only the last {cfg.cache} images are kept; "
-                                     "POST the image to /inspect again")
+            raise HTTPException(
+                404,
+                f"no stored result {key!r}: only the last {cfg.cache} images are kept; "
+                "POST the image to /inspect again",
+            )
         image, prob, gate_p, name = hit
         r = predictor.result(image, prob, gate_p, name, post_for(threshold, min_area))
         return record(r, key, name, want_mask, want_overlay)
@@ -391,18 +447,30 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse to serve beyond loopback without an API key."""
     if host not in LOOPBACK and not api_key:
-        raise ValueError(f"--host {host} exposes the service beyond this machine: set an API key with --api-key "
-                         f"or the environment variable {API_KEY_ENV} (or bind to 127.0.0.1)")
+        raise ValueError(
+            f"--host {host} exposes the service beyond this machine: set an API key with --api-key "
+            f"or the environment variable {API_KEY_ENV} (or bind to 127.0.0.1)"
+        )
 
 
-def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          cfg: ServeConfig | None = None, device: str = "auto", backend: str = "auto", tile: int | None = None,
-          threads: int | None = None, log_level: str = "info") -> None:
+def serve(
+    checkpoint: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    cfg: ServeConfig | None = None,
+    device: str = "auto",
+    backend: str = "auto",
+    tile: int | None = None,
+    threads: int | None = None,
+    log_level: str = "info",
+) -> None:
     """Load the checkpoint and run the service until interrupted."""
     check_bind(host, api_key)
     cfg = replace(cfg or ServeConfig(), api_key=api_key)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, backend=backend, tile=tile, threads=threads,
-                                          batch_size=cfg.max_batch)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device=device, backend=backend, tile=tile, threads=threads, batch_size=cfg.max_batch
+    )
     on = "cpu" if predictor.segmenter.backend == "onnxruntime" else str(pick_device(device))
     app = create_app(predictor, cfg, checksum=file_checksum(checkpoint), device=on)
     uvicorn.run(app, host=host, port=port, log_level=log_level, lifespan="on")

@@ -1,4 +1,5 @@
 """One optimisation step: what the trainer runs for every batch and `defectseg benchmark --train` times."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,13 +23,13 @@ class TrainingError(RuntimeError):
 class TrainStep:
     """One optimisation step. The trainer calls it for every batch; `defectseg benchmark --train` times it."""
 
-    model: nn.Module                 # a PixelModel (or DDP around one): raw pixels in, logits out
+    model: nn.Module  # a PixelModel (or DDP around one): raw pixels in, logits out
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer
-    augment: Augmenter               # replaced every epoch by one seeded from (seed, epoch)
-    scheduler: Any = None            # stepped once per iteration
+    augment: Augmenter  # replaced every epoch by one seeded from (seed, epoch)
+    scheduler: Any = None  # stepped once per iteration
     task: str = "segment"
-    amp: torch.dtype | None = None   # autocast dtype, e.g. torch.bfloat16 (on the CPU only bf16, where it pays)
+    amp: torch.dtype | None = None  # autocast dtype, e.g. torch.bfloat16 (on the CPU only bf16, where it pays)
     channels_last: bool = False
     grad_clip: float | None = None
     defects: list = field(default_factory=list)  # SyntheticDefects / CopyPaste, after the augmentation

@@ -1,4 +1,5 @@
 """Pictures for people: training curves and defect overlays."""
+
 from __future__ import annotations
 
 import csv
@@ -37,8 +38,10 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path | None:
     return Path(out_png)
 
 
-_PALETTE = np.array([[0, 0, 0], [255, 60, 60], [60, 200, 60], [60, 120, 255], [255, 200, 0],
-                     [200, 0, 255], [0, 220, 220]], dtype=np.uint8)
+_PALETTE = np.array(
+    [[0, 0, 0], [255, 60, 60], [60, 200, 60], [60, 120, 255], [255, 200, 0], [200, 0, 255], [0, 220, 220]],
+    dtype=np.uint8,
+)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, defects: list[dict], alpha: float = 0.45) -> np.ndarray:
@@ -54,6 +57,14 @@ def overlay(image: np.ndarray, mask: np.ndarray, defects: list[dict], alpha: flo
     for d in defects:
         color = tuple(int(c) for c in _PALETTE[min(int(d.get("class", 1)), len(_PALETTE) - 1)])
         cv2.rectangle(rgb, (int(d["x1"]), int(d["y1"])), (int(d["x2"]) - 1, int(d["y2"]) - 1), color, thick)
-        cv2.putText(rgb, str(int(d["area"])), (int(d["x1"]), max(10, int(d["y1"]) - 3)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thick, color, thick, cv2.LINE_AA)
+        cv2.putText(
+            rgb,
+            str(int(d["area"])),
+            (int(d["x1"]), max(10, int(d["y1"]) - 3)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35 * thick,
+            color,
+            thick,
+            cv2.LINE_AA,
+        )
     return rgb

@@ -8,28 +8,38 @@ each batch, so after a restart (a crash, a reboot) nothing already listed is ins
 meanwhile is skipped. An image whose mask was written but whose record was not (a crash between the two) is
 inspected again; it is never lost.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .data.io import find_images
 from .outputs import Result, ResultWriter
 from .predictor import Predictor
 
 
-def watch(predictor: Predictor, in_dir: str | Path, out_dir: str | Path, interval: float = 1.0,
-          settle: float = 1.0, once: bool = False, overlays: bool = True,
-          on_result: Callable[[Result], None] | None = None, should_stop: Callable[[], bool] = lambda: False) -> int:
+def watch(
+    predictor: Predictor,
+    in_dir: str | Path,
+    out_dir: str | Path,
+    interval: float = 1.0,
+    settle: float = 1.0,
+    once: bool = False,
+    overlays: bool = True,
+    on_result: Callable[[Result], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
     """Poll `in_dir` every `interval` seconds until `should_stop()` (or after one pass with `once`); returns the
     number of images inspected. `on_result` is called with each Result after it is written."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not in_dir.is_dir():
         raise ValueError(f"{in_dir} is not a folder; give the folder the line drops images into")
     if in_dir.resolve() == out_dir.resolve():
-        raise ValueError("the output folder must not be the watched folder (masks would be read back as input); "
-                         "choose another --out")
+        raise ValueError(
+            "the output folder must not be the watched folder (masks would be read back as input); choose another --out"
+        )
     seen: dict[str, tuple[int, float]] = {}  # path -> (size, mtime) at the poll that first saw it unchanged
     n = 0
     with ResultWriter(out_dir, overlays=overlays, append=True) as writer:

@@ -11,16 +11,47 @@
 
 See docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 from ..runtime import DTYPES
 from .macs import count_macs, count_params, macs_per_image
 from .report import bench_header, format_table, load_results, plot_throughput
-from .run import (ABLATION_CONVS, ABLATION_WIDTHS, BACKENDS, COLUMNS, BenchSetting, ModelSpec, ablation_specs,
-                  resolve_backend, run_benchmark, validate_setting)
+from .run import (
+    ABLATION_CONVS,
+    ABLATION_WIDTHS,
+    BACKENDS,
+    COLUMNS,
+    BenchSetting,
+    ModelSpec,
+    ablation_specs,
+    resolve_backend,
+    run_benchmark,
+    validate_setting,
+)
 from .timing import time_inference, time_onnxruntime, time_openvino, time_training
 
-__all__ = ["ABLATION_CONVS", "ABLATION_WIDTHS", "BACKENDS", "COLUMNS", "DTYPES", "BenchSetting", "ModelSpec",
-           "ablation_specs", "bench_header", "count_macs", "count_params", "format_table", "load_results",
-           "macs_per_image", "plot_throughput", "resolve_backend", "run_benchmark", "time_inference",
-           "time_onnxruntime", "time_openvino", "time_training", "validate_setting"]
+__all__ = [
+    "ABLATION_CONVS",
+    "ABLATION_WIDTHS",
+    "BACKENDS",
+    "COLUMNS",
+    "DTYPES",
+    "BenchSetting",
+    "ModelSpec",
+    "ablation_specs",
+    "bench_header",
+    "count_macs",
+    "count_params",
+    "format_table",
+    "load_results",
+    "macs_per_image",
+    "plot_throughput",
+    "resolve_backend",
+    "run_benchmark",
+    "time_inference",
+    "time_onnxruntime",
+    "time_openvino",
+    "time_training",
+    "validate_setting",
+]

@@ -5,6 +5,7 @@ activations are not multiply-accumulates and are left out, as FlopCounterMode do
 multiplies every *input* element by its kernel slice: MACs = B * C_in * H_in * W_in * (C_out/groups) * k².
 Profilers such as thop count it over the output instead, which over-counts strided transposed convs.
 """
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 (`format_table`), and a plot of throughput against MACs or accuracy (`plot_throughput`, `load_results`).
 See docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,9 +41,16 @@ def _device_name(device: torch.device) -> str:
 def bench_header(device: str | torch.device, command: str, threads: int | None = None) -> dict[str, str]:
     """What every benchmark table carries: device, versions, threads, load average, date and the command."""
     dev = torch.device(device) if not isinstance(device, torch.device) else device
-    header = {"command": command, "device": _device_name(dev), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-              "defectseg": __version__, "platform": platform.platform()}
+    header = {
+        "command": command,
+        "device": _device_name(dev),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "defectseg": __version__,
+        "platform": platform.platform(),
+    }
     try:
         import onnxruntime  # optional at run time: the header says when it is missing
 
@@ -55,12 +63,16 @@ def bench_header(device: str | torch.device, command: str, threads: int | None =
         header["peak memory"] = "torch.cuda.max_memory_allocated (reset per row)"
     else:
         header["threads"] = str(threads or torch.get_num_threads())
-        header["peak memory"] = "process peak RSS from /proc/self/status VmHWM, reset per row (includes the Python " \
-                                "and library footprint)"
+        header["peak memory"] = (
+            "process peak RSS from /proc/self/status VmHWM, reset per row (includes the Python and library footprint)"
+        )
     if hasattr(os, "getloadavg"):
         header["load average (1/5/15 min, at the end)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    header["timing"] = ("warm-up, then repeated calls; " + ("CUDA events" if dev.type == "cuda" else "host clock")
-                        + "; ms per batch; img/s = batch / median")
+    header["timing"] = (
+        "warm-up, then repeated calls; "
+        + ("CUDA events" if dev.type == "cuda" else "host clock")
+        + "; ms per batch; img/s = batch / median"
+    )
     return header
 
 
@@ -75,13 +87,31 @@ def _fmt(key: str, value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.1f}" if key in ("img_per_s", "peak_mem_mb") else f"{value:.3g}" if value < 10 else \
-            f"{value:.1f}"
+        return (
+            f"{value:.1f}" if key in ("img_per_s", "peak_mem_mb") else f"{value:.3g}" if value < 10 else f"{value:.1f}"
+        )
     return str(value)
 
 
-_MD_COLUMNS = ("model", "mode", "backend", "dtype", "batch", "channels_last", "compile", "cuda_graphs", "params",
-               "macs", "mean_ms", "median_ms", "p95_ms", "img_per_s", "peak_mem_mb", "repeats", "note")
+_MD_COLUMNS = (
+    "model",
+    "mode",
+    "backend",
+    "dtype",
+    "batch",
+    "channels_last",
+    "compile",
+    "cuda_graphs",
+    "params",
+    "macs",
+    "mean_ms",
+    "median_ms",
+    "p95_ms",
+    "img_per_s",
+    "peak_mem_mb",
+    "repeats",
+    "note",
+)
 
 
 def format_table(rows: Sequence[dict[str, Any]], fmt: str = "md", header: dict[str, str] | None = None) -> str:
@@ -102,10 +132,21 @@ def format_table(rows: Sequence[dict[str, Any]], fmt: str = "md", header: dict[s
     if fmt != "md":
         raise ValueError(f"unknown format {fmt!r}; use md, csv or json")
     lines = [f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}" for k, v in header.items()]
-    titles = {"macs": "MACs/img", "mean_ms": "mean ms", "median_ms": "median ms", "p95_ms": "p95 ms",
-              "img_per_s": "img/s", "peak_mem_mb": "peak MiB", "channels_last": "ch-last", "cuda_graphs": "graphs"}
-    lines += ["", "| " + " | ".join(titles.get(c, c) for c in _MD_COLUMNS) + " |",
-              "|" + "|".join("---" for _ in _MD_COLUMNS) + "|"]
+    titles = {
+        "macs": "MACs/img",
+        "mean_ms": "mean ms",
+        "median_ms": "median ms",
+        "p95_ms": "p95 ms",
+        "img_per_s": "img/s",
+        "peak_mem_mb": "peak MiB",
+        "channels_last": "ch-last",
+        "cuda_graphs": "graphs",
+    }
+    lines += [
+        "",
+        "| " + " | ".join(titles.get(c, c) for c in _MD_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in _MD_COLUMNS) + "|",
+    ]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(c, r.get(c)).replace("|", "/") for c in _MD_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
@@ -128,8 +169,10 @@ def load_results(path: str | Path, metric: str | None = None) -> tuple[dict[str,
             data = json.loads(text)
             if isinstance(data, dict) and "model" not in data:
                 # {model: value} or {model: {column: value, ...}}
-                data = [{"model": k, **v} if isinstance(v, dict) else {"model": k, metric or "accuracy": v}
-                        for k, v in data.items()]
+                data = [
+                    {"model": k, **v} if isinstance(v, dict) else {"model": k, metric or "accuracy": v}
+                    for k, v in data.items()
+                ]
             elif isinstance(data, dict):
                 data = [data]
             records = list(data)
@@ -143,8 +186,9 @@ def load_results(path: str | Path, metric: str | None = None) -> tuple[dict[str,
     wanted = [metric.lower()] if metric else list(_ACCURACY_COLUMNS)
     column = next((keys[w] for w in wanted if w in keys), None)
     if column is None:
-        raise ValueError(f"{path}: no accuracy column ({', '.join(wanted)}) among {sorted(keys.values())}; "
-                         "name it with --metric")
+        raise ValueError(
+            f"{path}: no accuracy column ({', '.join(wanted)}) among {sorted(keys.values())}; name it with --metric"
+        )
     out: dict[str, float] = {}
     for r in records:
         try:
@@ -154,8 +198,9 @@ def load_results(path: str | Path, metric: str | None = None) -> tuple[dict[str,
     return out, column
 
 
-def plot_throughput(rows: Sequence[dict[str, Any]], out_png: str | Path, results: str | Path | None = None,
-                    metric: str | None = None) -> Path:
+def plot_throughput(
+    rows: Sequence[dict[str, Any]], out_png: str | Path, results: str | Path | None = None, metric: str | None = None
+) -> Path:
     """PNG of each model's best measured img/s against its MACs per image (log-log), or against the accuracy
     in `results` (see load_results) when given; models absent from the results file are left out."""
     import matplotlib  # heavy, and only the plot needs it

@@ -4,6 +4,7 @@
 batch with `timing` and counts its cost with `macs`: one row (the keys of COLUMNS) per combination. Devices,
 dtypes, autocast and the "auto" backend follow the rules every command shares (`runtime`, `backends`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,18 @@ from ..runtime import DTYPES, autocast, cpu_bf16, pick_device
 from .macs import count_params, macs_per_image
 from .timing import bench_dtype, time_inference, time_onnxruntime, time_openvino, time_training
 
-__all__ = ["ABLATION_CONVS", "ABLATION_WIDTHS", "BACKENDS", "COLUMNS", "BenchSetting", "ModelSpec", "ablation_specs",
-           "resolve_backend", "run_benchmark", "validate_setting"]
+__all__ = [
+    "ABLATION_CONVS",
+    "ABLATION_WIDTHS",
+    "BACKENDS",
+    "COLUMNS",
+    "BenchSetting",
+    "ModelSpec",
+    "ablation_specs",
+    "resolve_backend",
+    "run_benchmark",
+    "validate_setting",
+]
 
 # "-fused": the model after `fuse.fuse_for_inference` (BatchNorm folded, CheapNet's full-resolution head rewritten);
 # "auto": what the Predictor runs by default (`backends.auto_backend`: onnxruntime-fused on the CPU, torch on CUDA).
@@ -32,9 +43,30 @@ BACKENDS = ("torch", "torch-fused", "onnxruntime", "onnxruntime-fused", "openvin
 ABLATION_WIDTHS: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 ABLATION_CONVS: tuple[str, ...] = ("depthwise", "standard")
 # One row per (model, mode, dtype, batch): `median_ms`/`p95_ms` are per-batch times, `img_per_s` = batch / median.
-COLUMNS = ("model", "mode", "backend", "device", "dtype", "batch", "size", "channels", "channels_last", "compile",
-           "cuda_graphs", "threads", "params", "macs", "mean_ms", "median_ms", "p95_ms", "img_per_s", "repeats",
-           "peak_mem_mb", "mem_source", "note")
+COLUMNS = (
+    "model",
+    "mode",
+    "backend",
+    "device",
+    "dtype",
+    "batch",
+    "size",
+    "channels",
+    "channels_last",
+    "compile",
+    "cuda_graphs",
+    "threads",
+    "params",
+    "macs",
+    "mean_ms",
+    "median_ms",
+    "p95_ms",
+    "img_per_s",
+    "repeats",
+    "peak_mem_mb",
+    "mem_source",
+    "note",
+)
 
 
 @dataclass(frozen=True)
@@ -74,8 +106,7 @@ class BenchSetting:
     min_repeats: int = 5
 
 
-def ablation_specs(widths: Sequence[int] = ABLATION_WIDTHS,
-                   convs: Sequence[str] = ABLATION_CONVS) -> list[ModelSpec]:
+def ablation_specs(widths: Sequence[int] = ABLATION_WIDTHS, convs: Sequence[str] = ABLATION_CONVS) -> list[ModelSpec]:
     """CheapNet at every width G and conv kind (the paper's Table III): labels like `cheapnet-G32-depthwise`."""
     for c in convs:
         if c not in ABLATION_CONVS:
@@ -96,8 +127,9 @@ def _check_dtype_supported(device: torch.device, dtype: str) -> None:
         with torch.inference_mode(), autocast(device, DTYPES[dtype], cache_enabled=False):
             conv(torch.randn(1, 2, 8, 8, device=device))
     except RuntimeError as exc:
-        raise ValueError(f"dtype {dtype} is not supported on {device} by this torch ({torch.__version__}): {exc}; "
-                         "use --dtype fp32") from exc
+        raise ValueError(
+            f"dtype {dtype} is not supported on {device} by this torch ({torch.__version__}): {exc}; use --dtype fp32"
+        ) from exc
 
 
 def validate_setting(setting: BenchSetting, batches: Sequence[int]) -> torch.device:
@@ -113,8 +145,10 @@ def validate_setting(setting: BenchSetting, batches: Sequence[int]) -> torch.dev
     if setting.threads is not None and setting.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {setting.threads}")
     if setting.warmup < 0 or setting.repeats < 1 or setting.max_seconds <= 0:
-        raise ValueError(f"need warmup >= 0, repeats >= 1 and max_seconds > 0; got {setting.warmup}, "
-                         f"{setting.repeats}, {setting.max_seconds}")
+        raise ValueError(
+            f"need warmup >= 0, repeats >= 1 and max_seconds > 0; got {setting.warmup}, "
+            f"{setting.repeats}, {setting.max_seconds}"
+        )
     if setting.cuda_graphs and dev.type != "cuda":
         raise ValueError("--cuda-graphs captures CUDA graphs and needs --device cuda; drop it on the CPU")
     if setting.train and resolve_backend(setting, dev) != "torch":
@@ -122,28 +156,40 @@ def validate_setting(setting: BenchSetting, batches: Sequence[int]) -> torch.dev
     if setting.backend.startswith("openvino") and dev.type != "cpu":
         raise ValueError("the openvino backend runs on the CPU here; use --device cpu")
     if resolve_backend(setting, dev).startswith(("onnxruntime", "openvino")):
-        bad = [flag for flag, on in (("--channels-last", setting.channels_last), ("--compile", setting.compile),
-                                     ("--cuda-graphs", setting.cuda_graphs), ("--train", setting.train)) if on]
+        bad = [
+            flag
+            for flag, on in (
+                ("--channels-last", setting.channels_last),
+                ("--compile", setting.compile),
+                ("--cuda-graphs", setting.cuda_graphs),
+                ("--train", setting.train),
+            )
+            if on
+        ]
         if bad:
-            raise ValueError(f"{', '.join(bad)} apply to the torch backend only; drop them with --backend "
-                             f"{setting.backend}")
+            raise ValueError(
+                f"{', '.join(bad)} apply to the torch backend only; drop them with --backend {setting.backend}"
+            )
         if setting.dtype != "fp32":
-            raise ValueError(f"the {setting.backend} backend runs the exported float32 graph; use --dtype fp32, "
-                             f"not {setting.dtype}")
+            raise ValueError(
+                f"the {setting.backend} backend runs the exported float32 graph; use --dtype fp32, not {setting.dtype}"
+            )
     # The probe first (can this torch run a conv here at all, under the autocast the timing will use): the more
     # basic error; then the CPU rule, which refuses a dtype that would run but not be the one timed.
     _check_dtype_supported(dev, setting.dtype)
     if dev.type == "cpu" and setting.dtype != "fp32" and (setting.dtype != "bf16" or not cpu_bf16()):
         # runtime.autocast leaves any other CPU dtype off: the row would time float32 and carry this dtype's label
         mode = "training" if setting.train else "inference"
-        raise ValueError(f"{mode} on the CPU autocasts only to bf16, and only where oneDNN runs it natively "
-                         f"(AVX-512, AMX: runtime.cpu_bf16), so --dtype {setting.dtype} would time float32 "
-                         "here; use --dtype fp32")
+        raise ValueError(
+            f"{mode} on the CPU autocasts only to bf16, and only where oneDNN runs it natively "
+            f"(AVX-512, AMX: runtime.cpu_bf16), so --dtype {setting.dtype} would time float32 "
+            "here; use --dtype fp32"
+        )
     return dev
 
 
 def resolve_backend(setting: BenchSetting, device: torch.device) -> str:
-    """"auto" -> what the Predictor runs: onnxruntime-fused for float32 inference on the CPU, torch otherwise
+    """ "auto" -> what the Predictor runs: onnxruntime-fused for float32 inference on the CPU, torch otherwise
     (CUDA, training, or a torch-only option such as --channels-last or --compile); any other name unchanged."""
     if setting.backend != "auto":
         return setting.backend
@@ -153,13 +199,26 @@ def resolve_backend(setting: BenchSetting, device: torch.device) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the table
-def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: int = 1, device: str = "cpu",
-                  batches: Sequence[int] = (1,), dtypes: Sequence[str] = ("fp32",), *,
-                  backend: str | Sequence[str] = "torch",
-                  channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False, train: bool = False,
-                  threads: int | None = None, warmup: int = 5, repeats: int = 30, max_seconds: float = 10.0,
-                  min_repeats: int = 5, progress: Callable[[dict[str, Any]], None] | None = None
-                  ) -> list[dict[str, Any]]:
+def run_benchmark(
+    models: Sequence[str | ModelSpec],
+    size: int = 512,
+    channels: int = 1,
+    device: str = "cpu",
+    batches: Sequence[int] = (1,),
+    dtypes: Sequence[str] = ("fp32",),
+    *,
+    backend: str | Sequence[str] = "torch",
+    channels_last: bool = False,
+    compile: bool = False,
+    cuda_graphs: bool = False,
+    train: bool = False,
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+    max_seconds: float = 10.0,
+    min_repeats: int = 5,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """One row (dict with the keys of COLUMNS) per model x backend x dtype x batch; inputs are (batch, channels,
     size, size). `backend`: one of BACKENDS or several (rows of one run, so their ratios are comparable).
 
@@ -171,8 +230,26 @@ def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: 
     if not specs:
         raise ValueError("no models given; e.g. --models cheapnet-s,cheapnet-m")
     backends = [backend] if isinstance(backend, str) else list(backend)
-    settings = [BenchSetting(size, channels, device, d, bk, channels_last, compile, cuda_graphs, train, threads,
-                             warmup, repeats, max_seconds, min_repeats) for bk in backends for d in dtypes]
+    settings = [
+        BenchSetting(
+            size,
+            channels,
+            device,
+            d,
+            bk,
+            channels_last,
+            compile,
+            cuda_graphs,
+            train,
+            threads,
+            warmup,
+            repeats,
+            max_seconds,
+            min_repeats,
+        )
+        for bk in backends
+        for d in dtypes
+    ]
     if not settings:
         raise ValueError("no dtypes or backends given; e.g. --dtype fp32,bf16 --backend torch,onnxruntime")
     dev = validate_setting(settings[0], batches)
@@ -183,8 +260,10 @@ def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: 
         model = spec.build(channels)  # ValueError for unknown names / options
         multiple = int(getattr(model, "size_multiple", 1))
         if size % multiple:
-            raise ValueError(f"--size {size} is not a multiple of {multiple}, which {spec.label} needs; use "
-                             f"{-(-size // multiple) * multiple}")
+            raise ValueError(
+                f"--size {size} is not a multiple of {multiple}, which {spec.label} needs; use "
+                f"{-(-size // multiple) * multiple}"
+            )
         built.append((spec, model))
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -202,25 +281,60 @@ def run_benchmark(models: Sequence[str | ModelSpec], size: int = 512, channels: 
                     kw = dict(warmup=warmup, repeats=repeats, max_seconds=max_seconds, min_repeats=min_repeats)
                     try:
                         if train:
-                            result = time_training(fresh, shape, dev, s.dtype, channels_last=channels_last,
-                                                   compile=compile, task=spec.task, **kw)
+                            result = time_training(
+                                fresh,
+                                shape,
+                                dev,
+                                s.dtype,
+                                channels_last=channels_last,
+                                compile=compile,
+                                task=spec.task,
+                                **kw,
+                            )
                         elif bk.startswith("openvino"):
                             result = time_openvino(fresh, shape, threads=torch.get_num_threads(), **kw)
                         elif bk.startswith("onnxruntime"):
                             result = time_onnxruntime(fresh, shape, dev, threads=torch.get_num_threads(), **kw)
                         else:
-                            result = time_inference(fresh, shape, dev, s.dtype, channels_last=channels_last,
-                                                    compile=compile, cuda_graphs=cuda_graphs, **kw)
+                            result = time_inference(
+                                fresh,
+                                shape,
+                                dev,
+                                s.dtype,
+                                channels_last=channels_last,
+                                compile=compile,
+                                cuda_graphs=cuda_graphs,
+                                **kw,
+                            )
                     except (torch.OutOfMemoryError, MemoryError) as exc:
                         # A batch too large for the device is a fact of the table, not a reason to lose it.
-                        result = {"mean_ms": None, "median_ms": None, "p95_ms": None, "img_per_s": None,
-                                  "repeats": 0, "peak_mem_mb": None, "mem_source": None,
-                                  "note": f"skipped: out of memory ({type(exc).__name__})"}
-                    row = {"model": spec.label, "mode": "train" if train else "infer", "backend": bk,
-                           "device": str(dev), "dtype": s.dtype, "batch": b, "size": size, "channels": channels,
-                           "channels_last": channels_last, "compile": compile, "cuda_graphs": cuda_graphs,
-                           "threads": torch.get_num_threads() if dev.type == "cpu" else None,
-                           "params": params, "macs": macs, **result}
+                        result = {
+                            "mean_ms": None,
+                            "median_ms": None,
+                            "p95_ms": None,
+                            "img_per_s": None,
+                            "repeats": 0,
+                            "peak_mem_mb": None,
+                            "mem_source": None,
+                            "note": f"skipped: out of memory ({type(exc).__name__})",
+                        }
+                    row = {
+                        "model": spec.label,
+                        "mode": "train" if train else "infer",
+                        "backend": bk,
+                        "device": str(dev),
+                        "dtype": s.dtype,
+                        "batch": b,
+                        "size": size,
+                        "channels": channels,
+                        "channels_last": channels_last,
+                        "compile": compile,
+                        "cuda_graphs": cuda_graphs,
+                        "threads": torch.get_num_threads() if dev.type == "cpu" else None,
+                        "params": params,
+                        "macs": macs,
+                        **result,
+                    }
                     rows.append({k: row.get(k) for k in COLUMNS})
                     del fresh
                     gc.collect()

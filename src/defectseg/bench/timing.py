@@ -5,6 +5,7 @@ where every call is synchronous); mean, median and p95 are reported, never best-
 returns one row's figures: `median_ms`/`p95_ms` are per-batch times, `img_per_s` = batch / median time.
 Low precision is `runtime.autocast`'s, the same as `defectseg predict --dtype` and training use.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -66,8 +67,9 @@ def _peak_memory_mb(device: torch.device, source: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def _timed(step: Callable[[], Any], device: torch.device, warmup: int, repeats: int, max_seconds: float,
-           min_repeats: int = 5) -> list[float]:
+def _timed(
+    step: Callable[[], Any], device: torch.device, warmup: int, repeats: int, max_seconds: float, min_repeats: int = 5
+) -> list[float]:
     """Seconds per call of `step`: `warmup` untimed calls, then up to `repeats` timed ones (fewer, but at least
     `min(min_repeats, repeats)`, once `max_seconds` have passed). CUDA: one event pair per call, read after it."""
     for _ in range(warmup):
@@ -96,14 +98,29 @@ def _timed(step: Callable[[], Any], device: torch.device, warmup: int, repeats: 
 def _stats(times: list[float], batch: int) -> dict[str, Any]:
     t = np.asarray(times, dtype=np.float64)
     median = float(np.median(t))
-    return {"mean_ms": float(t.mean() * 1e3), "median_ms": median * 1e3,
-            "p95_ms": float(np.percentile(t, 95) * 1e3), "img_per_s": batch / median, "repeats": len(times)}
+    return {
+        "mean_ms": float(t.mean() * 1e3),
+        "median_ms": median * 1e3,
+        "p95_ms": float(np.percentile(t, 95) * 1e3),
+        "img_per_s": batch / median,
+        "repeats": len(times),
+    }
 
 
-def time_inference(model: nn.Module, input_shape: tuple[int, int, int, int], device: str | torch.device = "cpu",
-                   dtype: str = "fp32", *, channels_last: bool = False, compile: bool = False,
-                   cuda_graphs: bool = False, warmup: int = 5, repeats: int = 30, max_seconds: float = 10.0,
-                   min_repeats: int = 5) -> dict[str, Any]:
+def time_inference(
+    model: nn.Module,
+    input_shape: tuple[int, int, int, int],
+    device: str | torch.device = "cpu",
+    dtype: str = "fp32",
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
+    cuda_graphs: bool = False,
+    warmup: int = 5,
+    repeats: int = 30,
+    max_seconds: float = 10.0,
+    min_repeats: int = 5,
+) -> dict[str, Any]:
     """Time the forward pass of `model` on a random input of `input_shape` (B, C, H, W) -> logits (B, K, H, W).
 
     The model is put in eval mode on `device` (moved in place); calls run under `torch.inference_mode()`.
@@ -135,9 +152,16 @@ def time_inference(model: nn.Module, input_shape: tuple[int, int, int, int], dev
                 run(x)  # compiles here, outside the warm-up count
             except Exception as exc:  # inductor needs a C++ compiler on CPU, Triton on GPU; any failure skips
                 msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-                return {"mean_ms": None, "median_ms": None, "p95_ms": None, "img_per_s": None, "repeats": 0,
-                        "peak_mem_mb": None, "mem_source": source,
-                        "note": f"skipped: torch.compile failed ({type(exc).__name__}: {msg})"}
+                return {
+                    "mean_ms": None,
+                    "median_ms": None,
+                    "p95_ms": None,
+                    "img_per_s": None,
+                    "repeats": 0,
+                    "peak_mem_mb": None,
+                    "mem_source": source,
+                    "note": f"skipped: torch.compile failed ({type(exc).__name__}: {msg})",
+                }
         step: Callable[[], Any]
         if cuda_graphs:
             static_x = x.clone()
@@ -153,16 +177,30 @@ def time_inference(model: nn.Module, input_shape: tuple[int, int, int, int], dev
             step = graph.replay
             note = "CUDA graph replay"
         else:
+
             def step() -> torch.Tensor:
                 return run(x)
+
         times = _timed(step, dev, warmup, repeats, max_seconds, min_repeats)
-    return {**_stats(times, input_shape[0]), "peak_mem_mb": _peak_memory_mb(dev, source), "mem_source": source,
-            "note": note}
+    return {
+        **_stats(times, input_shape[0]),
+        "peak_mem_mb": _peak_memory_mb(dev, source),
+        "mem_source": source,
+        "note": note,
+    }
 
 
-def time_onnxruntime(model: nn.Module, input_shape: tuple[int, int, int, int], device: str | torch.device = "cpu",
-                     *, threads: int | None = None, warmup: int = 5, repeats: int = 30, max_seconds: float = 10.0,
-                     min_repeats: int = 5) -> dict[str, Any]:
+def time_onnxruntime(
+    model: nn.Module,
+    input_shape: tuple[int, int, int, int],
+    device: str | torch.device = "cpu",
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+    max_seconds: float = 10.0,
+    min_repeats: int = 5,
+) -> dict[str, Any]:
     """Export `model` with dynamic axes to a temp dir and time `OnnxModel` on a random (B, C, H, W) float32 input.
 
     On CUDA the ORT CUDA provider is asked for; the timed call includes the host<->device copies (OnnxModel takes
@@ -172,8 +210,9 @@ def time_onnxruntime(model: nn.Module, input_shape: tuple[int, int, int, int], d
     b, c, h, w = input_shape
     with tempfile.TemporaryDirectory(prefix="defectseg-bench-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", input_shape=(1, c, h, w), dynamic=True)
-        ort_model = OnnxModel(path, providers=["cuda"] if dev.type == "cuda" else ["cpu"],
-                              threads=threads or torch.get_num_threads())
+        ort_model = OnnxModel(
+            path, providers=["cuda"] if dev.type == "cuda" else ["cpu"], threads=threads or torch.get_num_threads()
+        )
         note = "" if dev.type == "cpu" else f"providers {ort_model.providers}; includes host<->device copies"
         if dev.type == "cuda" and ort_model.providers[0] != "CUDAExecutionProvider":
             note = "CUDA provider unavailable in this onnxruntime build: ran on the CPU"
@@ -181,32 +220,56 @@ def time_onnxruntime(model: nn.Module, input_shape: tuple[int, int, int, int], d
         source = _reset_peak_memory(torch.device("cpu"))
         times = _timed(lambda: ort_model(x), torch.device("cpu"), warmup, repeats, max_seconds, min_repeats)
         peak = _peak_memory_mb(torch.device("cpu"), source) if dev.type == "cpu" else None
-    return {**_stats(times, b), "peak_mem_mb": peak, "mem_source": source if peak is not None else "n/a",
-            "note": note}
+    return {**_stats(times, b), "peak_mem_mb": peak, "mem_source": source if peak is not None else "n/a", "note": note}
 
 
-def time_openvino(model: nn.Module, input_shape: tuple[int, int, int, int], *, threads: int | None = None,
-                  warmup: int = 5, repeats: int = 30, max_seconds: float = 10.0, min_repeats: int = 5
-                  ) -> dict[str, Any]:
+def time_openvino(
+    model: nn.Module,
+    input_shape: tuple[int, int, int, int],
+    *,
+    threads: int | None = None,
+    warmup: int = 5,
+    repeats: int = 30,
+    max_seconds: float = 10.0,
+    min_repeats: int = 5,
+) -> dict[str, Any]:
     """Export `model` to ONNX (dynamic axes) and time OpenVINO's CPU plugin on it (float32, latency hint);
     a row with empty figures and a note when the `openvino` package is not installed."""
     try:
         import openvino as ov  # optional (not a dependency): without it the row is skipped, not the table
     except ImportError:
-        return {"mean_ms": None, "median_ms": None, "p95_ms": None, "img_per_s": None, "repeats": 0,
-                "peak_mem_mb": None, "mem_source": None, "note": "skipped: openvino is not installed"}
+        return {
+            "mean_ms": None,
+            "median_ms": None,
+            "p95_ms": None,
+            "img_per_s": None,
+            "repeats": 0,
+            "peak_mem_mb": None,
+            "mem_source": None,
+            "note": "skipped: openvino is not installed",
+        }
     b, c, h, w = input_shape
     with tempfile.TemporaryDirectory(prefix="defectseg-bench-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", input_shape=(1, c, h, w), dynamic=True)
-        compiled = ov.Core().compile_model(str(path), "CPU", {
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = ov.Core().compile_model(
+            str(path),
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32",
+            },
+        )
     request = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal((b, c, h, w), dtype=np.float32)
     source = _reset_peak_memory(torch.device("cpu"))
     times = _timed(lambda: request.infer({0: x}), torch.device("cpu"), warmup, repeats, max_seconds, min_repeats)
-    return {**_stats(times, b), "peak_mem_mb": _peak_memory_mb(torch.device("cpu"), source), "mem_source": source,
-            "note": f"openvino {ov.__version__}"}
+    return {
+        **_stats(times, b),
+        "peak_mem_mb": _peak_memory_mb(torch.device("cpu"), source),
+        "mem_source": source,
+        "note": f"openvino {ov.__version__}",
+    }
 
 
 def _training_batch(input_shape: tuple[int, int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,17 +279,30 @@ def _training_batch(input_shape: tuple[int, int, int, int], device: torch.device
     images = torch.randint(64, 256, input_shape, generator=gen, dtype=torch.uint8)
     masks = torch.zeros(b, h, w, dtype=torch.long)
     for i in range(b):
-        y, x = torch.randint(0, max(1, h // 2), (1,), generator=gen).item(), \
-            torch.randint(0, max(1, w // 2), (1,), generator=gen).item()
-        masks[i, y:y + max(1, h // 4), x:x + max(1, w // 4)] = 1
-        images[i, :, y:y + max(1, h // 4), x:x + max(1, w // 4)] //= 2
+        y, x = (
+            torch.randint(0, max(1, h // 2), (1,), generator=gen).item(),
+            torch.randint(0, max(1, w // 2), (1,), generator=gen).item(),
+        )
+        masks[i, y : y + max(1, h // 4), x : x + max(1, w // 4)] = 1
+        images[i, :, y : y + max(1, h // 4), x : x + max(1, w // 4)] //= 2
     return images.to(device), masks.to(device)
 
 
-def time_training(model: nn.Module, input_shape: tuple[int, int, int, int], device: str | torch.device = "cpu",
-                  dtype: str = "fp32", *, channels_last: bool = False, compile: bool = False, warmup: int = 3,
-                  repeats: int = 20, max_seconds: float = 10.0, min_repeats: int = 5, lr: float = 1e-3,
-                  task: str = "segment") -> dict[str, Any]:
+def time_training(
+    model: nn.Module,
+    input_shape: tuple[int, int, int, int],
+    device: str | torch.device = "cpu",
+    dtype: str = "fp32",
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
+    warmup: int = 3,
+    repeats: int = 20,
+    max_seconds: float = 10.0,
+    min_repeats: int = 5,
+    lr: float = 1e-3,
+    task: str = "segment",
+) -> dict[str, Any]:
     """Time the trainer's training step (`step.TrainStep`) on a synthetic batch: images (B, C, H, W) uint8,
     masks (B, H, W).
 
@@ -245,17 +321,34 @@ def time_training(model: nn.Module, input_shape: tuple[int, int, int, int], devi
     images, masks = _training_batch(input_shape, dev)
     forward: nn.Module = torch.compile(model) if compile else model
     loss = nn.BCEWithLogitsLoss() if task == "classify" else build_loss("bce-dice")
-    step = TrainStep(forward, loss.to(dev), torch.optim.Adam(model.parameters(), lr=lr),
-                     Augmenter("light", seed=0), task=task, amp=None if dtype == "fp32" else amp,
-                     channels_last=channels_last)
+    step = TrainStep(
+        forward,
+        loss.to(dev),
+        torch.optim.Adam(model.parameters(), lr=lr),
+        Augmenter("light", seed=0),
+        task=task,
+        amp=None if dtype == "fp32" else amp,
+        channels_last=channels_last,
+    )
     source = _reset_peak_memory(dev)
     if compile:
         try:
             step(images, masks)
         except Exception as exc:  # see time_inference
-            return {"mean_ms": None, "median_ms": None, "p95_ms": None, "img_per_s": None, "repeats": 0,
-                    "peak_mem_mb": None, "mem_source": source,
-                    "note": f"skipped: torch.compile failed ({type(exc).__name__})"}
+            return {
+                "mean_ms": None,
+                "median_ms": None,
+                "p95_ms": None,
+                "img_per_s": None,
+                "repeats": 0,
+                "peak_mem_mb": None,
+                "mem_source": source,
+                "note": f"skipped: torch.compile failed ({type(exc).__name__})",
+            }
     times = _timed(lambda: step(images, masks), dev, warmup, repeats, max_seconds, min_repeats)
-    return {**_stats(times, input_shape[0]), "peak_mem_mb": _peak_memory_mb(dev, source), "mem_source": source,
-            "note": f"step.TrainStep: Augmenter(light) + {'bce' if task == 'classify' else 'bce-dice'} + Adam"}
+    return {
+        **_stats(times, input_shape[0]),
+        "peak_mem_mb": _peak_memory_mb(dev, source),
+        "mem_source": source,
+        "note": f"step.TrainStep: Augmenter(light) + {'bce' if task == 'classify' else 'bce-dice'} + Adam",
+    }

@@ -1,4 +1,5 @@
 """`defectseg data ...`: write synthetic DAGM-layout data, print dataset statistics."""
+
 from __future__ import annotations
 
 import json
@@ -13,33 +14,44 @@ from .formats import load_dataset
 from .stats import dataset_stats
 from .synthetic import write_dagm
 
-app = typer.Typer(help="Datasets: write the synthetic DAGM-like default, print statistics.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Datasets: write the synthetic DAGM-like default, print statistics.", no_args_is_help=True)
 
 
 @app.command()
-def synth(out: Path = typer.Option(..., "--out", help="Folder to write the DAGM-layout data into."),
-          n_per_class: int = typer.Option(70, help="Images per texture class (split into Train/Test)."),
-          size: int = typer.Option(512, help="Image side in pixels."),
-          seed: int = typer.Option(0, help="Random seed (same seed, same data)."),
-          defective_fraction: float = typer.Option(1 / 7, help="Fraction of defective images per class."),
-          classes: int = typer.Option(10, help="Number of texture classes (1..10)."),
-          test_fraction: float = typer.Option(0.5, help="Fraction of each class written to Test/."),
-          overwrite: bool = typer.Option(False, "--overwrite", help="Replace the Class<k> folders of an earlier "
-                                                                     "synth in --out.")) -> None:
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write the DAGM-layout data into."),
+    n_per_class: int = typer.Option(70, help="Images per texture class (split into Train/Test)."),
+    size: int = typer.Option(512, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same data)."),
+    defective_fraction: float = typer.Option(1 / 7, help="Fraction of defective images per class."),
+    classes: int = typer.Option(10, help="Number of texture classes (1..10)."),
+    test_fraction: float = typer.Option(0.5, help="Fraction of each class written to Test/."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the Class<k> folders of an earlier synth in --out."
+    ),
+) -> None:
     """Write synthetic DAGM-like data (Class<k>/{Train,Test}/, Label/Labels.txt, Label/<id>_label.PNG)."""
     # Old files mixed with new ones leave a dataset that no longer loads (labels of one run, images of another).
     held = sorted(out.iterdir()) if out.is_dir() else []
     if held and not overwrite:
-        raise typer.BadParameter(f"{out} is not empty ({len(held)} entries, e.g. {held[0].name}); choose an empty "
-                                 "or new folder, or pass --overwrite to replace an earlier synth there",
-                                 param_hint="--out")
+        raise typer.BadParameter(
+            f"{out} is not empty ({len(held)} entries, e.g. {held[0].name}); choose an empty "
+            "or new folder, or pass --overwrite to replace an earlier synth there",
+            param_hint="--out",
+        )
     for entry in held:
         if entry.is_dir() and entry.name.startswith("Class"):
             shutil.rmtree(entry)
     try:
-        path = write_dagm(out, n_per_class=n_per_class, size=size, defective_fraction=defective_fraction,
-                          seed=seed, classes=classes, test_fraction=test_fraction)
+        path = write_dagm(
+            out,
+            n_per_class=n_per_class,
+            size=size,
+            defective_fraction=defective_fraction,
+            seed=seed,
+            classes=classes,
+            test_fraction=test_fraction,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     n = n_per_class * classes
@@ -51,23 +63,29 @@ def _fmt(xs, nd=4) -> str:
 
 
 @app.command()
-def stats(root: Path = typer.Argument(..., help="Dataset folder."),
-          format: str = typer.Option("auto", "--format", help="auto, dagm, kolektor, magnetic-tile, neu-seg, "
-                                                              "mvtec or generic."),
-          skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad samples (counted and listed) "
-                                                                  "instead of stopping at the first."),
-          allow_unlabeled: bool = typer.Option(False, "--allow-unlabeled",
-                                               help="Treat images without a mask as defect-free."),
-          mask_rule: str = typer.Option("auto", "--mask-rule",
-                                        help="How mask values become classes: auto (the format's rule), gt0, "
-                                             "gt127 or ids."),
-          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")) -> None:
+def stats(
+    root: Path = typer.Argument(..., help="Dataset folder."),
+    format: str = typer.Option(
+        "auto", "--format", help="auto, dagm, kolektor, magnetic-tile, neu-seg, mvtec or generic."
+    ),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Skip bad samples (counted and listed) instead of stopping at the first."
+    ),
+    allow_unlabeled: bool = typer.Option(
+        False, "--allow-unlabeled", help="Treat images without a mask as defect-free."
+    ),
+    mask_rule: str = typer.Option(
+        "auto", "--mask-rule", help="How mask values become classes: auto (the format's rule), gt0, gt127 or ids."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
     """Counts, defective fraction, image sizes, mean/std, class pixel frequencies and
     median-frequency-balancing weights."""
     console = Console()
     try:
-        spec = load_dataset(root, format=format, skip_bad=skip_bad, allow_unlabeled=allow_unlabeled,
-                            mask_rule=mask_rule)
+        spec = load_dataset(
+            root, format=format, skip_bad=skip_bad, allow_unlabeled=allow_unlabeled, mask_rule=mask_rule
+        )
         st = dataset_stats(spec, skip_bad=skip_bad)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
@@ -77,16 +95,23 @@ def stats(root: Path = typer.Argument(..., help="Dataset folder."),
         return
     t = Table(title=f"{root} ({st['format']})", show_header=False)
     t.add_row("images", str(st["images"]))
-    t.add_row("defective / defect-free", f"{st['defective']} / {st['defect_free']}  "
-              f"(fraction {st['defective_fraction']:.3f}, masks with defect pixels)")
+    t.add_row(
+        "defective / defect-free",
+        f"{st['defective']} / {st['defect_free']}  (fraction {st['defective_fraction']:.3f}, masks with defect pixels)",
+    )
     if st["defective_by_layout"] is not None and st["defective_by_layout"] != st["defective"]:
-        t.add_row("defective by layout", f"{st['defective_by_layout']} (the folder/label says defective; "
-                  "some masks may be empty)")
+        t.add_row(
+            "defective by layout",
+            f"{st['defective_by_layout']} (the folder/label says defective; some masks may be empty)",
+        )
     if st["splits"] and list(st["splits"]) != ["-"]:
         t.add_row("dataset splits", ", ".join(f"{k} {v}" for k, v in st["splits"].items()))
     sz = st["sizes"]
-    t.add_row("image sizes (HxW)", f"{sz['distinct']} distinct; height min/median/max {sz['height']}, width "
-              f"{sz['width']}; most common " + ", ".join(f"{h}x{w} ({c})" for h, w, c in sz["most_common"][:3]))
+    t.add_row(
+        "image sizes (HxW)",
+        f"{sz['distinct']} distinct; height min/median/max {sz['height']}, width "
+        f"{sz['width']}; most common " + ", ".join(f"{h}x{w} ({c})" for h, w, c in sz["most_common"][:3]),
+    )
     t.add_row("channels", str(st["channels"]))
     t.add_row("mean / std (0..1)", f"{_fmt(st['mean'])} / {_fmt(st['std'])}")
     console.print(t)
@@ -102,8 +127,13 @@ def stats(root: Path = typer.Argument(..., help="Dataset folder."),
     for col in ("id", "class", "pixels", "frequency", "median-freq weight"):
         c.add_column(col, justify="right" if col != "class" else "left")
     for i, name in enumerate(st["class_names"]):
-        c.add_row(str(i), name, str(st["pixel_counts"][i]), f"{st['pixel_frequency'][i]:.6f}",
-                  f"{st['median_frequency_weights'][i]:.4f}")
+        c.add_row(
+            str(i),
+            name,
+            str(st["pixel_counts"][i]),
+            f"{st['pixel_frequency'][i]:.6f}",
+            f"{st['median_frequency_weights'][i]:.4f}",
+        )
     console.print(c)
     if st["skipped"]:
         s = Table(title=f"skipped {len(st['skipped'])} bad sample(s)")

@@ -9,11 +9,12 @@ call `ds.preload()` in the main process before building the DataLoader (workers 
 inherit the filled cache), or use `persistent_workers=True`, so that epochs after the first read nothing
 from disk.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -46,8 +47,9 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> t
     return image, mask
 
 
-def load_pair(sample: Sample, channels: int | None = 1, num_classes: int = 2,
-              size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(
+    sample: Sample, channels: int | None = 1, num_classes: int = 2, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Decode and check one sample: image uint8 (H,W) or (H,W,3), mask uint8 (H,W) class ids."""
     image = read_image(sample.image, channels)
     if sample.mask is None:
@@ -55,14 +57,18 @@ def load_pair(sample: Sample, channels: int | None = 1, num_classes: int = 2,
     else:
         mask = read_mask(sample.mask, sample.mask_rule)
         if mask.shape != image.shape[:2]:
-            raise ValueError(f"{sample.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
-                             f"{sample.image.name} size {image.shape[1]}x{image.shape[0]} (WxH); fix or "
-                             "re-export the mask at the image's size (or pass --skip-bad)")
+            raise ValueError(
+                f"{sample.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+                f"{sample.image.name} size {image.shape[1]}x{image.shape[0]} (WxH); fix or "
+                "re-export the mask at the image's size (or pass --skip-bad)"
+            )
         hi = int(mask.max()) if mask.size else 0
         if hi >= num_classes:
-            raise ValueError(f"{sample.mask}: mask value {hi} is outside the known classes 0..{num_classes - 1} "
-                             f"(rule {sample.mask_rule!r}); fix the mask, or declare the classes (classes.txt "
-                             "for the generic layout, num_classes) (or pass --skip-bad)")
+            raise ValueError(
+                f"{sample.mask}: mask value {hi} is outside the known classes 0..{num_classes - 1} "
+                f"(rule {sample.mask_rule!r}); fix the mask, or declare the classes (classes.txt "
+                "for the generic layout, num_classes) (or pass --skip-bad)"
+            )
     if size is not None:
         image, mask = resize_pair(image, mask, size)
     return image, mask
@@ -71,9 +77,16 @@ def load_pair(sample: Sample, channels: int | None = 1, num_classes: int = 2,
 class SegmentationDataset(Dataset):
     """Torch dataset over `Sample`s returning uint8 tensors; see the module docstring."""
 
-    def __init__(self, samples: Sequence[Sample], size: tuple[int, int] | None = None, channels: int = 1,
-                 cache: bool = True, num_classes: int = 2, skip_bad: bool = False,
-                 cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        size: tuple[int, int] | None = None,
+        channels: int = 1,
+        cache: bool = True,
+        num_classes: int = 2,
+        skip_bad: bool = False,
+        cache_bytes: int | None = DEFAULT_CACHE_BYTES,
+    ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         self.samples = list(samples)
@@ -127,7 +140,7 @@ class SegmentationDataset(Dataset):
         for i, pair in enumerate(pairs):
             self._put(i, pair)
 
-    def preload(self, threads: int = 4) -> "SegmentationDataset":
+    def preload(self, threads: int = 4) -> SegmentationDataset:
         """Decode every sample into the cache (up to cache_bytes) using a thread pool; returns self."""
         todo = [i for i in range(len(self)) if i not in self._cache]
         if not self.cache_enabled or not todo:
@@ -157,8 +170,14 @@ class SegmentationDataset(Dataset):
 
     def meta(self, i: int) -> dict:
         s = self.samples[i]
-        return {"key": s.key, "image": str(s.image), "mask": str(s.mask) if s.mask else None,
-                "group": s.group, "split": s.split, "defective": s.defective}
+        return {
+            "key": s.key,
+            "image": str(s.image),
+            "mask": str(s.mask) if s.mask else None,
+            "group": s.group,
+            "split": s.split,
+            "defective": s.defective,
+        }
 
 
 def infer_channels(samples: Sequence[Sample], n: int = 8) -> int:
@@ -171,8 +190,10 @@ def infer_channels(samples: Sequence[Sample], n: int = 8) -> int:
             continue  # reported when the sample is read
         if a.ndim == 3 and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])):
             # JPEG chroma noise can make gray images slightly unequal: tolerate small differences
-            d = max(int(np.abs(a[..., 0].astype(np.int16) - a[..., 1]).max()),
-                    int(np.abs(a[..., 1].astype(np.int16) - a[..., 2]).max()))
+            d = max(
+                int(np.abs(a[..., 0].astype(np.int16) - a[..., 1]).max()),
+                int(np.abs(a[..., 1].astype(np.int16) - a[..., 2]).max()),
+            )
             if d > 8:
                 return 3
     return 1
@@ -189,8 +210,15 @@ class RandomCrops(Dataset):
     item k depends only on (seed, k): an epoch is reproducible whatever the loader's workers do.
     """
 
-    def __init__(self, dataset: SegmentationDataset, order: Sequence[int], crop: int, defect_crops: float,
-                 seed: int, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        dataset: SegmentationDataset,
+        order: Sequence[int],
+        crop: int,
+        defect_crops: float,
+        seed: int,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         if dataset.size is not None:
             raise ValueError("RandomCrops needs a dataset of native-size images (size=None)")
         self.dataset, self.order, self.crop = dataset, list(order), crop
@@ -205,7 +233,7 @@ class RandomCrops(Dataset):
         rng = np.random.default_rng([self.seed, k])
         y, x = self._origin(mask, rng)
         c = self.crop
-        image, mask = image[y:y + c, x:x + c], mask[y:y + c, x:x + c]
+        image, mask = image[y : y + c, x : x + c], mask[y : y + c, x : x + c]
         ph, pw = c - mask.shape[0], c - mask.shape[1]
         if ph or pw:
             image = np.pad(image, [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2), mode="symmetric")
@@ -239,8 +267,12 @@ class WithReference(Dataset):
         if len(references) != len(dataset):
             raise ValueError(f"{len(references)} references for {len(dataset)} samples")
         self.dataset, self.samples = dataset, dataset.samples
-        self.references = [torch.from_numpy(np.array(r)).unsqueeze(0) if r.ndim == 2 else
-                           torch.from_numpy(np.array(r)).permute(2, 0, 1).contiguous() for r in references]
+        self.references = [
+            torch.from_numpy(np.array(r)).unsqueeze(0)
+            if r.ndim == 2
+            else torch.from_numpy(np.array(r)).permute(2, 0, 1).contiguous()
+            for r in references
+        ]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -249,18 +281,26 @@ class WithReference(Dataset):
         item = self.dataset[i]
         ref = self.references[i]
         if ref.shape != item["image"].shape:
-            raise ValueError(f"reference for {self.samples[i].image} has shape {tuple(ref.shape)}, the image "
-                             f"{tuple(item['image'].shape)}; give a reference with the image's channels")
+            raise ValueError(
+                f"reference for {self.samples[i].image} has shape {tuple(ref.shape)}, the image "
+                f"{tuple(item['image'].shape)}; give a reference with the image's channels"
+            )
         item["image"] = torch.cat([item["image"], ref], 0)
         return item
 
 
-def group_references(samples: Sequence[Sample], pool: Sequence[Sample], size: tuple[int, int] | None,
-                     channels: int, reference: str | Path) -> list[np.ndarray]:
+def group_references(
+    samples: Sequence[Sample],
+    pool: Sequence[Sample],
+    size: tuple[int, int] | None,
+    channels: int,
+    reference: str | Path,
+) -> list[np.ndarray]:
     """A reference image per sample: the file `reference`, or with reference="group" the first defect-free
     image (by key) of the sample's group in `pool` (the training split), all resized to `size` (None: as read;
     samples that share a reference share one array).
     """
+
     def load(path: Path) -> np.ndarray:
         img = read_image(path, channels)
         return img if size is None else resize_pair(img, np.zeros(img.shape[:2], np.uint8), size)[0]
@@ -274,6 +314,8 @@ def group_references(samples: Sequence[Sample], pool: Sequence[Sample], size: tu
             by_group[s.group] = load(s.image)
     missing = sorted({s.group for s in samples} - set(by_group))
     if missing:
-        raise ValueError(f"reference mode 'group' needs a defect-free training image in every group; none in "
-                         f"{missing}. Give a reference file instead (data.reference=PATH)")
+        raise ValueError(
+            f"reference mode 'group' needs a defect-free training image in every group; none in "
+            f"{missing}. Give a reference file instead (data.reference=PATH)"
+        )
     return [by_group[s.group] for s in samples]

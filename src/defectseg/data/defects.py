@@ -21,6 +21,7 @@ the pixels within `margin` of the defect are blended in with a fading weight so 
 the pasted mask is the source's defect pixels exactly. The trainer's `data.defective_share` keeps defective images
 in the batches.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,7 @@ def _blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
         return m
     r = max(1, int(math.ceil(3 * sigma)))
     t = torch.arange(-r, r + 1, device=m.device, dtype=m.dtype)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     x = F.conv2d(F.pad(m[None, None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))[0, 0]
@@ -181,9 +182,9 @@ class CopyPaste:
             # weight 1 on the defect, fading to 0 over the margin (a max-pool dilation, then a blur)
             grown = F.max_pool2d(inside[None, None], 2 * mg + 1, 1, mg)[0, 0] if mg else inside
             weight = torch.maximum(inside, _blur(grown, mg / 2)).clamp(0, 1)
-            region = x[i][:, py:py + ph, px:px + pw]
-            x[i][:, py:py + ph, px:px + pw] = region * (1 - weight) + patch * weight
-            target = mask[i][py:py + ph, px:px + pw]
+            region = x[i][:, py : py + ph, px : px + pw]
+            x[i][:, py : py + ph, px : px + pw] = region * (1 - weight) + patch * weight
+            target = mask[i][py : py + ph, px : px + pw]
             paste = (labels > 0) & (target != IGNORE_INDEX)
             target[paste] = labels[paste]
         return x, mask

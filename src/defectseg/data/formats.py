@@ -11,12 +11,13 @@ Every problem is a ValueError naming the file and the fix, or with `skip_bad=Tru
 A layout is one reader registered with `@register_format(name, detect=..., layout=...)`; `FORMATS` lists the
 registered names in detection order (the order of registration: specific layouts first, generic last).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from .io import MASK_DIR_NAMES, MASK_SUFFIXES, is_image_file
 
@@ -108,6 +109,7 @@ FORMATS: tuple[str, ...] = ()  # registered names in detection order; kept in st
 def register_format(name: str, detect: Callable[[Path], bool], layout: str) -> Callable[[Reader], Reader]:
     """Decorator registering a reader `(root, problems, allow_unlabeled) -> (samples, class_names)` as format
     `name`. Detection tries formats in registration order, so register specific layouts before loose ones."""
+
     def deco(read: Reader) -> Reader:
         global FORMATS
         if name in _REGISTRY or name == "auto":
@@ -115,6 +117,7 @@ def register_format(name: str, detect: Callable[[Path], bool], layout: str) -> C
         _REGISTRY[name] = _Format(name, detect, layout, read)
         FORMATS = tuple(_REGISTRY)
         return read
+
     return deco
 
 
@@ -134,8 +137,11 @@ def _stem_map(files: list[Path], problems: _Problems, what: str, base: Path | No
     for f in files:
         stem = (f.relative_to(base).with_suffix("").as_posix()) if base is not None else f.stem
         if stem in out:
-            problems(f, f"duplicated {what} stem {stem!r} (also {out[stem].name})",
-                     "keep one file per stem (rename or remove the other)")
+            problems(
+                f,
+                f"duplicated {what} stem {stem!r} (also {out[stem].name})",
+                "keep one file per stem (rename or remove the other)",
+            )
             dup.add(stem)
             continue
         out[stem] = f
@@ -161,8 +167,13 @@ def _find_child(folder: Path, name: str) -> Path | None:
 
 def _dagm_small(root: Path) -> tuple[Path, Path] | None:
     img, lab = _find_child(root, "img"), _find_child(root, "label")
-    if img and lab and img.is_dir() and lab.is_dir() and any(
-            p.stem.lower().endswith("_label") for p in lab.iterdir() if is_image_file(p)):
+    if (
+        img
+        and lab
+        and img.is_dir()
+        and lab.is_dir()
+        and any(p.stem.lower().endswith("_label") for p in lab.iterdir() if is_image_file(p))
+    ):
         return img, lab
     return None
 
@@ -170,8 +181,12 @@ def _dagm_small(root: Path) -> tuple[Path, Path] | None:
 def _dagm_class_dirs(root: Path) -> list[Path]:
     if _CLASS_RE.match(root.name) and any(_find_child(root, s) for s in ("Train", "Test")):
         return [root]
-    return [d for d in _dirs(root) if _CLASS_RE.match(d.name)
-            and any((_find_child(d, s) or Path("/nonexistent")).is_dir() for s in ("Train", "Test"))]
+    return [
+        d
+        for d in _dirs(root)
+        if _CLASS_RE.match(d.name)
+        and any((_find_child(d, s) or Path("/nonexistent")).is_dir() for s in ("Train", "Test"))
+    ]
 
 
 def _read_dagm_split(root: Path, folder: Path, group: str, split: str, problems: _Problems) -> list[Sample]:
@@ -195,16 +210,22 @@ def _read_dagm_split(root: Path, folder: Path, group: str, split: str, problems:
         if not parts:
             continue
         if len(parts) < 5 or parts[1] not in ("0", "1"):
-            problems(f"{labels_txt}:{no}", f"malformed line {line.strip()!r}",
-                     "each line must be 'id<TAB>flag<TAB>image<TAB>0<TAB>label'")
+            problems(
+                f"{labels_txt}:{no}",
+                f"malformed line {line.strip()!r}",
+                "each line must be 'id<TAB>flag<TAB>image<TAB>0<TAB>label'",
+            )
             continue
         flag, image_name, label_name = parts[1] == "1", parts[2], parts[4]
         stem = Path(image_name).stem
         listed.add(stem)
         img = images.get(stem)
         if img is None:
-            problems(folder / image_name, f"listed in {labels_txt.name} line {no} but not found",
-                     "restore the image or remove its line")
+            problems(
+                folder / image_name,
+                f"listed in {labels_txt.name} line {no} but not found",
+                "restore the image or remove its line",
+            )
             continue
         if not flag:
             samples.append(Sample(img, None, "gt127", group, split, defective=False, root=root))
@@ -214,9 +235,12 @@ def _read_dagm_split(root: Path, folder: Path, group: str, split: str, problems:
             alt = _find_child(label_dir, label_name)
             mask = alt if alt is not None else mask
         if mask is None or not mask.exists():
-            problems(img, f"marked defective in {labels_txt} line {no} but its mask "
-                     f"{label_name if label_name != '0' else '(none named)'} is missing",
-                     "add the mask to Label/ or set the flag to 0")
+            problems(
+                img,
+                f"marked defective in {labels_txt} line {no} but its mask "
+                f"{label_name if label_name != '0' else '(none named)'} is missing",
+                "add the mask to Label/ or set the flag to 0",
+            )
             continue
         samples.append(Sample(img, mask, "gt127", group, split, defective=True, root=root))
     for stem, img in images.items():
@@ -229,8 +253,11 @@ def _is_dagm(root: Path) -> bool:
     return bool(_dagm_class_dirs(root)) or _dagm_small(root) is not None
 
 
-@register_format("dagm", detect=_is_dagm,
-                 layout="Class<k>/{Train,Test}/ folders (DAGM 2007), or img/ + label/<id>_label.* (DAGM samples)")
+@register_format(
+    "dagm",
+    detect=_is_dagm,
+    layout="Class<k>/{Train,Test}/ folders (DAGM 2007), or img/ + label/<id>_label.* (DAGM samples)",
+)
 def read_dagm(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     small = _dagm_small(root)
     if small is not None and not _dagm_class_dirs(root):
@@ -242,8 +269,11 @@ def read_dagm(root: Path, problems: _Problems, allow_unlabeled: bool = False) ->
         for stem, img in images.items():
             m = masks.get(stem)
             if m is None and not allow_unlabeled:
-                problems(img, "no mask found in label/ (expected "
-                         f"{stem}_label.PNG)", "add the mask, or pass --allow-unlabeled if the image is defect-free")
+                problems(
+                    img,
+                    f"no mask found in label/ (expected {stem}_label.PNG)",
+                    "add the mask, or pass --allow-unlabeled if the image is defect-free",
+                )
                 continue
             samples.append(Sample(img, m, "gt127", root.name, None, defective=True if m else False, root=root))
         for stem, m in masks.items():
@@ -272,8 +302,9 @@ def _is_kolektor(root: Path) -> bool:
     return bool(_kolektor_dirs(root))
 
 
-@register_format("kolektor", detect=_is_kolektor,
-                 layout="kos<NN>/ folders with Part<M>.jpg + Part<M>_label.bmp (KolektorSDD)")
+@register_format(
+    "kolektor", detect=_is_kolektor, layout="kos<NN>/ folders with Part<M>.jpg + Part<M>_label.bmp (KolektorSDD)"
+)
 def read_kolektor(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     samples = []
     for d in _kolektor_dirs(root):
@@ -283,8 +314,11 @@ def read_kolektor(root: Path, problems: _Problems, allow_unlabeled: bool = False
         for stem, img in images.items():
             m = labels.get(stem.lower())
             if m is None and not allow_unlabeled:
-                problems(img, f"no mask {stem}_label.bmp next to the image",
-                         "add the mask, or pass --allow-unlabeled if the image is defect-free")
+                problems(
+                    img,
+                    f"no mask {stem}_label.bmp next to the image",
+                    "add the mask, or pass --allow-unlabeled if the image is defect-free",
+                )
                 continue
             samples.append(Sample(img, m, "gt0", d.name, None, root=root))
         for stem, m in labels.items():
@@ -303,7 +337,9 @@ def _is_magnetic_tile(root: Path) -> bool:
 
 
 @register_format("magnetic-tile", detect=_is_magnetic_tile, layout="MT_<Class>/Imgs/ folders (magnetic tile)")
-def read_magnetic_tile(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
+def read_magnetic_tile(
+    root: Path, problems: _Problems, allow_unlabeled: bool = False
+) -> tuple[list[Sample], list[str]]:
     samples = []
     for d in _mt_dirs(root):
         files = _images(d / "Imgs")
@@ -313,20 +349,31 @@ def read_magnetic_tile(root: Path, problems: _Problems, allow_unlabeled: bool = 
         for stem, img in jpgs.items():
             m = pngs.get(stem)
             if m is None and not (free or allow_unlabeled):
-                problems(img, f"no mask {stem}.png next to the image",
-                         "add the mask, or pass --allow-unlabeled if the image is defect-free")
+                problems(
+                    img,
+                    f"no mask {stem}.png next to the image",
+                    "add the mask, or pass --allow-unlabeled if the image is defect-free",
+                )
                 continue
             samples.append(Sample(img, m, "gt127", d.name, None, defective=not free, root=root))
         for stem, m in pngs.items():
             if stem not in jpgs:
-                problems(m, "mask without an image (expected a .jpg of the same stem)",
-                         "add the image or remove the mask")
+                problems(
+                    m, "mask without an image (expected a .jpg of the same stem)", "add the image or remove the mask"
+                )
     return samples, list(BINARY_CLASSES)
 
 
 # ---------------------------------------------------------------- NEU-Seg
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                  "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def _is_neu(root: Path) -> bool:
@@ -348,8 +395,11 @@ def read_neu(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> 
         for stem, img in images.items():
             m = anns.get(stem)
             if m is None and not allow_unlabeled:
-                problems(img, f"no mask ann_dir/{sdir.name}/{stem}.png",
-                         "add the mask, or pass --allow-unlabeled if the image is defect-free")
+                problems(
+                    img,
+                    f"no mask ann_dir/{sdir.name}/{stem}.png",
+                    "add the mask, or pass --allow-unlabeled if the image is defect-free",
+                )
                 continue
             samples.append(Sample(img, m, "ids", "neu", split, root=root))
         for stem, m in anns.items():
@@ -388,13 +438,17 @@ def read_mvtec(root: Path, problems: _Problems, allow_unlabeled: bool = False) -
                     samples.append(Sample(img, None, "gt127", f"{c}/good", None, defective=False, root=root))
                 continue
             gdir = cat / "ground_truth" / tdir.name
-            masks = {p.stem[: -len("_mask")]: p for p in _images(gdir) if p.stem.endswith("_mask")} \
-                if gdir.is_dir() else {}
+            masks = (
+                {p.stem[: -len("_mask")]: p for p in _images(gdir) if p.stem.endswith("_mask")} if gdir.is_dir() else {}
+            )
             for img in _images(tdir):
                 m = masks.get(img.stem)
                 if m is None:
-                    problems(img, f"no mask ground_truth/{tdir.name}/{img.stem}_mask.png",
-                             "add the mask or move the image to test/good if it is defect-free")
+                    problems(
+                        img,
+                        f"no mask ground_truth/{tdir.name}/{img.stem}_mask.png",
+                        "add the mask or move the image to test/good if it is defect-free",
+                    )
                     continue
                 samples.append(Sample(img, m, "gt127", f"{c}/{tdir.name}", None, defective=True, root=root))
     return samples, list(BINARY_CLASSES)
@@ -425,8 +479,11 @@ def _is_generic(root: Path) -> bool:
     return _generic_dirs(root) is not None
 
 
-@register_format("generic", detect=_is_generic,
-                 layout=f"images/ + masks/ folders (also {'/'.join(_GENERIC_IMAGES)} + {'/'.join(MASK_DIR_NAMES)})")
+@register_format(
+    "generic",
+    detect=_is_generic,
+    layout=f"images/ + masks/ folders (also {'/'.join(_GENERIC_IMAGES)} + {'/'.join(MASK_DIR_NAMES)})",
+)
 def read_generic(root: Path, problems: _Problems, allow_unlabeled: bool = False) -> tuple[list[Sample], list[str]]:
     """`images/` + `masks/` with matching stems (subfolders allowed; mask stem may end in _mask/_label/_gt).
     Masks are read with the "auto" rule (0/1 or class ids when all values <= 127, else > 127 is defect).
@@ -451,8 +508,11 @@ def read_generic(root: Path, problems: _Problems, allow_unlabeled: bool = False)
     for stem, img in images.items():
         m = masks.get(stem)
         if m is None and not allow_unlabeled:
-            problems(img, f"no mask for image stem {stem!r} in {mask_dir.name}/",
-                     "add the mask, or pass --allow-unlabeled if images without masks are defect-free")
+            problems(
+                img,
+                f"no mask for image stem {stem!r} in {mask_dir.name}/",
+                "add the mask, or pass --allow-unlabeled if images without masks are defect-free",
+            )
             continue
         first = stem.split("/")[0] if "/" in stem else ""
         split = _SPLIT_ALIASES.get(first.lower())
@@ -474,12 +534,19 @@ def detect_format(root: str | Path) -> str:
         if f.detect(root):
             return f.name
     looked = "\n".join(f"  - {f.name}: {f.layout}" for f in _REGISTRY.values())
-    raise ValueError(f"{root}: no known dataset layout found. Looked for:\n{looked}\n"
-                     "Arrange the data in one of these layouts (the generic one is simplest), or pass --format.")
+    raise ValueError(
+        f"{root}: no known dataset layout found. Looked for:\n{looked}\n"
+        "Arrange the data in one of these layouts (the generic one is simplest), or pass --format."
+    )
 
 
-def load_dataset(root: str | Path, format: str = "auto", skip_bad: bool = False,
-                 allow_unlabeled: bool = False, mask_rule: str = "auto") -> DatasetSpec:
+def load_dataset(
+    root: str | Path,
+    format: str = "auto",
+    skip_bad: bool = False,
+    allow_unlabeled: bool = False,
+    mask_rule: str = "auto",
+) -> DatasetSpec:
     """List the samples of the dataset at root. format: "auto" or one of FORMATS. mask_rule: "auto" keeps
     each format's rule (data/io.py), any other rule replaces it for every mask."""
     root = Path(root)
@@ -495,11 +562,12 @@ def load_dataset(root: str | Path, format: str = "auto", skip_bad: bool = False,
     samples, class_names = reader.read(root, problems, allow_unlabeled)
     if not samples:
         found = "; ".join(f"{p}: {r}" for p, r in problems.skipped[:5])
-        raise ValueError(f"{root}: no usable samples found for format {fmt!r}"
-                         + (f" (all skipped: {found})" if found else "") +
-                         "; check that the folder holds the images and masks")
+        raise ValueError(
+            f"{root}: no usable samples found for format {fmt!r}"
+            + (f" (all skipped: {found})" if found else "")
+            + "; check that the folder holds the images and masks"
+        )
     if mask_rule != "auto":
         samples = [replace(s, mask_rule=mask_rule) for s in samples]
     samples.sort(key=lambda s: s.key)
-    return DatasetSpec(root=root, format=fmt, samples=samples, class_names=class_names,
-                       skipped=problems.skipped)
+    return DatasetSpec(root=root, format=fmt, samples=samples, class_names=class_names, skipped=problems.skipped)

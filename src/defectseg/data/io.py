@@ -18,12 +18,14 @@
 
 Every failure is a ValueError naming the file.
 """
+
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -75,8 +77,10 @@ def check_pixels(w: int, h: int, label: str | Path, cap: int | None = None) -> N
     limit = cap or max_pixels()
     if w * h > limit:
         where = "" if cap else " (the environment variable DEFECTSEG_MAX_PIXELS)"
-        raise ImageTooLarge(f"{label}: {w}x{h} pixels is over the cap of {limit:,} pixels per image; if the image "
-                            f"is genuine, raise the cap{where}")
+        raise ImageTooLarge(
+            f"{label}: {w}x{h} pixels is over the cap of {limit:,} pixels per image; if the image "
+            f"is genuine, raise the cap{where}"
+        )
 
 
 def _open(path: Path) -> Image.Image:
@@ -86,8 +90,10 @@ def _open(path: Path) -> Image.Image:
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
-                         "replace it, or remove the sample (or pass --skip-bad to skip it)") from None
+        raise ValueError(
+            f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
+            "replace it, or remove the sample (or pass --skip-bad to skip it)"
+        ) from None
     try:
         check_pixels(w, h, path)
     except ValueError:
@@ -96,8 +102,10 @@ def _open(path: Path) -> Image.Image:
     try:
         im.load()  # force the full decode: truncated files raise here
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
-                         "replace it, or remove the sample (or pass --skip-bad to skip it)") from None
+        raise ValueError(
+            f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
+            "replace it, or remove the sample (or pass --skip-bad to skip it)"
+        ) from None
     return im
 
 
@@ -198,16 +206,21 @@ def read_mask(path: str | Path, rule: str) -> np.ndarray:
     elif rule in ("ids", "auto") and im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         a = np.asarray(im).astype(np.int64)
         if a.size and a.max() > 255:
-            raise ValueError(f"{path}: mask holds value {int(a.max())} > 255, which is no class id; "
-                             "save masks as 8-bit class ids (0 = background)")
+            raise ValueError(
+                f"{path}: mask holds value {int(a.max())} > 255, which is no class id; "
+                "save masks as 8-bit class ids (0 = background)"
+            )
         a = a.astype(np.uint8)
     else:
         a = _to_array(im, path)
         if a.ndim == 3:
-            if rule in ("ids", "auto") and not (np.array_equal(a[..., 0], a[..., 1])
-                                                 and np.array_equal(a[..., 0], a[..., 2])):
-                raise ValueError(f"{path}: colour mask cannot be read as class ids; save it as a gray or "
-                                 "palette PNG whose values are class ids (0 = background)")
+            if rule in ("ids", "auto") and not (
+                np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])
+            ):
+                raise ValueError(
+                    f"{path}: colour mask cannot be read as class ids; save it as a gray or "
+                    "palette PNG whose values are class ids (0 = background)"
+                )
             a = a[..., 0] if rule in ("ids", "auto") else to_gray(a)
     if rule == "auto":
         rule = "ids" if (a.size == 0 or int(a.max()) <= 127) else "gt127"
@@ -220,7 +233,8 @@ def read_mask(path: str | Path, rule: str) -> np.ndarray:
                 f"{path}: ambiguous mask values ({shown}): small values (1..127) and large ones (128..255) both "
                 "occur, so the automatic rule cannot tell a 0/255 mask from class ids. Choose the rule with "
                 "--set data.mask_rule=gt0 (every value > 0 is defect), gt127 (values > 127 are defect, the "
-                "small ones background) or ids (values are class ids, 255 = ignore)")
+                "small ones background) or ids (values are class ids, 255 = ignore)"
+            )
     if rule == "gt0":
         return (a > 0).astype(np.uint8)
     if rule == "gt127":
@@ -263,8 +277,9 @@ def is_mask_name(path: Path) -> bool:
 _MASK_DIRS = frozenset({*MASK_DIR_NAMES, "label"})
 
 
-def find_images(inputs: Iterable[str | Path], recursive: bool = False, exclude: str | Path | None = None
-                ) -> tuple[list[Path], list[tuple[Path, str]]]:
+def find_images(
+    inputs: Iterable[str | Path], recursive: bool = False, exclude: str | Path | None = None
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders into the images to predict: (images, [(skipped path, reason)]).
 
     A folder gives its IMAGE_SUFFIXES files (any case) sorted by name; hidden entries are skipped silently,

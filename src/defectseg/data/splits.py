@@ -9,14 +9,15 @@ carved out of its train part (e.g. DAGM Train/Test -> val carved from Train, see
 File format (same as shared/data/magnetic-tile/split-70-15-15.json):
 `{"seed": 0, "fractions": [0.7, 0.15, 0.15], ...info, "train": [keys], "val": [...], "test": [...]}`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import random
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .formats import DatasetSpec, Sample
 from .io import read_mask
@@ -44,8 +45,7 @@ def with_known_defect(s: Sample) -> Sample:
         return s  # unreadable: the training's file check reports it (or --skip-bad lists it)
 
 
-def _stratified(samples: Sequence[Sample], fractions: dict[str, float], seed: int, salt: str
-                ) -> dict[str, list[str]]:
+def _stratified(samples: Sequence[Sample], fractions: dict[str, float], seed: int, salt: str) -> dict[str, list[str]]:
     """Split samples among the names of `fractions` (the first name takes the remainder)."""
     names = list(fractions)
     total = sum(fractions.values())
@@ -61,14 +61,15 @@ def _stratified(samples: Sequence[Sample], fractions: dict[str, float], seed: in
         for part in names[1:]:
             counts[part] = min(_round(n * fractions[part] / total), n - sum(counts.values()))
         for part in names[1:]:
-            out[part] += keys[start:start + counts[part]]
+            out[part] += keys[start : start + counts[part]]
             start += counts[part]
         out[names[0]] += keys[start:]
     return {k: sorted(v) for k, v in out.items()}
 
 
-def make_split(samples: Sequence[Sample] | DatasetSpec, fractions: Sequence[float] = (0.7, 0.15, 0.15),
-               seed: int = 0) -> dict[str, list[str]]:
+def make_split(
+    samples: Sequence[Sample] | DatasetSpec, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> dict[str, list[str]]:
     """{"train","val","test"} -> sorted sample keys; see the module docstring."""
     if isinstance(samples, DatasetSpec):
         samples = samples.samples
@@ -140,6 +141,8 @@ def select(spec_or_samples: DatasetSpec | Iterable[Sample], keys: Sequence[str])
     missing = [k for k in keys if k not in index]
     if missing:
         shown = ", ".join(missing[:10]) + (f" ... ({len(missing)} in all)" if len(missing) > 10 else "")
-        raise ValueError(f"{len(missing)} split key(s) not found in the dataset: {shown}; the split file "
-                         "belongs to another dataset or files were removed: delete split.json to draw a new split")
+        raise ValueError(
+            f"{len(missing)} split key(s) not found in the dataset: {shown}; the split file "
+            "belongs to another dataset or files were removed: delete split.json to draw a new split"
+        )
     return [index[k] for k in keys]

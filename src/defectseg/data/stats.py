@@ -4,11 +4,12 @@ median-frequency-balancing weights.
 Median frequency balancing (Eigen & Fergus 2015, simplified): f_c = pixels of class c / all pixels,
 w_c = median(f over classes with pixels) / f_c; a class with no pixels gets weight 0.
 """
+
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
@@ -45,8 +46,9 @@ def class_pixel_counts(dataset: SegmentationDataset | DatasetSpec, num_classes: 
     return counts
 
 
-def dataset_stats(spec: DatasetSpec, skip_bad: bool = False, threads: int = 4,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+def dataset_stats(
+    spec: DatasetSpec, skip_bad: bool = False, threads: int = 4, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """Decode every sample once and summarise. With skip_bad, bad samples are counted and listed in
     result["skipped"] (together with spec.skipped) instead of raising."""
     n_cls = spec.num_classes
@@ -105,8 +107,7 @@ def dataset_stats(spec: DatasetSpec, skip_bad: bool = False, threads: int = 4,
         "defective": int(defective_masks),
         "defect_free": int(n - defective_masks),
         "defective_fraction": float(defective_masks / n) if n else 0.0,
-        "defective_by_layout": (sum(1 for d in layout_def if d) if all(d is not None for d in layout_def)
-                                else None),
+        "defective_by_layout": (sum(1 for d in layout_def if d) if all(d is not None for d in layout_def) else None),
         "groups": {g: {"images": per_group[g], "defective": per_group_def[g]} for g in sorted(per_group)},
         "splits": dict(sorted(per_split.items())),
         "channels": channels,

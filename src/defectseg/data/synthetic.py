@@ -13,10 +13,11 @@ from its own generator seeded by (seed, i), so it does not depend on n.
 `write_dagm(out, ...)` writes a real DAGM 2007 folder (`Class<k>/{Train,Test}/<id>.PNG`,
 `Label/Labels.txt`, `Label/<id>_label.PNG` with 0/255 masks).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -129,8 +130,8 @@ def _tex_fibers(rng, s, k):
     ang = rng.uniform(0, np.pi, n)
     ln = rng.uniform(0.05, 0.25, n) * s
     val = rng.uniform(-20, 20, n)
-    for (x, y), a, l, v in zip(pts, ang, ln, val):
-        p2 = (int(x + l * np.cos(a)), int(y + l * np.sin(a)))
+    for (x, y), a, length, v in zip(pts, ang, ln, val):
+        p2 = (int(x + length * np.cos(a)), int(y + length * np.sin(a)))
         cv2.line(img, (int(x), int(y)), p2, float(_CLASS_BASE[k] + v), 1, cv2.LINE_AA)
     return cv2.GaussianBlur(img, (0, 0), 0.6) + 4 * _smooth_noise(rng, s, 0.7)
 
@@ -142,8 +143,18 @@ def _tex_grain(rng, s, k):
     return _CLASS_BASE[k] + img
 
 
-_TEXTURE_FUNCS: tuple[Callable, ...] = (_tex_noise, _tex_weave, _tex_grating, _tex_speckle, _tex_gradient,
-                                        _tex_mottled, _tex_brushed, _tex_tiles, _tex_fibers, _tex_grain)
+_TEXTURE_FUNCS: tuple[Callable, ...] = (
+    _tex_noise,
+    _tex_weave,
+    _tex_grating,
+    _tex_speckle,
+    _tex_gradient,
+    _tex_mottled,
+    _tex_brushed,
+    _tex_tiles,
+    _tex_fibers,
+    _tex_grain,
+)
 
 
 # ---------------------------------------------------------------- defects: -> (mask uint8 0/1, alpha float32)
@@ -227,15 +238,20 @@ def _def_missing_thread(rng, s):
     mask = np.zeros((s, s), np.uint8)
     if rng.random() < 0.5:
         x0, y0 = int(c[0] - length / 2), int(c[1] - w / 2)
-        mask[max(0, y0): y0 + w, max(0, x0): int(x0 + length)] = 1
+        mask[max(0, y0) : y0 + w, max(0, x0) : int(x0 + length)] = 1
     else:
         x0, y0 = int(c[0] - w / 2), int(c[1] - length / 2)
-        mask[max(0, y0): int(y0 + length), max(0, x0): x0 + w] = 1
+        mask[max(0, y0) : int(y0 + length), max(0, x0) : x0 + w] = 1
     return mask, "flatten"
 
 
-_DEFECT_FUNCS = {"scratch": _def_scratch, "spot": _def_spot, "crack": _def_crack, "stain": _def_stain,
-                 "missing_thread": _def_missing_thread}
+_DEFECT_FUNCS = {
+    "scratch": _def_scratch,
+    "spot": _def_spot,
+    "crack": _def_crack,
+    "stain": _def_stain,
+    "missing_thread": _def_missing_thread,
+}
 
 
 def _apply_defect(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
@@ -262,8 +278,9 @@ def _apply_defect(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.nd
     return mask
 
 
-def generate_sample(rng_or_seed, texture: int, size: int = 512, defective: bool = False,
-                    defect_kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def generate_sample(
+    rng_or_seed, texture: int, size: int = 512, defective: bool = False, defect_kind: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One image of texture class `texture` (0..9) and its 0/1 mask (all zero when not defective)."""
     rng = _rng(rng_or_seed)
     if not 0 <= texture < len(TEXTURES):
@@ -291,8 +308,9 @@ def _defective_flags(n: int, fraction: float, rng: np.random.Generator) -> np.nd
     return flags
 
 
-def generate(n: int, size: int = 512, defective_fraction: float = 1 / 7, seed: int = 0,
-             classes: int = 10) -> list[tuple[np.ndarray, np.ndarray, str]]:
+def generate(
+    n: int, size: int = 512, defective_fraction: float = 1 / 7, seed: int = 0, classes: int = 10
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """n samples cycling through `classes` texture classes; exactly round(n_c * fraction) defective per
     class (n_c = samples of that class). Deterministic per seed."""
     if not 1 <= classes <= len(TEXTURES):
@@ -309,8 +327,15 @@ def generate(n: int, size: int = 512, defective_fraction: float = 1 / 7, seed: i
     return out
 
 
-def write_dagm(out: str | Path, n_per_class: int = 70, size: int = 512, defective_fraction: float = 1 / 7,
-               seed: int = 0, classes: int = 10, test_fraction: float = 0.5) -> Path:
+def write_dagm(
+    out: str | Path,
+    n_per_class: int = 70,
+    size: int = 512,
+    defective_fraction: float = 1 / 7,
+    seed: int = 0,
+    classes: int = 10,
+    test_fraction: float = 0.5,
+) -> Path:
     """Write a DAGM 2007 layout: Class<k>/{Train,Test}/<id>.PNG, Label/Labels.txt, Label/<id>_label.PNG.
 
     Per class, exactly round(n_per_class * defective_fraction) images are defective, and the Train/Test
@@ -347,5 +372,6 @@ def write_dagm(out: str | Path, n_per_class: int = 70, size: int = 512, defectiv
     (out / "README.txt").write_text(
         f"Synthetic DAGM-like data written by defectseg (seed={seed}, size={size}, classes={classes}, "
         f"n_per_class={n_per_class}, defective_fraction={defective_fraction:.4f}).\n"
-        f"Texture classes: {', '.join(TEXTURES[:classes])}.\n")
+        f"Texture classes: {', '.join(TEXTURES[:classes])}.\n"
+    )
     return out

@@ -15,6 +15,7 @@ Presets (`PRESETS`): "none" (identity), "light" (flips, 90° turns, mild brightn
 Images are expected in [0, 1] (the training step divides the uint8 batch by 255 and scales back, since
 models take raw 0..255 pixels) and are clamped back to [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -27,20 +28,29 @@ from .io import IGNORE_INDEX
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     "light": {
-        "hflip": 0.5, "vflip": 0.5, "rot90": 0.5,
-        "brightness": (0.5, 0.08), "contrast": (0.5, 0.1), "noise": (0.3, 0.015),
+        "hflip": 0.5,
+        "vflip": 0.5,
+        "rot90": 0.5,
+        "brightness": (0.5, 0.08),
+        "contrast": (0.5, 0.1),
+        "noise": (0.3, 0.015),
     },
     "strong": {
-        "hflip": 0.5, "vflip": 0.5, "rot90": 0.5,
+        "hflip": 0.5,
+        "vflip": 0.5,
+        "rot90": 0.5,
         "affine": (0.6, 30.0, (0.8, 1.25), 0.1, 8.0),  # p, degrees, scale range, translate fraction, shear deg
-        "brightness": (0.8, 0.2), "contrast": (0.8, 0.3),
-        "blur": (0.3, (0.3, 1.5)), "noise": (0.5, 0.04),
+        "brightness": (0.8, 0.2),
+        "contrast": (0.8, 0.3),
+        "blur": (0.3, (0.3, 1.5)),
+        "noise": (0.5, 0.04),
     },
 }
 
 
-def _affine_matrices(angle: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor,
-                     shear: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _affine_matrices(
+    angle: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, shear: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
     """(B,2,3) source->destination pixel matrices around the image centre."""
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     a, sh = torch.deg2rad(angle), torch.deg2rad(shear)
@@ -56,8 +66,14 @@ def _affine_matrices(angle: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor,
 class Augmenter:
     """Seeded joint image/mask augmentation; see the module docstring."""
 
-    def __init__(self, preset: str = "light", seed: int = 0, ignore_index: int = IGNORE_INDEX,
-                 photometric: bool = True, geometric: bool = True) -> None:
+    def __init__(
+        self,
+        preset: str = "light",
+        seed: int = 0,
+        ignore_index: int = IGNORE_INDEX,
+        photometric: bool = True,
+        geometric: bool = True,
+    ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
         self.preset, self.ignore_index = preset, ignore_index
@@ -86,10 +102,11 @@ class Augmenter:
 
     # ---------------------------------------------------------------- apply
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if image.ndim != 4 or mask.ndim != 3 or image.shape[0] != mask.shape[0] \
-                or image.shape[-2:] != mask.shape[-2:]:
-            raise ValueError(f"expected image (B,C,H,W) and mask (B,H,W) of the same size, got "
-                             f"{tuple(image.shape)} and {tuple(mask.shape)}")
+        if image.ndim != 4 or mask.ndim != 3 or image.shape[0] != mask.shape[0] or image.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(
+                f"expected image (B,C,H,W) and mask (B,H,W) of the same size, got "
+                f"{tuple(image.shape)} and {tuple(mask.shape)}"
+            )
         if not self.cfg:
             return image, mask
         # Geometry first (image and mask together), then photometric changes (image only): the order in
@@ -135,12 +152,25 @@ class Augmenter:
             idx = torch.nonzero(s).flatten()
             if len(idx):
                 from kornia.geometry.transform import warp_affine  # kornia loads only if an epoch warps
+
                 m = _affine_matrices(angle[idx], scale[idx], tx[idx], ty[idx], sh[idx], h, w).to(dev)
                 di = idx.to(dev)
-                img_w = warp_affine(image[di], m, (h, w), mode="bilinear", padding_mode="reflection",
-                                    align_corners=True)
-                m_w = warp_affine((mask[di] + 1).unsqueeze(1).float(), m, (h, w), mode="nearest",
-                                  padding_mode="zeros", align_corners=True).squeeze(1).round().long()
+                img_w = warp_affine(
+                    image[di], m, (h, w), mode="bilinear", padding_mode="reflection", align_corners=True
+                )
+                m_w = (
+                    warp_affine(
+                        (mask[di] + 1).unsqueeze(1).float(),
+                        m,
+                        (h, w),
+                        mode="nearest",
+                        padding_mode="zeros",
+                        align_corners=True,
+                    )
+                    .squeeze(1)
+                    .round()
+                    .long()
+                )
                 m_w = torch.where(m_w == 0, torch.full_like(m_w, self.ignore_index), m_w - 1)
                 image, mask = image.clone(), mask.clone()
                 image[di], mask[di] = img_w, m_w
@@ -166,6 +196,7 @@ class Augmenter:
             idx = torch.nonzero(s).flatten()
             if len(idx):
                 from kornia.filters import gaussian_blur2d  # kornia loads only if an epoch blurs
+
                 sg = sig[idx].to(dev)
                 ks = int(2 * math.ceil(3 * hi) + 1)
                 di = idx.to(dev)

@@ -5,20 +5,26 @@ has `size_multiple` (inputs must be multiples of it) and an `encoder` module (fr
 Registered networks take normalised input; `PixelModel` wraps one with its normalisation, and it is what
 training, checkpoints, export and inference use: raw pixel values (0..255) in, logits out.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 from torch import nn
 
 # The families register their variants when imported; this order is the order `list_models` gives.
+# isort: off
 from .cheapnet import CheapNet, unwrap_authors_checkpoint
 from .cheapmix import CheapMix
 from .mobile_unet import MobileUNet, timm_to_torchvision_mobilenetv2
 from .unet import EncoderUNet, UNet
 from .classifier import MobileNetV2Classifier, VGGClassifier
+
+# isort: on
 from .layers import adapt_stem_weight
 from .registry import create_model, list_models, model_task, register_model
+
 
 class PixelModel(nn.Module):
     """The model that is trained, saved, exported and served: raw pixel values in, logits out.
@@ -68,8 +74,10 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> list[str]:
     """
     encoder = getattr(model, "encoder", None)
     if encoder is None or not hasattr(encoder, "stem_key"):
-        raise ValueError(f"model {getattr(model, 'registry_name', type(model).__name__)} has no pretrainable "
-                         "encoder; use mobile-unet, unet-vgg16, unet-resnet18, unet-mobilenetv1 or classifier-mobilenetv2")
+        raise ValueError(
+            f"model {getattr(model, 'registry_name', type(model).__name__)} has no pretrainable "
+            "encoder; use mobile-unet, unet-vgg16, unet-resnet18, unet-mobilenetv1 or classifier-mobilenetv2"
+        )
     state = load_checkpoint_state(path)
     if any(k.startswith(("conv_stem.", "blocks.")) for k in state):
         state = timm_to_torchvision_mobilenetv2(state)
@@ -83,15 +91,19 @@ def load_encoder_weights(model: nn.Module, path: str | Path) -> list[str]:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{path} does not match the {type(encoder).__name__} encoder: "
-                         f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
-                         f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+        raise ValueError(
+            f"{path} does not match the {type(encoder).__name__} encoder: "
+            f"missing keys {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+            f"unexpected keys {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}"
+        )
     stem = encoder.stem_key
     state[stem] = adapt_stem_weight(state[stem], own[stem].shape[1])
     bad = [k for k in own if state[k].shape != own[k].shape]
     if bad:
-        raise ValueError(f"{path}: shape mismatch for {bad[:5]}: file {[tuple(state[k].shape) for k in bad[:5]]} "
-                         f"vs model {[tuple(own[k].shape) for k in bad[:5]]}")
+        raise ValueError(
+            f"{path}: shape mismatch for {bad[:5]}: file {[tuple(state[k].shape) for k in bad[:5]]} "
+            f"vs model {[tuple(own[k].shape) for k in bad[:5]]}"
+        )
     encoder.load_state_dict(state, strict=True)
     return sorted(state)
 
@@ -113,6 +125,19 @@ def _is_deeper_stage(key: str, own: dict) -> bool:
     return False
 
 
-__all__ = ["PixelModel", "create_model", "list_models", "model_task", "register_model", "load_encoder_weights",
-           "load_checkpoint_state",
-           "CheapNet", "CheapMix", "MobileUNet", "UNet", "EncoderUNet", "VGGClassifier", "MobileNetV2Classifier"]
+__all__ = [
+    "PixelModel",
+    "create_model",
+    "list_models",
+    "model_task",
+    "register_model",
+    "load_encoder_weights",
+    "load_checkpoint_state",
+    "CheapNet",
+    "CheapMix",
+    "MobileUNet",
+    "UNet",
+    "EncoderUNet",
+    "VGGClassifier",
+    "MobileNetV2Classifier",
+]

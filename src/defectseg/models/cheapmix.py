@@ -21,6 +21,7 @@ Parameters for in_channels C, N classes, b residual blocks per stage (every conv
     9*C*G + 2*G  +  4*(1+b)*(G^2 + 13*G)  +  4*(G^2 + 13*G)  +  N*(G + 1)  [+ G^2 + G with context]
 i.e. 12*G^2 + 168*G + 1 for C = N = 1, b = 1 (G=16: 5,761; G=32: 17,665; G=64: 59,905).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,7 @@ DOWNSAMPLES = 4  # 512 -> 32 at the deepest stage, so inputs must be multiples o
 def _separable(g: int, stride: int = 1, last_act: bool = True) -> nn.Sequential:
     """depthwise 3x3 (stride) -> BN -> ReLU -> pointwise 1x1 G->G -> BN [-> ReLU]; G^2 + 13*G parameters."""
     return nn.Sequential(
-        ConvBNAct(g, g, 3, stride=stride, groups=g),
-        ConvBNAct(g, g, 1, act=nn.ReLU if last_act else None),
+        ConvBNAct(g, g, 3, stride=stride, groups=g), ConvBNAct(g, g, 1, act=nn.ReLU if last_act else None)
     )
 
 
@@ -59,14 +59,16 @@ class CheapMix(nn.Module):
     """Constant-width depthwise-separable U-Net with four stride-2 downsamplings (inputs: multiples of 16).
 
     Modules: `stem` (3x3 conv C->G, BN, ReLU, full resolution); `stages[i]` (separable stride-2 block, then
-    `blocks` residual blocks); `context` (global pooling + 1x1 conv, or None); `decoder[i]` (separable block after upsample x2 + skip); `head` (1x1 G->N, bias).
+    `blocks` residual blocks); `context` (global pooling + 1x1 conv, or None); `decoder[i]` (separable block after
+    upsample x2 + skip); `head` (1x1 G->N, bias).
     forward: x (B, in_channels, H, W) -> logits (B, num_classes, H, W).
     """
 
-    size_multiple = 2 ** DOWNSAMPLES
+    size_multiple = 2**DOWNSAMPLES
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 1, width: int = 32, blocks: int = 1,
-                 context: bool = False) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 1, width: int = 32, blocks: int = 1, context: bool = False
+    ) -> None:
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive integer (e.g. 16, 32, 64), got {width!r}")

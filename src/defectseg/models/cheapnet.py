@@ -4,6 +4,7 @@ Matches the authors' code: module names `encoder1..4, bottleneck, decoder1..4, o
 Sequential(conv, BatchNorm, LeakyReLU(0.2)) with biased convs, so their `{"CheapNet": state_dict}`
 checkpoints load. Parameters for one output class: 137*G + 3 (depthwise), 99*G^2 + 38*G + 3 (standard).
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,9 @@ class CheapNet(nn.Module):
 
     size_multiple = 16
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 1, width: int = 32,
-                 conv: str = "depthwise", head: str = "paper") -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 1, width: int = 32, conv: str = "depthwise", head: str = "paper"
+    ) -> None:
         super().__init__()
         if conv not in ("depthwise", "standard"):
             raise ValueError(f"conv must be 'depthwise' or 'standard', got {conv!r}")
@@ -78,7 +80,7 @@ class CheapNet(nn.Module):
         d4 = self.decoder4(torch.cat([e2, d3], 1))
         return self.output(torch.cat([e1, d4], 1))
 
-    def for_inference(self) -> "CheapNetInference":
+    def for_inference(self) -> CheapNetInference:
         """The same function in the form fast CPU kernels serve (`fuse.fuse_for_inference` calls this)."""
         return CheapNetInference(self)
 

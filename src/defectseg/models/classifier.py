@@ -2,6 +2,7 @@
 
 With num_classes=1 the single logit is "defective" (sigmoid); the gate calls an image OK below its threshold.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,9 @@ class VGGClassifier(nn.Module):
 
     size_multiple = 1
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 1,
-                 widths: tuple[int, ...] = VGG_WIDTHS, dropout: float = 0.2) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 1, widths: tuple[int, ...] = VGG_WIDTHS, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
@@ -31,8 +33,9 @@ class VGGClassifier(nn.Module):
             layers += [ConvBNAct(cin, w), ConvBNAct(w, w)]
             cin = w
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                        nn.Linear(cin, num_classes))
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes)
+        )
         # Each max-pool halves (floor) the size; below this the last pool has nothing left to pool.
         self.min_size = 2 ** (len(widths) - 1)
 
@@ -56,8 +59,9 @@ class MobileNetV2Classifier(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 1, dropout: float = 0.2) -> None:
         super().__init__()
         self.encoder = MobileNetV2Encoder(in_channels)
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                        nn.Linear(1280, num_classes))
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(1280, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Stride-2 convs with padding take any size >= 1; only the batch layout can be wrong.

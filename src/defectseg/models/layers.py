@@ -1,5 +1,6 @@
 """Blocks shared by several model families, and the inference rewrites they share (BatchNorm folding, the
 sub-pixel form of a stride-2 transposed convolution)."""
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,16 @@ def check_min_size(x: torch.Tensor, min_size: int, model_name: str) -> None:
 class ConvBNAct(nn.Sequential):
     """conv -> BatchNorm -> activation; a Sequential so state-dict keys read `<name>.0.weight` etc."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-                 bias: bool = False, act: type[nn.Module] | None = nn.ReLU) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=bias),
             nn.BatchNorm2d(cout),
@@ -115,8 +124,12 @@ def fold_sequential_batchnorms(module: nn.Module) -> None:
         names = list(seq._modules)
         for name, nxt in zip(names, names[1:]):
             conv, bn = seq._modules[name], seq._modules[nxt]
-            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d) \
-                    and bn.track_running_stats and bn.running_var is not None:
+            if (
+                isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d))
+                and isinstance(bn, nn.BatchNorm2d)
+                and bn.track_running_stats
+                and bn.running_var is not None
+            ):
                 fold_batchnorm(conv, bn)
                 seq._modules[nxt] = nn.Identity()
 
@@ -133,8 +146,11 @@ def subpixel_weight(t: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
     """
     ci, co_g, kh, kw = t.weight.shape
     g = t.groups
-    if t.stride != (2, 2) or t.dilation != (1, 1) or any(
-            k + op - 2 * p != 2 or k > 4 for k, p, op in zip(t.kernel_size, t.padding, t.output_padding)):
+    if (
+        t.stride != (2, 2)
+        or t.dilation != (1, 1)
+        or any(k + op - 2 * p != 2 or k > 4 for k, p, op in zip(t.kernel_size, t.padding, t.output_padding))
+    ):
         raise ValueError(f"{t} is not a stride-2 transposed convolution with output twice its input and k <= 4")
     co = co_g * g
     v = t.weight.new_zeros(4 * co, ci // g, 3, 3)
@@ -147,6 +163,6 @@ def subpixel_weight(t: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
                     dx, rx = divmod(b + t.padding[1] - kx, 2)
                     if not (ry or rx):
                         # output channel q·co_g + j of group q reads inputs [q·Ci/g, (q+1)·Ci/g)
-                        v[2 * a + b::4, :, 1 + dy, 1 + dx] = w[:, :, :, ky, kx].permute(0, 2, 1).reshape(co, ci // g)
+                        v[2 * a + b :: 4, :, 1 + dy, 1 + dx] = w[:, :, :, ky, kx].permute(0, 2, 1).reshape(co, ci // g)
     bias = t.bias if t.bias is not None else t.weight.new_zeros(co)
     return v, bias.repeat_interleave(4)

@@ -3,6 +3,7 @@
 The encoder's state-dict keys are torchvision's `features.<i>...`, so a torchvision (or, after key
 mapping, timm) MobileNetV2 ImageNet state dict saved on disk loads into it with `load_encoder_weights`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,15 @@ from .layers import ConvBNAct, check_input_size
 from .registry import register_model
 
 # torchvision's MobileNetV2 inverted-residual settings: expansion t, channels c, repeats n, stride s.
-MOBILENETV2_SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+MOBILENETV2_SETTINGS = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 # Slices of `features` whose outputs are the taps X1..X5 (strides 2, 4, 8, 16, 32).
 TAP_SLICES = [(0, 2), (2, 4), (4, 7), (7, 14), (14, 19)]
 TAP_CHANNELS = [16, 24, 32, 96, 1280]
@@ -29,8 +37,11 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(ConvBNAct(cin, hidden, 1, act=nn.ReLU6))
-        layers += [ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            ConvBNAct(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
         self.out_channels = cout
 
@@ -118,10 +129,21 @@ def timm_to_torchvision_mobilenetv2(state: dict) -> dict:
             flat[(stage, b)] = idx
             idx += 1
     first = {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"}
-    rest = {"conv_pw": "conv.0.0", "bn1": "conv.0.1", "conv_dw": "conv.1.0", "bn2": "conv.1.1",
-            "conv_pwl": "conv.2", "bn3": "conv.3"}
-    top = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": "features.18.0",
-           "bn2": "features.18.1", "classifier": "classifier.1"}
+    rest = {
+        "conv_pw": "conv.0.0",
+        "bn1": "conv.0.1",
+        "conv_dw": "conv.1.0",
+        "bn2": "conv.1.1",
+        "conv_pwl": "conv.2",
+        "bn3": "conv.3",
+    }
+    top = {
+        "conv_stem": "features.0.0",
+        "bn1": "features.0.1",
+        "conv_head": "features.18.0",
+        "bn2": "features.18.1",
+        "classifier": "classifier.1",
+    }
     for key, value in state.items():
         parts = key.split(".")
         if parts[0] == "blocks":

@@ -1,8 +1,10 @@
 """The model registry: each family registers its variants beside its definition (`register_model`), as timm does,
 so there is no second list to keep in step. `create_model(name, ...)` builds one; `list_models()` names them."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -12,8 +14,9 @@ __all__ = ["create_model", "list_models", "model_task", "register_model"]
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module], defaults: dict[str, Any] | None = None,
-                   task: str = "segment") -> None:
+def register_model(
+    name: str, builder: Callable[..., nn.Module], defaults: dict[str, Any] | None = None, task: str = "segment"
+) -> None:
     """Register `builder(in_channels=, num_classes=, **options)` as `name`, with these default options; task is
     "segment" (logits (B, K, H, W)) or "classify" (logits (B, K))."""
     if name in _REGISTRY:

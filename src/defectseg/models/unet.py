@@ -4,6 +4,7 @@ Variants are data (`PLAIN_VARIANTS`, `ENCODERS`), not subclasses. Every variant 
 `in_channels` and a `downsamples` option: fewer downsamplings keep small defects visible deeper in
 the network (inputs must then be multiples of 2**downsamples).
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,7 @@ from .registry import register_model
 
 # Plain U-Nets: registry name -> (stage widths, BatchNorm?). The classic one is Ronneberger's widths
 # with same padding and BN (as most reimplementations); the small one is the tutorial's 16..256 net.
-PLAIN_VARIANTS = {"unet": ((64, 128, 256, 512, 1024), True),
-                  "unet-small": ((16, 32, 64, 128, 256), False)}
+PLAIN_VARIANTS = {"unet": ((64, 128, 256, 512, 1024), True), "unet-small": ((16, 32, 64, 128, 256), False)}
 
 
 class UNet(nn.Module):
@@ -24,9 +24,14 @@ class UNet(nn.Module):
     forward: x (B, in_channels, H, W), H and W multiples of 2**downsamples -> logits (B, num_classes, H, W).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 1,
-                 widths: tuple[int, ...] = (64, 128, 256, 512, 1024), batch_norm: bool = True,
-                 downsamples: int | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        widths: tuple[int, ...] = (64, 128, 256, 512, 1024),
+        batch_norm: bool = True,
+        downsamples: int | None = None,
+    ) -> None:
         super().__init__()
         d = len(widths) - 1 if downsamples is None else downsamples
         if not 1 <= d <= len(widths) - 1:
@@ -192,8 +197,7 @@ class MobileNetV1Encoder(nn.Module):
 
 
 # registry name -> encoder class
-ENCODERS = {"unet-vgg16": VGG16Encoder, "unet-resnet18": ResNet18Encoder,
-            "unet-mobilenetv1": MobileNetV1Encoder}
+ENCODERS = {"unet-vgg16": VGG16Encoder, "unet-resnet18": ResNet18Encoder, "unet-mobilenetv1": MobileNetV1Encoder}
 
 
 class EncoderUNet(nn.Module):
@@ -203,8 +207,14 @@ class EncoderUNet(nn.Module):
     forward: x (B, in_channels, H, W), H and W multiples of 2**downsamples -> logits (B, num_classes, H, W).
     """
 
-    def __init__(self, encoder: str, in_channels: int = 1, num_classes: int = 1,
-                 downsamples: int = 5, decoder_widths: tuple[int, ...] = (16, 32, 64, 128, 256)) -> None:
+    def __init__(
+        self,
+        encoder: str,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        downsamples: int = 5,
+        decoder_widths: tuple[int, ...] = (16, 32, 64, 128, 256),
+    ) -> None:
         super().__init__()
         if not 1 <= downsamples <= 5:
             raise ValueError(f"downsamples must be in 1..5, got {downsamples}")
