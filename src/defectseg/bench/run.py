@@ -21,7 +21,7 @@ from ..fuse import fuse_for_inference
 from ..models import create_model, model_task
 from ..runtime import DTYPES, autocast, cpu_bf16, pick_device
 from .macs import count_params, macs_per_image
-from .timing import bench_dtype, time_inference, time_onnxruntime, time_openvino, time_training
+from .timing import bench_dtype, skipped_row, time_inference, time_onnxruntime, time_openvino, time_training
 
 __all__ = [
     "ABLATION_CONVS",
@@ -308,16 +308,7 @@ def run_benchmark(
                             )
                     except (torch.OutOfMemoryError, MemoryError) as exc:
                         # A batch too large for the device is a fact of the table, not a reason to lose it.
-                        result = {
-                            "mean_ms": None,
-                            "median_ms": None,
-                            "p95_ms": None,
-                            "img_per_s": None,
-                            "repeats": 0,
-                            "peak_mem_mb": None,
-                            "mem_source": None,
-                            "note": f"skipped: out of memory ({type(exc).__name__})",
-                        }
+                        result = skipped_row(f"skipped: out of memory ({type(exc).__name__})")
                     row = {
                         "model": spec.label,
                         "mode": "train" if train else "infer",

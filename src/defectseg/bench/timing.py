@@ -107,6 +107,20 @@ def _stats(times: list[float], batch: int) -> dict[str, Any]:
     }
 
 
+def skipped_row(note: str, mem_source: str | None = None) -> dict[str, Any]:
+    """The figures of a row that could not be timed (no compiler, no openvino, out of memory): empty, with why."""
+    return {
+        "mean_ms": None,
+        "median_ms": None,
+        "p95_ms": None,
+        "img_per_s": None,
+        "repeats": 0,
+        "peak_mem_mb": None,
+        "mem_source": mem_source,
+        "note": note,
+    }
+
+
 def time_inference(
     model: nn.Module,
     input_shape: tuple[int, int, int, int],
@@ -152,16 +166,7 @@ def time_inference(
                 run(x)  # compiles here, outside the warm-up count
             except Exception as exc:  # inductor needs a C++ compiler on CPU, Triton on GPU; any failure skips
                 msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-                return {
-                    "mean_ms": None,
-                    "median_ms": None,
-                    "p95_ms": None,
-                    "img_per_s": None,
-                    "repeats": 0,
-                    "peak_mem_mb": None,
-                    "mem_source": source,
-                    "note": f"skipped: torch.compile failed ({type(exc).__name__}: {msg})",
-                }
+                return skipped_row(f"skipped: torch.compile failed ({type(exc).__name__}: {msg})", source)
         step: Callable[[], Any]
         if cuda_graphs:
             static_x = x.clone()
@@ -238,16 +243,7 @@ def time_openvino(
     try:
         import openvino as ov  # optional (not a dependency): without it the row is skipped, not the table
     except ImportError:
-        return {
-            "mean_ms": None,
-            "median_ms": None,
-            "p95_ms": None,
-            "img_per_s": None,
-            "repeats": 0,
-            "peak_mem_mb": None,
-            "mem_source": None,
-            "note": "skipped: openvino is not installed",
-        }
+        return skipped_row("skipped: openvino is not installed")
     b, c, h, w = input_shape
     with tempfile.TemporaryDirectory(prefix="defectseg-bench-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", input_shape=(1, c, h, w), dynamic=True)
@@ -335,16 +331,7 @@ def time_training(
         try:
             step(images, masks)
         except Exception as exc:  # see time_inference
-            return {
-                "mean_ms": None,
-                "median_ms": None,
-                "p95_ms": None,
-                "img_per_s": None,
-                "repeats": 0,
-                "peak_mem_mb": None,
-                "mem_source": source,
-                "note": f"skipped: torch.compile failed ({type(exc).__name__})",
-            }
+            return skipped_row(f"skipped: torch.compile failed ({type(exc).__name__})", source)
     times = _timed(lambda: step(images, masks), dev, warmup, repeats, max_seconds, min_repeats)
     return {
         **_stats(times, input_shape[0]),
