@@ -17,10 +17,9 @@ import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -28,6 +27,12 @@ from . import config as C
 from .checkpoint import input_channels, load_checkpoint, model_from_checkpoint
 from .fuse import fuse_for_inference
 from .runtime import default_threads
+
+if TYPE_CHECKING:
+    import onnx
+
+# onnx itself is imported where a graph is built or read: it takes half a second to import (ml_dtypes), which
+# every command that loads the Predictor would otherwise pay.
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -66,6 +71,8 @@ def export_onnx(
     os.replace) after `onnx.checker.check_model` accepts it. `exporter="dynamo"` uses the torch.export-based
     exporter, which emits opset >= 18. The caller's model is not modified (a CPU copy is exported).
     """
+    import onnx  # heavy: see the note at the imports
+
     path = Path(path)
     if exporter not in _EXPORTERS:
         raise ValueError(f"exporter must be one of {_EXPORTERS}, got {exporter!r}")
@@ -128,6 +135,8 @@ def _metadata_props(model: nn.Module, multiple: int, metadata: dict[str, str] | 
 
 
 def _export_torchscript(model: nn.Module, dummy: torch.Tensor, dynamic: bool, opset: int) -> onnx.ModelProto:
+    import onnx  # heavy: see the note at the imports
+
     axes = {0: "batch", 2: "height", 3: "width"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -211,6 +220,8 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def _load_proto(path: Path) -> onnx.ModelProto:
+    import onnx  # heavy: see the note at the imports
+
     if not path.is_file():
         raise ValueError(f"ONNX model {path} does not exist; export one with `defectseg export`")
     try:
@@ -249,6 +260,8 @@ def _resolve_providers(providers: list[str] | None) -> list[str]:
 def _median_conv_width(path: Path) -> float:
     """Median output channels of the graph's Conv and ConvTranspose nodes (0 when it has none or is unreadable:
     the session then reports the problem)."""
+    import onnx  # heavy: see the note at the imports
+
     try:
         proto = onnx.load(str(path))
     except Exception:
