@@ -36,6 +36,8 @@ PINNED_PARAMS = {
     "unet-mobilenetv1": 3_873_857,
     "classifier-vgg": 1_172_897,
     "classifier-mobilenetv2": 2_224_577,
+    # EfficientNet-Lite0 without its classifier head, one-channel stem (2,958,272) + decoder 96-16 (513,169)
+    "unet-lite0": 3_471_441,
 }
 
 # Two (H, W) sizes per model, valid for its size multiple and small enough for a 2-core CI machine
@@ -57,6 +59,7 @@ SIZES = {
     "unet-mobilenetv1": [(32, 64), (64, 96)],
     "classifier-vgg": [(8, 8), (33, 47)],
     "classifier-mobilenetv2": [(7, 9), (64, 48)],
+    "unet-lite0": [(32, 64), (64, 96)],
 }
 
 SEGMENTERS = list_models("segment")

@@ -113,7 +113,9 @@ def input_channels(cfg: C.RunConfig) -> int:
 def build_model(cfg: C.RunConfig, num_classes: int) -> PixelModel:
     """The configured network wrapped with its normalisation: raw pixel values in, logits out."""
     net = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=num_classes, **cfg.model.options)
-    return PixelModel(net, cfg.data.mean, cfg.data.std)
+    # A pretrained encoder brings its own input normalisation (ImageNet's, in its stem): data.mean/std are not its.
+    mean, std = getattr(net, "input_norm", (cfg.data.mean, cfg.data.std))
+    return PixelModel(net, mean, std)
 
 
 def load_weights(model: PixelModel, state: dict[str, torch.Tensor]) -> None:

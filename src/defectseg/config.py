@@ -157,6 +157,8 @@ class TrainConfig:
     class_weights: str | None = setting(None, among=(None, "median-frequency"), say="null or 'median-frequency'")
     optimizer: str = setting("adam", names=lambda: optim.OPTIMIZERS)  # adam | adamw | sgd
     lr: float = setting(1e-2, ok=lambda v: v > 0, say="> 0")
+    # the learning rate of a model's `encoder` (a pretrained one) as a fraction of lr; 1: the same
+    encoder_lr_scale: float = setting(1.0, ok=lambda v: 0 < v <= 1, say="in (0, 1]")
     weight_decay: float = setting(0.0, ok=lambda v: v >= 0, say=">= 0")
     momentum: float = setting(0.9, ok=lambda v: v >= 0, say=">= 0")
     schedule: str = setting("cosine", names=lambda: optim.SCHEDULES)  # none | multistep | cosine | onecycle
@@ -266,6 +268,22 @@ PRESETS: dict[str, dict[str, Any]] = {
             "lr": 1e-3,
             "schedule": "none",
             "epochs": 100,
+        },
+    },
+    # Transfer learning: unet-lite0 (EfficientNet-Lite0 pretrained on ImageNet) at 192², AdamW with the encoder at a
+    # quarter of the decoder's learning rate, the encoder frozen (BatchNorm too) for the first epoch, and a fixed
+    # number of steps rather than epochs, so a training takes about the same time whatever the set's size (about
+    # 20 minutes on two cores; docs/results.md).
+    "transfer": {
+        "data": {"size": 192},
+        "model": {"name": "unet-lite0", "freeze_encoder_epochs": 1},
+        "train": {
+            "optimizer": "adamw",
+            "lr": 2e-3,
+            "encoder_lr_scale": 0.25,
+            "weight_decay": 1e-4,
+            "schedule": "cosine",
+            "iterations": 900,
         },
     },
     # Cascade segmenter: trained on defective images only with BCE+Dice 0.8/0.2, encoder frozen for the

@@ -26,8 +26,9 @@ SCHEDULES: dict[str, Callable[..., Any]] = {
         opt, [m * per_epoch for m in c.milestones], c.gamma
     ),
     "cosine": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total)),
+    # each parameter group peaks at its own learning rate (a pretrained encoder's is a fraction of the decoder's)
     "onecycle": lambda c, opt, per_epoch, total: torch.optim.lr_scheduler.OneCycleLR(
-        opt, c.lr, total_steps=max(1, total)
+        opt, [g["lr"] for g in opt.param_groups], total_steps=max(1, total)
     ),
 }
 

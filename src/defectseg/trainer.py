@@ -58,6 +58,19 @@ def num_logits(cfg: C.RunConfig, class_names: list[str]) -> int:
     return 1 if n == 2 and cfg.train.loss != "ce" else n
 
 
+def param_groups(model: PixelModel, train: C.TrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: the network's `encoder` (a pretrained one learns at train.encoder_lr_scale
+    times the learning rate, so fine-tuning does not wash out what ImageNet taught it) and everything else."""
+    encoder = getattr(model.net, "encoder", None)
+    enc = list(encoder.parameters()) if isinstance(encoder, nn.Module) else []
+    ids = {id(p) for p in enc}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "lr": train.lr}]
+    if enc:
+        groups.append({"params": enc, "lr": train.lr * train.encoder_lr_scale})
+    return groups
+
+
 class _Progress:
     """A rich progress bar with loss and throughput, or one line per epoch in quiet mode."""
 
@@ -243,7 +256,7 @@ class Trainer:
         if cfg.train.iterations:
             self.epochs = math.ceil(cfg.train.iterations / self.steps_per_epoch)
         total_steps = cfg.train.iterations or self.epochs * self.steps_per_epoch
-        opt = OPTIMIZERS[cfg.train.optimizer](cfg.train, self.model.parameters())
+        opt = OPTIMIZERS[cfg.train.optimizer](cfg.train, param_groups(self.model, cfg.train))
         sched = SCHEDULES[cfg.train.schedule](cfg.train, opt, self.steps_per_epoch, total_steps)
         ddp: nn.Module = self.model
         if world.world > 1:

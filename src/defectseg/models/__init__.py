@@ -19,6 +19,7 @@ from .cheapnet import CheapNet, unwrap_authors_checkpoint
 from .cheapmix import CheapMix
 from .mobile_unet import MobileUNet, timm_to_torchvision_mobilenetv2
 from .unet import EncoderUNet, UNet
+from .unet_lite import UNetLite0
 from .classifier import MobileNetV2Classifier, VGGClassifier
 
 # isort: on
@@ -140,4 +141,5 @@ __all__ = [
     "EncoderUNet",
     "VGGClassifier",
     "MobileNetV2Classifier",
+    "UNetLite0",
 ]

@@ -1,0 +1,67 @@
+"""U-Net on the ImageNet-pretrained EfficientNet-Lite0 encoder (`unet-lite0`): transfer learning for the CPU.
+
+The encoder's features after blocks 0, 2, 4, 10 and 15 (strides 2 to 32; `efficientnet_lite.FEATURE_BLOCKS`) feed
+a small decoder: at each level the coarser map is upsampled x2 (bilinear), concatenated with the skip and mixed by
+one 3x3 conv-BN-ReLU; the last level (stride 1) has no skip; a 1x1 head gives the logits. Decoder widths are data
+(`VARIANTS`); `pretrained=False` builds the same network with random weights (the ablation).
+
+The network takes pixel values in [0, 1] (`input_norm`: `PixelModel` only divides by 255); the encoder's stem holds
+ImageNet's normalisation (`efficientnet_lite`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .efficientnet_lite import EfficientNetLite0
+from .layers import ConvBNAct, check_input_size
+from .registry import register_model
+
+__all__ = ["VARIANTS", "UNetLite0"]
+
+# name -> decoder widths, coarse to fine (levels at strides 16, 8, 4, 2, 1)
+VARIANTS: dict[str, tuple[int, ...]] = {"unet-lite0": (96, 64, 48, 32, 16)}
+
+
+class UNetLite0(nn.Module):
+    """x (B, C, H, W) in [0, 1], C 1 or 3, H and W multiples of 32 -> logits (B, num_classes, H, W)."""
+
+    size_multiple = 32
+    input_norm = (0.0, 1.0)  # (mean, std) PixelModel applies after dividing by 255: none, the stem normalises
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        decoder: tuple[int, ...] = VARIANTS["unet-lite0"],
+        pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(decoder) != 5 or min(decoder) < 1:
+            raise ValueError(f"decoder must give 5 positive widths (strides 16 to 1), got {decoder!r}")
+        self.encoder = EfficientNetLite0(in_channels)
+        # on the meta device (counting parameters) there is nothing to load into
+        if pretrained and not next(self.encoder.parameters()).is_meta:
+            self.encoder.load_imagenet()
+        skips = (*reversed(self.encoder.channels[:-1]), 0)  # 112, 40, 24, 16, then none at full resolution
+        widths = (self.encoder.channels[-1], *decoder)
+        self.decoder = nn.ModuleList(
+            ConvBNAct(cin + skip, cout, 3, act=nn.ReLU) for cin, skip, cout in zip(widths, skips, decoder)
+        )
+        self.head = nn.Conv2d(decoder[-1], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x, self.size_multiple, "unet-lite0")
+        feats = self.encoder(x)
+        y = feats[-1]
+        for block, skip in zip(self.decoder, [*reversed(feats[:-1]), None]):
+            # a constant scale exports as a Resize with constant scales (see cheapmix: faster in ONNX Runtime)
+            y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+            y = block(y if skip is None else torch.cat([y, skip], 1))
+        return self.head(y)
+
+
+for _name, _widths in VARIANTS.items():
+    register_model(_name, UNetLite0, {"decoder": _widths})

