@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,87 @@ def test_unet_lite0_is_pretrained_by_default_and_not_with_pretrained_false():
     # image and reference (2 channels) share the gray stem: their mean goes through it as one gray image would
     pair, gray = create_model("unet-lite0", in_channels=2), create_model("unet-lite0", in_channels=1)
     torch.testing.assert_close(pair.encoder.stem.conv.weight, gray.encoder.stem.conv.weight.repeat(1, 2, 1, 1) / 2)
+
+
+def test_probabilities_multiply_the_image_head_into_the_defect_classes():
+    from scipy.special import expit, softmax
+
+    from defectseg.predictor import probabilities
+
+    rng = np.random.default_rng(0)
+    binary = rng.normal(size=(2, 2, 4, 5)).astype(np.float32)
+    binary[:, 1] = np.array([2.0, -1.0], np.float32)[:, None, None]  # the image logit, constant over the image
+    p = probabilities(binary, image_head=True)
+    assert p.shape == (2, 1, 4, 5)
+    np.testing.assert_allclose(p[:, 0], expit(binary[:, 0]) * expit(binary[:, 1]), rtol=1e-6)
+    multi = rng.normal(size=(1, 4, 3, 3)).astype(np.float32)  # 3 classes and the image logit
+    multi[:, 3] = 0.7
+    q = probabilities(multi, image_head=True)
+    s = softmax(multi[:, :3], axis=1)
+    np.testing.assert_allclose(q[:, 1:], s[:, 1:] * expit(multi[0, 3, 0, 0]), rtol=1e-5)
+    np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(probabilities(binary[:, :1]), expit(binary[:, :1]))  # no head: as before
+
+
+def test_param_groups_give_the_encoder_its_fraction_of_the_learning_rate():
+    from defectseg import config as C
+    from defectseg.checkpoint import build_model
+    from defectseg.optim import OPTIMIZERS, SCHEDULES
+    from defectseg.trainer import param_groups
+
+    cfg = C.resolve(preset="transfer", overrides={"model": {"options": {"pretrained": False}}})
+    model = build_model(cfg, 1)
+    groups = param_groups(model, cfg.train)
+    assert [g["lr"] for g in groups] == [cfg.train.lr, cfg.train.lr * 0.25]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.net.encoder.parameters()}
+    opt = OPTIMIZERS["adamw"](cfg.train, groups)
+    sched = SCHEDULES["onecycle"](cfg.train, opt, 10, 100)
+    for _ in range(30):  # past the one-cycle peak: each group peaked at its own rate
+        opt.step()
+        sched.step()
+    assert opt.param_groups[1]["lr"] == pytest.approx(opt.param_groups[0]["lr"] * 0.25)
+
+
+@pytest.mark.slow
+def test_unet_lite0_with_its_image_head_trains_predicts_and_exports(tmp_path: Path):
+    """The transfer preset end to end on tiny data: training (encoder frozen in epoch 1, BatchNorm in eval mode),
+    evaluation, predict on ONNX Runtime (the auto backend) and on PyTorch, which agree."""
+    from defectseg import config as C
+    from defectseg.data.io import read_image
+    from defectseg.data.synthetic import write_dagm
+    from defectseg.predictor import Predictor, probabilities
+    from defectseg.trainer import Trainer, train
+
+    data = write_dagm(tmp_path / "data", n_per_class=12, size=64, defective_fraction=0.5, seed=1, classes=1)
+    cfg = C.resolve(
+        preset="transfer",
+        overrides={
+            "name": "lite",
+            "out_dir": str(tmp_path / "runs"),
+            "data": {"root": str(data), "size": 64},
+            "model": {"options": {"image_head": True}},
+            "train": {"iterations": 6, "batch_size": 4, "device": "cpu"},
+        },
+    )
+    trainer = Trainer(cfg, quiet=True)
+    bn = trainer.model.net.encoder.blocks[3].depthwise.bn
+    before = bn.running_mean.clone()
+    trainer.train_epoch(0)  # frozen: no gradient, and the BatchNorm statistics stay
+    assert torch.equal(bn.running_mean, before) and all(
+        not p.requires_grad for p in trainer.model.net.encoder.parameters()
+    )
+    trainer.lock.release()
+    res = train(cfg, quiet=True, overwrite=True)
+    assert 0.0 <= res.test_metrics["image_auroc"] <= 1.0 or np.isnan(res.test_metrics["image_auroc"])
+    auto = Predictor.from_checkpoint(res.best, device="cpu")
+    eager = Predictor.from_checkpoint(res.best, device="cpu", backend="torch")
+    assert auto.segmenter.backend == "onnxruntime" and auto.segmenter.image_head
+    images = [read_image(p) for p in sorted((data / "Class1" / "Test").glob("*.PNG"))[:4]]
+    for a, b in zip(auto.predict_arrays(images), eager.predict_arrays(images)):
+        np.testing.assert_allclose(a.prob, b.prob, atol=1e-4)
+        assert a.verdict == b.verdict
+    logits = eager.segmenter.logits(np.stack([img[None] for img in images]))
+    assert logits.shape[1] == 2  # the defect logit and the image logit
+    p = probabilities(logits, image_head=True)
+    assert (p.max((1, 2, 3)) <= 1 / (1 + np.exp(-logits[:, 1, 0, 0])) + 1e-6).all()

@@ -23,6 +23,7 @@ from . import config as C
 from .checkpoint import checkpoint_fields, input_channels, load_checkpoint, model_from_checkpoint
 from .export import ONNX_CONFIG_KEY, ONNX_FORMAT, SIZE_MULTIPLE_KEY, OnnxModel, export_onnx, onnx_metadata
 from .fuse import fuse_for_inference
+from .models import has_image_head
 from .runtime import autocast, parse_dtype, pick_device
 
 __all__ = ["AUTO_PARITY", "Net", "auto_backend", "classifier_probabilities", "load_net", "torch_net"]
@@ -65,6 +66,11 @@ class Net:
     @property
     def input_channels(self) -> int:
         return self.image_channels * (2 if self.uses_reference else 1)
+
+    @property
+    def image_head(self) -> bool:
+        """Whether the last logit channel is an image logit (`models.has_image_head`), not a class."""
+        return has_image_head(self.config.model.name, self.config.model.options)
 
     @property
     def input_hw(self) -> tuple[int, int]:

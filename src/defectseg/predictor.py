@@ -56,7 +56,7 @@ from .data.io import as_channels, read_image
 from .localize import PostProcess
 from .outputs import Result
 
-__all__ = ["CHUNK_PIXELS", "Gate", "Predictor", "References", "Result"]
+__all__ = ["CHUNK_PIXELS", "Gate", "Predictor", "References", "Result", "model_input", "probabilities"]
 
 # A chunk of images in flight holds (for each image) the decoded image, its probability map and mask at native
 # size; capping its pixels keeps a folder of huge images from holding batch_size of them at once.
@@ -99,11 +99,24 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
     return np.minimum(1.0, np.minimum(i + 1, n - i) / (overlap + 1)).astype(np.float32)
 
 
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    """(B, K, h, w) logits -> sigmoid (K == 1) or softmax over K, float32."""
+def probabilities(logits: np.ndarray, image_head: bool = False) -> np.ndarray:
+    """(B, K, h, w) logits -> sigmoid (K == 1) or softmax over K, float32. With an image head the last of K + 1
+    channels is the image logit: the defect probabilities are multiplied by the image's probability (a pixel is a
+    defect when it looks like one and the image looks defective), background taking the rest. So the one
+    post-processing step, its thresholds and the image score (the highest defect probability) all see the image
+    head, with nothing downstream to change."""
+    image = None
+    if image_head:
+        image = expit(logits[:, -1:].mean((2, 3), keepdims=True)).astype(np.float32)  # (B, 1, 1, 1)
+        logits = logits[:, :-1]
     if logits.shape[1] == 1:
-        return expit(logits).astype(np.float32, copy=False)
-    return softmax(logits, axis=1).astype(np.float32, copy=False)
+        p = expit(logits).astype(np.float32, copy=False)
+        return p if image is None else p * image
+    p = softmax(logits, axis=1).astype(np.float32, copy=False)
+    if image is not None:
+        p[:, 1:] *= image
+        p[:, 0] = 1.0 - p[:, 1:].sum(1)
+    return p
 
 
 def _resize_prob(p: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -407,7 +420,8 @@ class Predictor:
         for i in range(0, len(images), self.batch_size):
             part = images[i : i + self.batch_size]
             batch = np.stack([model_input(self.segmenter, a, self._references) for a in part])
-            probs = _probabilities(self.segmenter.logits(batch))[:, :, : hw[0], : hw[1]]  # drop multiple-padding
+            logits = self.segmenter.logits(batch)[:, :, : hw[0], : hw[1]]  # drop the multiple-padding
+            probs = probabilities(logits, self.segmenter.image_head)
             for a, p in zip(part, probs):
                 yield _resize_prob(p, a.shape[:2])
 
@@ -454,7 +468,7 @@ class Predictor:
                 batch.append(queue[i])
                 i += 1
             x = np.stack([self._window_input(images[j], *win) for j, win in batch])
-            probs = _probabilities(self.segmenter.logits(x))
+            probs = probabilities(self.segmenter.logits(x), self.segmenter.image_head)  # each window's image head
             wwin = weights.get(shape)
             if wwin is None:
                 ov = self.infer.tile_overlap

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .data.io import defect_pixels
@@ -33,6 +34,7 @@ class TrainStep:
     channels_last: bool = False
     grad_clip: float | None = None
     defects: list = field(default_factory=list)  # SyntheticDefects / CopyPaste, after the augmentation
+    image_head: bool = False  # the model's last output channel is an image logit (models.has_image_head)
 
     def __call__(self, images: torch.Tensor, mask: torch.Tensor) -> float:
         """images uint8 (B, C, H, W), mask (B, H, W) class ids, both on the model's device -> the batch loss."""
@@ -47,7 +49,13 @@ class TrainStep:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(x.device, self.amp):
             logits = self.model(x).float()
-        loss = self.loss_fn(logits[:, 0], labels) if self.task == "classify" else self.loss_fn(logits, mask)
+        if self.task == "classify":
+            loss = self.loss_fn(logits[:, 0], labels)
+        elif self.image_head:  # the segmentation loss, plus the image logit (constant over the image) on its label
+            image = logits[:, -1].mean((1, 2))
+            loss = self.loss_fn(logits[:, :-1], mask) + F.binary_cross_entropy_with_logits(image, labels)
+        else:
+            loss = self.loss_fn(logits, mask)
         if not torch.isfinite(loss):  # stop before a NaN reaches the weights
             raise TrainingError(f"loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)

@@ -37,7 +37,7 @@ from .data.stats import class_pixel_counts, median_frequency_weights
 from .data.transforms import Augmenter
 from .evaluate import calibrate_threshold, evaluate_model
 from .losses import build_loss
-from .models import PixelModel, load_encoder_weights, model_task
+from .models import PixelModel, has_image_head, load_encoder_weights, model_task
 from .optim import OPTIMIZERS, SCHEDULES, load_schedule_state, schedule_state
 from .rundata import epoch_order, load_run_data
 from .runfolder import RUN_FILES, RunLock, append_csv, drop_rows_after, monitor_of, write_report
@@ -273,6 +273,7 @@ class Trainer:
             torch.bfloat16 if cfg.train.amp else None,
             cfg.train.channels_last,
             cfg.train.grad_clip,
+            image_head=has_image_head(cfg.model.name, cfg.model.options),
         )
         self.start_epoch, self.steps, self.best, self.best_epoch = 0, 0, -math.inf, -1
         self.threshold_note = ""  # how _choose_threshold chose the operating threshold (for report.md)

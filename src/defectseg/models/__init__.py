@@ -24,7 +24,7 @@ from .classifier import MobileNetV2Classifier, VGGClassifier
 
 # isort: on
 from .layers import adapt_stem_weight
-from .registry import create_model, list_models, model_task, register_model
+from .registry import create_model, has_image_head, list_models, model_task, register_model
 
 
 class PixelModel(nn.Module):
@@ -130,6 +130,7 @@ __all__ = [
     "PixelModel",
     "create_model",
     "list_models",
+    "has_image_head",
     "model_task",
     "register_model",
     "load_encoder_weights",

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["create_model", "list_models", "model_task", "register_model"]
+__all__ = ["create_model", "has_image_head", "list_models", "model_task", "register_model"]
 
 # name -> (builder, default options, task). Variants are rows, not subclasses.
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {}
@@ -35,6 +35,13 @@ def model_task(name: str) -> str:
     """'segment' or 'classify'."""
     _check_name(name)
     return _REGISTRY[name][2]
+
+
+def has_image_head(name: str, options: dict[str, Any] | None = None) -> bool:
+    """Whether the model `create_model(name, **options)` builds outputs an image logit as its last channel (the
+    `image_head` option, e.g. unet-lite0's)."""
+    _check_name(name)
+    return bool({**_REGISTRY[name][1], **(options or {})}.get("image_head", False))
 
 
 def _check_name(name: str) -> None:

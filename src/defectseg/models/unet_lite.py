@@ -7,6 +7,13 @@ one 3x3 conv-BN-ReLU; the last level (stride 1) has no skip; a 1x1 head gives th
 
 The network takes pixel values in [0, 1] (`input_norm`: `PixelModel` only divides by 255); the encoder's stem holds
 ImageNet's normalisation (`efficientnet_lite`).
+
+Image head (`image_head=True`): an OK/NG score from the whole image, as the segmentation-decision networks on
+KolektorSDD have: the deepest features (320 channels at stride 32) and the segmentation logits, each pooled by mean
+and by max over the image, into one linear layer. The segmentation logits enter detached, so the image loss trains
+the head and the encoder without bending the segmentation. Its logit is one more output channel, constant over the
+image: logits (B, num_classes + 1, H, W). Training scores it against the image label (`step.TrainStep`); the
+Predictor multiplies its probability into the defect probabilities (`predictor.probabilities`).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ VARIANTS: dict[str, tuple[int, ...]] = {"unet-lite0": (96, 64, 48, 32, 16)}
 
 
 class UNetLite0(nn.Module):
-    """x (B, C, H, W) in [0, 1], C 1 or 3, H and W multiples of 32 -> logits (B, num_classes, H, W)."""
+    """x (B, C, H, W) in [0, 1], H and W multiples of 32 -> logits (B, num_classes, H, W), with the image head
+    (B, num_classes + 1, H, W): the last channel is the image logit, the same at every pixel."""
 
     size_multiple = 32
     input_norm = (0.0, 1.0)  # (mean, std) PixelModel applies after dividing by 255: none, the stem normalises
@@ -37,6 +45,7 @@ class UNetLite0(nn.Module):
         num_classes: int = 1,
         decoder: tuple[int, ...] = VARIANTS["unet-lite0"],
         pretrained: bool = True,
+        image_head: bool = False,
     ) -> None:
         super().__init__()
         if len(decoder) != 5 or min(decoder) < 1:
@@ -51,6 +60,9 @@ class UNetLite0(nn.Module):
             ConvBNAct(cin + skip, cout, 3, act=nn.ReLU) for cin, skip, cout in zip(widths, skips, decoder)
         )
         self.head = nn.Conv2d(decoder[-1], num_classes, 1)
+        self.image_head = image_head
+        if image_head:
+            self.image = nn.Linear(2 * self.encoder.channels[-1] + 2 * num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.size_multiple, "unet-lite0")
@@ -60,7 +72,13 @@ class UNetLite0(nn.Module):
             # a constant scale exports as a Resize with constant scales (see cheapmix: faster in ONNX Runtime)
             y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
             y = block(y if skip is None else torch.cat([y, skip], 1))
-        return self.head(y)
+        seg = self.head(y)
+        if not self.image_head:
+            return seg
+        deep, flat = feats[-1], seg.detach()
+        pooled = torch.cat([deep.mean((2, 3)), flat.mean((2, 3)), deep.amax((2, 3)), flat.amax((2, 3))], 1)
+        image = self.image(pooled)  # (B, 1)
+        return torch.cat([seg, image[:, :, None, None].expand(-1, -1, *seg.shape[2:])], 1)
 
 
 for _name, _widths in VARIANTS.items():
