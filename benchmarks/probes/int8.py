@@ -1,6 +1,7 @@
 """Does static int8 quantisation (ONNX Runtime, QDQ and QOperator, per-channel weights) pay on this CPU?
 
-Usage: python benchmarks/probes/int8.py MODEL  (e.g. cheapnet-m, cheapmix-m); 1 thread, 1x1x512x512, the rewritten
+Usage: python benchmarks/probes/int8.py MODEL [SIZE [THREADS]]  (e.g. cheapnet-m, cheapmix-m, unet-lite0; default
+512 and 1 thread), 1x1xSIZExSIZE, the rewritten
 (fused) graph as `defectseg export` writes it, calibrated on 4 random images (speed only: agreement on real images
 would matter only if int8 were faster). Prints the median ms of float32 and int8 and their largest logit difference.
 Measured 2026-11-30 (another job on the other core): CheapNet-M 40 ms float32, 128 ms int8 (QDQ), 133 ms
@@ -20,15 +21,17 @@ from defectseg.fuse import fuse_for_inference
 from defectseg.models import PixelModel, create_model
 
 name = sys.argv[1]
+size = int(sys.argv[2]) if len(sys.argv) > 2 else 512
+threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 tmp = tempfile.mkdtemp(prefix="int8-")
 m = fuse_for_inference(PixelModel(create_model(name)).eval())
-export_onnx(m, f"{tmp}/{name}.onnx", (1, 1, 512, 512))
+export_onnx(m, f"{tmp}/{name}.onnx", (1, 1, size, size))
 rng = np.random.default_rng(0)
 
 
 class R(CalibrationDataReader):
     def __init__(s):
-        s.it = iter([{"image": rng.integers(0, 256, (1, 1, 512, 512)).astype(np.float32)} for _ in range(4)])
+        s.it = iter([{"image": rng.integers(0, 256, (1, 1, size, size)).astype(np.float32)} for _ in range(4)])
 
     def get_next(s):
         return next(s.it, None)
@@ -47,10 +50,10 @@ for fmt in [QuantFormat.QDQ, QuantFormat.QOperator]:
         op_types_to_quantize=["Conv"],
     )
     o = ort.SessionOptions()
-    o.intra_op_num_threads = 1
+    o.intra_op_num_threads = threads
     s0 = ort.InferenceSession(f"{tmp}/{name}.onnx", o, providers=["CPUExecutionProvider"])
     s1 = ort.InferenceSession(out, o, providers=["CPUExecutionProvider"])
-    x = rng.integers(0, 256, (1, 1, 512, 512)).astype(np.float32)
+    x = rng.integers(0, 256, (1, 1, size, size)).astype(np.float32)
 
     def tm(s, n=10, x=x):
         for _ in range(3):
