@@ -128,6 +128,11 @@ def write_report(
         else "each image at its native size through the predict path: threshold, min_area and connected "
         "components of `localize.PostProcess`"
     )
+    length = f"{cfg.train.iterations} steps" if cfg.train.iterations else f"{cfg.train.epochs} epochs"
+    if cfg.model.freeze_encoder_epochs:
+        n = cfg.model.freeze_encoder_epochs
+        length += f" (encoder frozen in the first {n} epoch{'s' if n > 1 else ''})"
+    encoder_lr = f" (encoder x{cfg.train.encoder_lr_scale:g})" if cfg.train.encoder_lr_scale != 1 else ""
     lines = [
         f"# Run `{cfg.name}`",
         "",
@@ -136,8 +141,8 @@ def write_report(
         f"size {'x'.join(map(str, C.resize_hw(cfg.data)))}, augment {cfg.data.augment}",
         f"- split: train {used.get('train', 0)} / val {used.get('val', 0)} / test {used.get('test', 0)} images "
         f"used (split.json{'; ' + str(len(skipped)) + ' files skipped, listed below' if skipped else ''})",
-        f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}, schedule {cfg.train.schedule}, "
-        f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
+        f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}{encoder_lr}, schedule {cfg.train.schedule}, "
+        f"{length}, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
         f"- post-processing: threshold {cfg.infer.threshold:.4g} ({cfg.infer.threshold_from}"
         f"{': ' + threshold_note if threshold_note else ''}), min_area "
         f"{cfg.infer.min_area}, connectivity "
