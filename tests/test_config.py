@@ -221,3 +221,23 @@ def test_infer_override_is_checked_by_the_field_rules():
     with pytest.raises(ValueError, match="2 problems") as err:
         base.overridden(threshold=-1.0, connectivity=6)
     assert "connectivity=6 is not 4 or 8" in str(err.value)
+
+
+def test_a_models_recipe_lies_under_presets_files_and_options(tmp_path):
+    """`--model unet-lite0` alone trains with its recipe (models/unet_lite.py); anything the user sets wins."""
+    from defectseg.models import model_recipe
+
+    recipe = model_recipe("unet-lite0")
+    lite = C.resolve(overrides={"model": {"name": "unet-lite0"}})
+    assert (lite.data.size, lite.train.optimizer, lite.train.iterations) == (
+        recipe["data"]["size"],
+        recipe["train"]["optimizer"],
+        recipe["train"]["iterations"],
+    )
+    assert C.resolve(preset="transfer") == lite
+    mine = tmp_path / "run.yaml"
+    mine.write_text("train:\n  iterations: 50\n")
+    assert C.resolve(preset="transfer", config_file=mine).train.iterations == 50
+    assert C.resolve(overrides={"model": {"name": "unet-lite0"}, "data": {"size": 256}}).data.size == 256
+    assert C.resolve(preset="transfer", sets={"train": {"iterations": None}}).train.iterations is None
+    assert C.resolve().train.optimizer == "adam" and model_recipe("cheapmix-m") == {}  # the defaults' own model

@@ -165,8 +165,7 @@ def train(
                     "seed": seed,
                 },
             }
-            cfg = C.resolve(preset, config, overrides)
-            cfg = C.from_dict(C._deep_update(cfg.to_dict(), _parse_set(set_)))
+            cfg = C.resolve(preset, config, overrides, _parse_set(set_))
             if not cfg.data.root:
                 raise ValueError("no dataset: pass --data DIR (or data.root in --config)")
             result = run_train(cfg, quiet=quiet, overwrite=overwrite)

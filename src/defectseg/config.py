@@ -26,7 +26,7 @@ import yaml
 # LOSSES and FORMATS, so a name imported here once would miss what is registered later.
 from . import losses, metrics, optim
 from .data import formats, transforms
-from .models import list_models
+from .models import list_models, model_recipe
 from .runtime import check_device_name
 
 
@@ -270,22 +270,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "epochs": 100,
         },
     },
-    # Transfer learning: unet-lite0 (EfficientNet-Lite0 pretrained on ImageNet) at 192², AdamW with the encoder at a
-    # quarter of the decoder's learning rate, the encoder frozen (BatchNorm too) for the first epoch, and a fixed
-    # number of steps rather than epochs, so a training takes about the same time whatever the set's size (about
-    # 20 minutes on two cores; docs/results.md).
-    "transfer": {
-        "data": {"size": 192},
-        "model": {"name": "unet-lite0", "freeze_encoder_epochs": 1},
-        "train": {
-            "optimizer": "adamw",
-            "lr": 2e-3,
-            "encoder_lr_scale": 0.25,
-            "weight_decay": 1e-4,
-            "schedule": "cosine",
-            "iterations": 900,
-        },
-    },
+    # Transfer learning: unet-lite0, EfficientNet-Lite0 pretrained on ImageNet, with its recipe (models/unet_lite.py)
+    "transfer": {"model": {"name": "unet-lite0"}},
     # Cascade segmenter: trained on defective images only with BCE+Dice 0.8/0.2, encoder frozen for the
     # first 5 epochs. Its gate is a classifier trained on all images with `--task classify`.
     "cascade": {
@@ -500,9 +486,14 @@ def from_dict(d: Mapping[str, Any]) -> RunConfig:
 
 
 def resolve(
-    preset: str | None = None, config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """defaults < preset < YAML file < overrides (nested dicts; None values are ignored)."""
+    """defaults < the model's recipe < preset < YAML file < overrides (nested dicts; None values are ignored) < sets
+    (`--set`: a null there is meant). The recipe is what the chosen model was measured with (`models.model_recipe`:
+    unet-lite0's learning rates, size and length), so `--model unet-lite0` alone trains it as it should be."""
     d: dict[str, Any] = {}
     layers: list[dict[str, Any]] = []
     if preset:
@@ -513,9 +504,14 @@ def resolve(
         layers.append(load_yaml(config_file))
     if overrides:
         layers.append(_drop_none(overrides))
+    if sets:
+        layers.append(sets)
     for layer in layers:
         d = _deep_update(d, layer)
-    return from_dict(d)
+    model = d.get("model") if isinstance(d.get("model"), Mapping) else {}
+    name = model.get("name", ModelConfig.name)
+    recipe = model_recipe(name) if name in list_models() else {}  # an unknown name is from_dict's to report
+    return from_dict(_deep_update(copy.deepcopy(recipe), d))
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -8,22 +8,30 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["create_model", "has_image_head", "list_models", "model_task", "register_model"]
+__all__ = ["create_model", "has_image_head", "list_models", "model_recipe", "model_task", "register_model"]
 
 # name -> (builder, default options, task). Variants are rows, not subclasses.
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {}
+# name -> the training settings the model was measured with (config sections; see `model_recipe`)
+_RECIPES: dict[str, dict[str, Any]] = {}
 
 
 def register_model(
-    name: str, builder: Callable[..., nn.Module], defaults: dict[str, Any] | None = None, task: str = "segment"
+    name: str,
+    builder: Callable[..., nn.Module],
+    defaults: dict[str, Any] | None = None,
+    task: str = "segment",
+    recipe: dict[str, Any] | None = None,
 ) -> None:
     """Register `builder(in_channels=, num_classes=, **options)` as `name`, with these default options; task is
-    "segment" (logits (B, K, H, W)) or "classify" (logits (B, K))."""
+    "segment" (logits (B, K, H, W)) or "classify" (logits (B, K)). recipe: config sections (data, model, train,
+    infer) the model trains best with, applied under any preset, file or option when it is chosen."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice; pick another name")
     if task not in ("segment", "classify"):
         raise ValueError(f"task {task!r} of model {name!r} must be 'segment' or 'classify'")
     _REGISTRY[name] = (builder, dict(defaults or {}), task)
+    _RECIPES[name] = dict(recipe or {})
 
 
 def list_models(task: str | None = None) -> list[str]:
@@ -35,6 +43,13 @@ def model_task(name: str) -> str:
     """'segment' or 'classify'."""
     _check_name(name)
     return _REGISTRY[name][2]
+
+
+def model_recipe(name: str) -> dict[str, Any]:
+    """The training settings `name` was measured with, as config sections ({} for the models that train with the
+    config's own defaults)."""
+    _check_name(name)
+    return _RECIPES[name]
 
 
 def has_image_head(name: str, options: dict[str, Any] | None = None) -> bool:
