@@ -510,8 +510,11 @@ def resolve(
         d = _deep_update(d, layer)
     model = d.get("model") if isinstance(d.get("model"), Mapping) else {}
     name = model.get("name", ModelConfig.name)
-    recipe = model_recipe(name) if name in list_models() else {}  # an unknown name is from_dict's to report
-    return from_dict(_deep_update(copy.deepcopy(recipe), d))
+    recipe = copy.deepcopy(model_recipe(name) if name in list_models() else {})  # from_dict reports a bad name
+    train = d.get("train") if isinstance(d.get("train"), Mapping) else {}
+    if "epochs" in train and "iterations" not in train:  # a length in epochs asked for: not the recipe's in steps
+        recipe.get("train", {}).pop("iterations", None)
+    return from_dict(_deep_update(recipe, d))
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
