@@ -24,8 +24,10 @@ MT_SPLIT=(--data "$MT" --split-file "$MT/split-70-15-15.json" --batch-size 16)
 # resized, 30 epochs, BCE+Dice, the split's own 29 % defective draws (above the 0.25 floor), validation every
 # epoch, val-f1 threshold. Row `defaults` ran when 256 was the default size (pinned here so a rerun reproduces it);
 # `defaults-size128` at 128, the default since (--size 128 kept explicit for the same reason).
-train_row $R/magnetic-tile defaults --data "$MT" --split-file "$MT/split-70-15-15.json" --size 256
-train_row $R/magnetic-tile defaults-size128 --data "$MT" --split-file "$MT/split-70-15-15.json" --size 128
+# cheapmix-m was the default model then: pinned (with --model) so a rerun reproduces these rows.
+train_row $R/magnetic-tile defaults --data "$MT" --split-file "$MT/split-70-15-15.json" --size 256 --model cheapmix-m
+train_row $R/magnetic-tile defaults-size128 --data "$MT" --split-file "$MT/split-70-15-15.json" --size 128 \
+    --model cheapmix-m
 
 # Magnetic tile: the default model on the whole tile resized to 128x128 (about half scale), 40 epochs.
 train_row $R/magnetic-tile long-resize128 "${MT_SPLIT[@]}" --model cheapmix-m --lr 0.01 --epochs 40 --size 128 \
@@ -92,9 +94,9 @@ train_row $R/magnetic-tile unet-mobilenetv1 "${MT_SPLIT[@]}" --model unet-mobile
 train_row $R/neu-seg neu-mix --data "$NEU" --model cheapmix-m --size 192 --loss ce --lr 0.01 --epochs 6 --batch-size 16 \
     --set train.eval_every=2 --set train.monitor=miou --set infer.threshold_from=fixed --set train.prior_init=false
 # NEU-Seg with every default but the size (cheapmix-m, bce-dice, val-f1 threshold), 6 epochs.
-train_row $R/neu-seg neu-default --data "$NEU" --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
+train_row $R/neu-seg neu-default --data "$NEU" --model cheapmix-m --size 192 --epochs 6 --batch-size 16 --set train.eval_every=2
 # The same at 128x128 (the size that did better on magnetic tile's pure defaults).
-train_row $R/neu-seg neu-default-size128 --data "$NEU" --size 128 --epochs 6 --batch-size 16 --set train.eval_every=2
+train_row $R/neu-seg neu-default-size128 --data "$NEU" --model cheapmix-m --size 128 --epochs 6 --batch-size 16 --set train.eval_every=2
 
 # NEU-Seg with the other models of the magnetic-tile table at 192x192 (bf16 on a CPU with native bf16, the default
 # since 2026-11-30; the two rows above ran in float32): the paper recipes for 6 epochs like the rows above, then

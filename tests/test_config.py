@@ -242,4 +242,6 @@ def test_a_models_recipe_lies_under_presets_files_and_options(tmp_path):
     assert C.resolve(preset="transfer", sets={"train": {"iterations": None}}).train.iterations is None
     short = C.resolve(preset="transfer", overrides={"train": {"epochs": 3}})  # epochs asked for: not 900 steps
     assert (short.train.epochs, short.train.iterations) == (3, None)
-    assert C.resolve().train.optimizer == "adam" and model_recipe("cheapmix-m") == {}  # the defaults' own model
+    assert C.resolve() == lite  # the default model, with its recipe
+    plain = C.resolve(overrides={"model": {"name": "cheapmix-m"}})  # a model without a recipe: the fields' defaults
+    assert plain.train.optimizer == "adam" and plain.data.size == 128 and model_recipe("cheapmix-m") == {}

@@ -117,7 +117,7 @@ def test_unet_lite0_is_pretrained_by_default_and_not_with_pretrained_false():
     torch.testing.assert_close(pair.encoder.stem.conv.weight, gray.encoder.stem.conv.weight.repeat(1, 2, 1, 1) / 2)
 
 
-def test_probabilities_multiply_the_image_head_into_the_defect_classes():
+def test_probabilities_cap_the_defect_classes_at_the_image_head():
     from scipy.special import expit, softmax
 
     from defectseg.predictor import probabilities
@@ -127,12 +127,15 @@ def test_probabilities_multiply_the_image_head_into_the_defect_classes():
     binary[:, 1] = np.array([2.0, -1.0], np.float32)[:, None, None]  # the image logit, constant over the image
     p = probabilities(binary, image_head=True)
     assert p.shape == (2, 1, 4, 5)
-    np.testing.assert_allclose(p[:, 0], expit(binary[:, 0]) * expit(binary[:, 1]), rtol=1e-6)
+    np.testing.assert_allclose(p[:, 0], np.minimum(expit(binary[:, 0]), expit(binary[:, 1])), rtol=1e-6)
     multi = rng.normal(size=(1, 4, 3, 3)).astype(np.float32)  # 3 classes and the image logit
-    multi[:, 3] = 0.7
+    multi[:, 3] = -0.5
     q = probabilities(multi, image_head=True)
     s = softmax(multi[:, :3], axis=1)
-    np.testing.assert_allclose(q[:, 1:], s[:, 1:] * expit(multi[0, 3, 0, 0]), rtol=1e-5)
+    cap = expit(-0.5)
+    want_defect = np.minimum(1 - s[:, 0], cap)
+    np.testing.assert_allclose(1 - q[:, 0], want_defect, rtol=1e-5)
+    np.testing.assert_allclose(q[:, 1] / q[:, 2], s[:, 1] / s[:, 2], rtol=1e-4)  # the classes keep their ratio
     np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(probabilities(binary[:, :1]), expit(binary[:, :1]))  # no head: as before
 
@@ -198,4 +201,4 @@ def test_unet_lite0_with_its_image_head_trains_predicts_and_exports(tmp_path: Pa
     logits = eager.segmenter.logits(np.stack([img[None] for img in images]))
     assert logits.shape[1] == 2  # the defect logit and the image logit
     p = probabilities(logits, image_head=True)
-    assert (p.max((1, 2, 3)) <= 1 / (1 + np.exp(-logits[:, 1, 0, 0])) + 1e-6).all()
+    assert (p.max((1, 2, 3)) <= 1 / (1 + np.exp(-logits[:, 1, 0, 0])) + 1e-6).all()  # capped at the image's

@@ -60,11 +60,16 @@ def make_subset(dst: Path, scale: float = 0.5, free_per_defective: int = 1) -> P
 def test_default_model_learns_magnetic_tile(tmp_path):
     data = tmp_path / "mt"
     split_file = make_subset(data)
-    cfg = C.RunConfig()  # the defaults a user gets, but for the data, its size, the length and the output folder
-    cfg.data.root, cfg.data.split_file = str(data), str(split_file)
-    cfg.data.size = 128  # the downsized tiles are about 135 x 160
-    cfg.train.epochs, cfg.train.eval_every = 12, 4
-    cfg.out_dir, cfg.name = str(tmp_path / "runs"), "learn"
+    # the defaults a user gets (the default model with its recipe), but for the data, its size, the length and the
+    # output folder
+    cfg = C.resolve(
+        overrides={
+            "name": "learn",
+            "out_dir": str(tmp_path / "runs"),
+            "data": {"root": str(data), "split_file": str(split_file), "size": 128},  # the tiles are about 135 x 160
+            "train": {"epochs": 4, "eval_every": 2},
+        }
+    )
     result = train(cfg, quiet=True)
     m = result.test_metrics
     print(

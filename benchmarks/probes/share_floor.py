@@ -30,6 +30,7 @@ with tempfile.TemporaryDirectory() as tmp:
     for seed in (0, 1):
         for share in (None, 0.25, 0.5):
             cfg = C.RunConfig()
+            cfg.model.name = "cheapmix-m"  # the default model when this probe ran
             cfg.data.root, cfg.data.split_file, cfg.data.size = str(data), str(split_file), 128
             cfg.data.defective_images, cfg.data.defective_share = 30, share
             cfg.train.epochs, cfg.train.eval_every, cfg.train.seed = 12, 4, seed

@@ -48,6 +48,7 @@ with tempfile.TemporaryDirectory() as tmp:
     for seed in (0, 1):
         for keep in (True, False):
             cfg = C.RunConfig()
+            cfg.model.name = "cheapmix-m"  # the default model when this probe ran
             cfg.data.root, cfg.data.split_file, cfg.data.size = str(data), str(data / "split.json"), 128
             cfg.data.keep_aspect = keep
             cfg.train.epochs, cfg.train.eval_every, cfg.train.seed = 15, 5, seed

@@ -101,20 +101,24 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 
 def probabilities(logits: np.ndarray, image_head: bool = False) -> np.ndarray:
     """(B, K, h, w) logits -> sigmoid (K == 1) or softmax over K, float32. With an image head the last of K + 1
-    channels is the image logit: the defect probabilities are multiplied by the image's probability (a pixel is a
-    defect when it looks like one and the image looks defective), background taking the rest. So the one
-    post-processing step, its thresholds and the image score (the highest defect probability) all see the image
-    head, with nothing downstream to change."""
+    channels is the image logit, and no pixel is more likely a defect than its image is defective: the defect
+    probability (1 - background) is capped at the image's probability, background taking the rest. A defective
+    image the head is sure of keeps its map; on an image the head calls good every pixel falls below the threshold.
+    So the one post-processing step, its thresholds and the image score (the highest defect probability, at most the
+    image's) all see the image head, with nothing downstream to change. (Multiplying instead of capping lowered the
+    defect pixels of every image the head was less than sure of: test defect IoU 0.609 against 0.616 capped, pixel
+    AP 0.838 against 0.858, same image AUROC; docs/results.md.)"""
     image = None
     if image_head:
         image = expit(logits[:, -1:].mean((2, 3), keepdims=True)).astype(np.float32)  # (B, 1, 1, 1)
         logits = logits[:, :-1]
     if logits.shape[1] == 1:
         p = expit(logits).astype(np.float32, copy=False)
-        return p if image is None else p * image
+        return p if image is None else np.minimum(p, image)
     p = softmax(logits, axis=1).astype(np.float32, copy=False)
     if image is not None:
-        p[:, 1:] *= image
+        defect = 1.0 - p[:, :1]
+        p[:, 1:] *= np.minimum(1.0, image / np.maximum(defect, 1e-12))  # scale the classes down to the cap
         p[:, 0] = 1.0 - p[:, 1:].sum(1)
     return p
 

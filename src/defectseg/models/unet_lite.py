@@ -13,7 +13,7 @@ KolektorSDD have: the deepest features (320 channels at stride 32) and the segme
 and by max over the image, into one linear layer. The segmentation logits enter detached, so the image loss trains
 the head and the encoder without bending the segmentation. Its logit is one more output channel, constant over the
 image: logits (B, num_classes + 1, H, W). Training scores it against the image label (`step.TrainStep`); the
-Predictor multiplies its probability into the defect probabilities (`predictor.probabilities`).
+Predictor caps the defect probabilities at its probability (`predictor.probabilities`).
 """
 
 from __future__ import annotations
