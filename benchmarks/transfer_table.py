@@ -18,6 +18,9 @@ ROWS = [
     ("magnetic-tile", "transfer-head-seed0"),
     ("magnetic-tile", "transfer-head-seed1"),
     ("magnetic-tile", "transfer-head-seed2"),
+    ("magnetic-tile", "transfer-headd-seed0"),
+    ("magnetic-tile", "transfer-headd-seed1"),
+    ("magnetic-tile", "transfer-headd-seed2"),
     ("magnetic-tile", "transfer-scratch-seed0"),
     ("neu-seg", "transfer"),
     ("dagm-samples", "transfer"),
@@ -48,7 +51,7 @@ def main() -> None:
         cells = [f"{m.get(k, float('nan')):.3f}" for k in COLUMNS]
         print(f"| {dataset} | {name} | " + " | ".join(cells) + f" | {m['seconds']:.0f} |")
     print()
-    for recipe in ("transfer-seed", "transfer-head-seed"):
+    for recipe in ("transfer-seed", "transfer-head-seed", "transfer-headd-seed"):
         runs = [m for (d, n), m in found.items() if d == "magnetic-tile" and n.startswith(recipe)]
         if len(runs) < 2:
             continue
