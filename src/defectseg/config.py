@@ -139,8 +139,9 @@ def resize_hw(data: DataConfig) -> tuple[int, int]:
 
 @dataclass
 class ModelConfig:
-    # unet-lite0 (ImageNet-pretrained encoder, with its recipe) learned every real set best in about 13 minutes of
-    # two cores (docs/results.md); the other fields' defaults are how the models without a recipe were measured
+    # unet-lite0 (ImageNet-pretrained encoder, with its recipe) learned every real set here best (12.5 minutes of
+    # two cores on magnetic tile; docs/results.md); the other fields' defaults are how the models without a recipe
+    # were measured
     name: str = setting("unet-lite0", names=list_models)
     options: dict[str, Any] = field(default_factory=dict)
     # None: derived (1 logit for binary unless the loss is "ce")

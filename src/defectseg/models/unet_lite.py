@@ -34,8 +34,7 @@ VARIANTS: dict[str, tuple[int, ...]] = {"unet-lite0": (96, 64, 48, 32, 16)}
 
 # How unet-lite0 trains (config sections, under anything the user sets; docs/results.md): 192², AdamW with the
 # pretrained encoder at a quarter of the decoder's learning rate and frozen (BatchNorm too) in the first epoch, a
-# fixed number of steps rather than epochs, so a training takes about the same time whatever the set's size (about
-# 13 minutes on two cores at 192²).
+# fixed number of steps rather than epochs (12.5 minutes on two cores on magnetic tile; docs/results.md).
 RECIPE = {
     "data": {"size": 192},
     "model": {"freeze_encoder_epochs": 1},
