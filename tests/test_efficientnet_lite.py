@@ -202,3 +202,24 @@ def test_unet_lite0_with_its_image_head_trains_predicts_and_exports(tmp_path: Pa
     assert logits.shape[1] == 2  # the defect logit and the image logit
     p = probabilities(logits, image_head=True)
     assert (p.max((1, 2, 3)) <= 1 / (1 + np.exp(-logits[:, 1, 0, 0])) + 1e-6).all()  # capped at the image's
+
+
+def test_a_checkpoint_rebuilds_unet_lite0_without_reading_the_imagenet_file(tmp_path: Path, monkeypatch):
+    """The checkpoint holds every weight: rebuilding the model from it must not read and fold the package's file
+    only to overwrite it (predict, serve, evaluate and resume all rebuild)."""
+    from defectseg import config as C
+    from defectseg.checkpoint import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+    from defectseg.models import efficientnet_lite
+
+    cfg = C.resolve(preset="transfer")
+    model = build_model(cfg, 1)  # pretrained: reads the file
+    path = save_checkpoint(tmp_path / "m.pt", {"config": cfg.to_dict(), "num_classes": 1, "model": model.state_dict()})
+    reads = []
+    real = efficientnet_lite.lite0_weights
+    monkeypatch.setattr(efficientnet_lite, "lite0_weights", lambda *a: reads.append(a) or real(*a))
+    rebuilt, _ = model_from_checkpoint(load_checkpoint(path))
+    assert not reads
+    for k, v in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[k], v), k
+    build_model(cfg, 1)
+    assert len(reads) == 1  # a fresh model still starts from ImageNet

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import config as C
-from .models import PixelModel, create_model
+from .models import PixelModel, create_model, model_defaults
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -110,9 +110,14 @@ def input_channels(cfg: C.RunConfig) -> int:
     return cfg.data.channels * (2 if cfg.data.reference else 1)
 
 
-def build_model(cfg: C.RunConfig, num_classes: int) -> PixelModel:
-    """The configured network wrapped with its normalisation: raw pixel values in, logits out."""
-    net = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=num_classes, **cfg.model.options)
+def build_model(cfg: C.RunConfig, num_classes: int, pretrained: bool = True) -> PixelModel:
+    """The configured network wrapped with its normalisation: raw pixel values in, logits out. pretrained=False
+    when the weights are about to come from a checkpoint: a pretrained encoder's file is then not read and folded
+    only to be overwritten (a model's `pretrained` option, where it has one)."""
+    options = dict(cfg.model.options)
+    if not pretrained and "pretrained" in model_defaults(cfg.model.name):
+        options["pretrained"] = False
+    net = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=num_classes, **options)
     # A pretrained encoder brings its own input normalisation (ImageNet's, in its stem): data.mean/std are not its.
     mean, std = getattr(net, "input_norm", (cfg.data.mean, cfg.data.std))
     return PixelModel(net, mean, std)
@@ -129,7 +134,7 @@ def load_weights(model: PixelModel, state: dict[str, torch.Tensor]) -> None:
 def model_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint") -> tuple[PixelModel, C.RunConfig]:
     """Rebuild the model a checkpoint was trained with and load its weights (eval mode, CPU)."""
     cfg = C.from_dict(ckpt["config"])
-    model = build_model(cfg, ckpt["num_classes"])
+    model = build_model(cfg, ckpt["num_classes"], pretrained=False)
     try:
         load_weights(model, ckpt["model"])
     except (RuntimeError, KeyError) as exc:

@@ -231,7 +231,7 @@ class Trainer:
     def _build_model(self, ckpt: dict[str, Any] | None) -> None:
         cfg, world = self.cfg, self.world
         self.n_logits = num_logits(cfg, self.spec.class_names)
-        self.model = build_model(cfg, self.n_logits)
+        self.model = build_model(cfg, self.n_logits, pretrained=ckpt is None)  # a resumed run has its weights
         m = self.model.size_multiple
         if cfg.data.crop and cfg.data.crop % m:
             raise ValueError(

@@ -24,7 +24,15 @@ from .classifier import MobileNetV2Classifier, VGGClassifier
 
 # isort: on
 from .layers import adapt_stem_weight
-from .registry import create_model, has_image_head, list_models, model_recipe, model_task, register_model
+from .registry import (
+    create_model,
+    has_image_head,
+    list_models,
+    model_defaults,
+    model_recipe,
+    model_task,
+    register_model,
+)
 
 
 class PixelModel(nn.Module):
@@ -132,6 +140,7 @@ __all__ = [
     "list_models",
     "has_image_head",
     "model_recipe",
+    "model_defaults",
     "model_task",
     "register_model",
     "load_encoder_weights",

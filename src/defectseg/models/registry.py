@@ -8,7 +8,15 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["create_model", "has_image_head", "list_models", "model_recipe", "model_task", "register_model"]
+__all__ = [
+    "create_model",
+    "has_image_head",
+    "list_models",
+    "model_defaults",
+    "model_recipe",
+    "model_task",
+    "register_model",
+]
 
 # name -> (builder, default options, task). Variants are rows, not subclasses.
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {}
@@ -52,11 +60,16 @@ def model_recipe(name: str) -> dict[str, Any]:
     return _RECIPES[name]
 
 
+def model_defaults(name: str) -> dict[str, Any]:
+    """The options `create_model(name)` builds with when none are given."""
+    _check_name(name)
+    return dict(_REGISTRY[name][1])
+
+
 def has_image_head(name: str, options: dict[str, Any] | None = None) -> bool:
     """Whether the model `create_model(name, **options)` builds outputs an image logit as its last channel (the
     `image_head` option, e.g. unet-lite0's)."""
-    _check_name(name)
-    return bool({**_REGISTRY[name][1], **(options or {})}.get("image_head", False))
+    return bool({**model_defaults(name), **(options or {})}.get("image_head", False))
 
 
 def _check_name(name: str) -> None:

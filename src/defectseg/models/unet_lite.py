@@ -102,4 +102,4 @@ class UNetLite0(nn.Module):
 
 
 for _name, _widths in VARIANTS.items():
-    register_model(_name, UNetLite0, {"decoder": _widths}, recipe=RECIPE)
+    register_model(_name, UNetLite0, {"decoder": _widths, "pretrained": True}, recipe=RECIPE)
