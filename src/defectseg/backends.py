@@ -117,11 +117,17 @@ def load_net(
             f"backend torch needs a .pt checkpoint but got {path}; use --backend onnxruntime (or auto) for .onnx files"
         )
     if backend == "torch":
-        ckpt = load_checkpoint(path)
-        cfg, num_classes, names, task = checkpoint_fields(ckpt, path)
-        model, _ = model_from_checkpoint(ckpt, source=path)
+        _, model, (cfg, num_classes, names, task) = _read_pt(path)
         return torch_net(model, cfg, num_classes, names, task, device, dtype, channels_last, source=path)
     return _onnx_net(path, device, dtype, threads)
+
+
+def _read_pt(path: Path) -> tuple[dict[str, Any], Any, tuple[C.RunConfig, int, list[str], str]]:
+    """A .pt checkpoint, the model it names with its weights, and its (config, logits, class names, task)."""
+    ckpt = load_checkpoint(path)
+    fields = checkpoint_fields(ckpt, path)
+    model, _ = model_from_checkpoint(ckpt, source=path)
+    return ckpt, model, fields
 
 
 def torch_net(
@@ -272,9 +278,7 @@ def _exported_net(path: Path, threads: int | None) -> Net:
     """backend "auto" for a .pt on the CPU: export its model after `fuse.fuse_for_inference` to a temporary ONNX
     file, check the logits against the checkpoint's PyTorch model on a random image, and run ONNX Runtime; falls back
     to PyTorch (with `note` saying why) when onnxruntime is missing, the export fails or the logits differ."""
-    ckpt = load_checkpoint(path)
-    cfg, num_classes, names, task = checkpoint_fields(ckpt, path)
-    model, _ = model_from_checkpoint(ckpt, source=path)
+    ckpt, model, (cfg, num_classes, names, task) = _read_pt(path)
 
     def on_torch(why: str) -> Net:  # built only when ONNX Runtime is not used
         net = torch_net(model, cfg, num_classes, names, task, "cpu", source=path)
