@@ -1,10 +1,14 @@
 """Data layer: dataset layouts, the embedded synthetic default, splits, statistics and augmentation.
 
-spec = load_dataset("../shared/data/magnetic-tile")          # DatasetSpec: samples + class names
-split = make_split(spec.samples, seed=0)                      # or load_split(".../split.json")
-ds = SegmentationDataset(select(spec, split["train"]), size=(256, 256), num_classes=spec.num_classes)
-aug = Augmenter("light", seed=0)                              # on-device, image and mask together
-images, skipped = find_images(["photos/"])                    # files and folders -> images to predict
+In short (every name below is re-exported here)::
+
+    spec = load_dataset("../shared/data/magnetic-tile")          # DatasetSpec: samples + class names
+    split = make_split(spec.samples, seed=0)                      # or load_split(".../split.json")
+    ds = SegmentationDataset(select(spec, split["train"]), size=(256, 256), num_classes=spec.num_classes)
+    aug = Augmenter("light", seed=0)                              # on-device, image and mask together
+    images, skipped = find_images(["photos/"])                    # files and folders -> images to predict
+
+See docs/formats.md for the layouts.
 """
 
 from .dataset import SegmentationDataset, WithReference, group_references, infer_channels, load_pair, resize_pair
