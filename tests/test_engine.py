@@ -461,6 +461,26 @@ def test_epoch_order_oversamples_defective_images():
     assert sorted(rundata.epoch_order(20, mostly, 0.5, torch.Generator().manual_seed(0))) == list(range(20))
 
 
+def test_epoch_order_draws_a_tiny_set_several_times():
+    defective = [True] * 2 + [False] * 4
+    order = rundata.epoch_order(6, defective, 0.5, torch.Generator().manual_seed(0), draws=30)
+    assert len(order) == 30 and sum(defective[i] for i in order) == 15 and set(order) == set(range(6))
+    plain = rundata.epoch_order(6, None, None, torch.Generator().manual_seed(0), draws=14)
+    assert len(plain) == 14 and sorted(plain[:12]) == sorted(list(range(6)) * 2)  # whole passes first
+    same = rundata.epoch_order(6, None, None, torch.Generator().manual_seed(0))
+    assert same == torch.randperm(6, generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def test_step_counted_run_on_a_tiny_set_validates_per_group_of_steps(tiny_data, tmp_path, monkeypatch):
+    # 2 steps per pass over the training images; 12 steps in at most 4 epochs: each epoch is 3 steps (48 draws)
+    monkeypatch.setattr(trainer, "STEP_EPOCHS", 4)
+    cfg = _cfg(tiny_data, tmp_path, "steps", epochs=1, iterations=12, batch_size=16)
+    res = trainer.train(cfg, quiet=True)
+    rows = list(csv.DictReader(open(tmp_path / "steps" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4] and all(r["val_defect_iou"] for r in rows)
+    assert checkpoint.load_checkpoint(res.last)["step"] == 12
+
+
 def test_crop_training_evaluates_at_native_resolution(tiny_data, tmp_path):
     cfg = _cfg(tiny_data, tmp_path, "crop", epochs=1)
     cfg.data.crop, cfg.data.defective_share = 16, 0.5

@@ -77,25 +77,30 @@ def split_dataset(
     return ds if refs is None else WithReference(ds, refs)
 
 
-def epoch_order(n: int, defective: Sequence[bool] | None, share: float | None, gen: torch.Generator) -> list[int]:
-    """The n draws of one epoch: a permutation of range(n), or, with `share`, at least round(share * n) draws of
-    defective images and the rest of defect-free ones (each group permuted, repeated as needed), shuffled together:
-    rare defects are seen as often as asked without dropping any defect-free image more than the count requires.
-    `share` is a floor: where defective images already make up more of the split, the epoch is a permutation."""
-    if share is None or defective is None:
-        return torch.randperm(n, generator=gen).tolist()
-    pos = [i for i in range(n) if defective[i]]
-    neg = [i for i in range(n) if not defective[i]]
-    if not pos or not neg:
-        return torch.randperm(n, generator=gen).tolist()
+def epoch_order(
+    n: int, defective: Sequence[bool] | None, share: float | None, gen: torch.Generator, draws: int | None = None
+) -> list[int]:
+    """The draws of one epoch from a set of n images: a permutation of range(n), or, with `share`, at least
+    round(share * draws) draws of defective images and the rest of defect-free ones (each group permuted, repeated
+    as needed), shuffled together: rare defects are seen as often as asked without dropping any defect-free image
+    more than the count requires. `share` is a floor: where defective images already make up more of the split,
+    the epoch is a permutation. draws (default n): more than n repeats the set in fresh permutations (a
+    step-counted run on a tiny set draws it several times per epoch)."""
+    m = n if draws is None else draws
+    if not n:
+        return []
 
     def draw(pool: list[int], k: int) -> list[int]:
         reps = -(-k // len(pool))
         return [pool[j] for r in range(reps) for j in torch.randperm(len(pool), generator=gen).tolist()][:k]
 
-    k = max(round(share * n), len(pos))  # a floor: never fewer defective draws than the split holds
-    picks = draw(pos, k) + draw(neg, n - k)
-    return [picks[j] for j in torch.randperm(n, generator=gen).tolist()]
+    pos = [] if defective is None else [i for i in range(n) if defective[i]]
+    if share is None or not pos or len(pos) == n:
+        return draw(list(range(n)), m)
+    neg = [i for i in range(n) if not defective[i]]
+    k = max(round(share * m), min(len(pos), m))  # a floor: never fewer defective draws than the split holds
+    picks = draw(pos, k) + draw(neg, m - k)
+    return [picks[j] for j in torch.randperm(m, generator=gen).tolist()]
 
 
 def load_run_data(cfg: C.RunConfig, run_dir: Path, resumed: bool, main: bool = True) -> RunData:

@@ -124,6 +124,8 @@ class RunResult:
 
 
 NATIVE_TILE = 1024
+# A run counted in steps (train.iterations) has at most this many epochs, each validated and checkpointed.
+STEP_EPOCHS = 50
 
 
 def init_head_prior(head: nn.Module, counts: np.ndarray) -> bool:
@@ -252,8 +254,16 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         shard = len(self.train_set) // world.world if world.world > 1 else len(self.train_set)
         self.steps_per_epoch = max(1, math.ceil(shard / cfg.train.batch_size))
+        self.draws = len(self.train_set)  # per epoch, before sharding
         self.epochs = cfg.train.epochs
         if cfg.train.iterations:
+            # On a tiny set every step would be an epoch, validated and checkpointed (900 of them for 6 images,
+            # most of the run's time): an epoch of a step-counted run is at least 1/STEP_EPOCHS of its steps,
+            # drawing the set several times.
+            floor = math.ceil(cfg.train.iterations / STEP_EPOCHS)
+            if floor > self.steps_per_epoch:
+                self.steps_per_epoch = floor
+                self.draws = floor * cfg.train.batch_size * world.world
             self.epochs = math.ceil(cfg.train.iterations / self.steps_per_epoch)
         total_steps = cfg.train.iterations or self.epochs * self.steps_per_epoch
         opt = OPTIMIZERS[cfg.train.optimizer](cfg.train, param_groups(self.model, cfg.train))
@@ -331,7 +341,11 @@ class Trainer:
         epoch_seed = cfg.train.seed * 100003 + epoch
         torch.manual_seed(epoch_seed)
         order = epoch_order(
-            len(self.train_set), self.defective, cfg.data.defective_share, torch.Generator().manual_seed(epoch_seed)
+            len(self.train_set),
+            self.defective,
+            cfg.data.defective_share,
+            torch.Generator().manual_seed(epoch_seed),
+            self.draws,
         )
         if world.world > 1:
             order = order[world.rank : world.world * (len(order) // world.world) : world.world]
