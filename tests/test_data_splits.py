@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from defectseg.data import Sample, load_split, make_split, save_split, select
+from defectseg.cli import app
+from defectseg.data import Sample, load_dataset, load_split, make_split, save_split, select
+from defectseg.data.io import write_png
+from defectseg.data.splits import largest_remainder, split_counts, split_warnings
 
 
 def samples(groups=(("A", 100, 20), ("B", 60, 0), ("C", 35, 7)), split=None, root=Path("/d")):
@@ -111,3 +117,69 @@ def test_select():
 def test_bad_fractions():
     with pytest.raises(ValueError):
         make_split(samples(), fractions=(0.5, 0.5))
+
+
+def test_largest_remainder_sums_to_the_total():
+    assert largest_remainder(392, (0.7, 0.15, 0.15)) == [274, 59, 59]
+    assert largest_remainder(952, (0.7, 0.15, 0.15)) == [666, 143, 143]
+    assert largest_remainder(3, (0.7, 0.15, 0.15)) == [2, 1, 0]  # make_split then promises test one too
+    assert largest_remainder(0, (0.7, 0.15, 0.15)) == [0, 0, 0]
+
+
+def _parts_layout(root: Path, folders: int, per: int, defective_in) -> Path:
+    """A generic layout: images/<part>/<i>.png + masks/<part>/<i>.png; defective_in(part) defective images first."""
+    rng = np.random.default_rng(0)
+    for f in range(folders):
+        for i in range(per):
+            write_png(root / "images" / f"kos{f:02d}" / f"{i}.png", rng.integers(0, 255, (16, 16), dtype=np.uint8))
+            mask = np.zeros((16, 16), np.uint8)
+            if i < defective_in(f):
+                mask[4:8, 4:8] = 255
+            write_png(root / "masks" / f"kos{f:02d}" / f"{i}.png", mask)
+    return root
+
+
+def test_parts_stay_whole_and_val_and_test_get_defects(tmp_path):
+    # 50 folders of 8 images, one or two defective in each (52 in all): the layout whose val and test once held
+    # no defective image, with one part's images spread over all three splits
+    root = _parts_layout(tmp_path / "parts", 50, 8, lambda f: 2 if f < 2 else 1)
+    spec = load_dataset(root)
+    assert {s.part for s in spec.samples} == {f"kos{f:02d}" for f in range(50)}
+    for seed in range(5):
+        split = make_split(spec, (0.7, 0.15, 0.15), seed=seed)
+        where = {k: name for name, keys in split.items() for k in keys}
+        for f in range(50):  # every part in one split
+            assert len({where[f"images/kos{f:02d}/{i}.png"] for i in range(8)}) == 1, (seed, f)
+        counts = split_counts(spec, split)
+        assert [counts[k]["defective"] for k in ("train", "val", "test")] in ([36, 8, 8], [37, 8, 7], [37, 7, 8])
+        assert sum(c["parts"] for c in counts.values()) == 50 and min(c["parts"] for c in counts.values()) >= 7
+        assert not split_warnings(counts)
+    alone = make_split(spec, (0.7, 0.15, 0.15), seed=0, keep_parts=False)
+    where = {k: name for name, keys in alone.items() for k in keys}
+    assert any(len({where[f"images/kos{f:02d}/{i}.png"] for i in range(8)}) > 1 for f in range(50))
+
+
+def test_three_defective_images_give_val_and_test_one_each():
+    s = samples((("A", 40, 3),))
+    split = make_split(s, (0.7, 0.15, 0.15), seed=0)
+    counts = split_counts(s, split)
+    assert [counts[k]["defective"] for k in ("train", "val", "test")] == [1, 1, 1]
+    two = split_counts(samples((("A", 40, 2),)), make_split(samples((("A", 40, 2),)), seed=0))
+    lines = split_warnings(two)
+    assert any("has no defective image" in x for x in lines) and "2 defective image(s) in all" in lines[-1]
+    none = split_warnings(split_counts(samples((("A", 20, 0),)), make_split(samples((("A", 20, 0),)))))
+    assert len(none) == 1 and "holds no defective image" in none[0]
+
+
+def test_data_split_prints_and_writes_the_split(tmp_path):
+    root = _parts_layout(tmp_path / "parts", 10, 4, lambda f: 1)
+    out = tmp_path / "split.json"
+    res = CliRunner().invoke(app, ["data", "split", str(root), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    split = load_split(out)
+    counts = split_counts(load_dataset(root), split)
+    for name in ("train", "val", "test"):
+        c = counts[name]
+        assert re.search(rf"{name}\s*│\s*{c['images']}\s*│\s*{c['defective']}\s*│\s*{c['parts']}", res.output)
+    again = CliRunner().invoke(app, ["data", "split", str(root), "--out", str(out)])
+    assert again.exit_code == 1 and "--overwrite" in again.output

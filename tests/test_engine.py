@@ -159,7 +159,7 @@ def test_nan_loss_stops_and_keeps_last_good(tiny_data, tmp_path, monkeypatch):
         def forward(self, logits, target):
             calls["n"] += 1
             loss = self.inner(logits, target)
-            return loss * float("nan") if calls["n"] > 2 else loss  # epoch 1 has 2 steps (8 images, batch 4)
+            return loss * float("nan") if calls["n"] > 3 else loss  # epoch 1 has 3 steps (10 images, batch 4)
 
     monkeypatch.setattr(trainer, "build_loss", lambda *a, **k: Poisoned(real(*a, **k)))
     with pytest.raises(trainer.TrainingError, match="loss became nan.*epoch 2"):

@@ -111,6 +111,9 @@ class DataConfig:
         ok=lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
         say="three non-negative fractions (train, val, test) summing to 1",
     )
+    # keep each part's images in one split (a part: a generic layout's sub-folder, Kolektor's kosNN); false deals
+    # every image alone, the sub-folders then balanced across splits like defect types
+    keep_parts: bool = True
     augment: str = setting("light", names=lambda: transforms.PRESETS)  # none | light | strong
     # auto (each format's own) | gt0 | gt127 | ids (data/io.py says which is which)
     mask_rule: str = setting("auto", names=("auto", "gt0", "gt127", "ids"))

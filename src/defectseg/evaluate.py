@@ -332,7 +332,7 @@ def evaluate_checkpoint(
     elif run_split.is_file() and (data is None or Path(data).resolve() == Path(cfg.data.root).resolve()):
         split = load_split(run_split)
     else:
-        split = make_split(spec.samples, cfg.data.fractions, seed=cfg.train.seed)
+        split = make_split(spec.samples, cfg.data.fractions, cfg.train.seed, cfg.data.keep_parts)
     if split_name not in split:
         raise ValueError(f"split {split_name!r} not found; choose one of {', '.join(split)}")
     pool = select(spec, split["train"]) if "train" in split else spec.samples

@@ -17,7 +17,7 @@ import torch
 from . import config as C
 from .data import DatasetSpec, SegmentationDataset, WithReference, load_dataset
 from .data.io import defect_pixels, image_size
-from .data.splits import load_split, make_split, save_split, select, with_known_defect
+from .data.splits import load_split, make_split, save_split, select, split_counts, split_warnings, with_known_defect
 from .evaluate import EvalSet, eval_set, split_images
 
 __all__ = ["RunData", "aspect_shape", "epoch_order", "load_run_data", "prepare_split", "split_dataset"]
@@ -37,6 +37,7 @@ class RunData:
     defective: list[bool] | None  # per training image, when data.defective_share draws by it
     eval_sets: dict[str, EvalSet]  # "val", "test"
     skipped: list[tuple[str, str]]  # (file, why) of what data.skip_bad left out
+    counts: dict[str, dict[str, int]]  # per split: images, defective, parts (`data.splits.split_counts`)
 
 
 def prepare_split(cfg: C.RunConfig, spec: DatasetSpec, run_dir: Path | None) -> dict[str, list[str]]:
@@ -46,7 +47,7 @@ def prepare_split(cfg: C.RunConfig, spec: DatasetSpec, run_dir: Path | None) -> 
         return load_split(existing)
     if cfg.data.split_file:
         return load_split(cfg.data.split_file)
-    return make_split(spec.samples, cfg.data.fractions, seed=cfg.train.seed)
+    return make_split(spec.samples, cfg.data.fractions, cfg.train.seed, cfg.data.keep_parts)
 
 
 def aspect_shape(sizes: Sequence[tuple[int, int]], size: int) -> tuple[int, int] | None:
@@ -145,9 +146,11 @@ def load_run_data(cfg: C.RunConfig, run_dir: Path, resumed: bool, main: bool = T
     }
     sets = {"train": getattr(train_set, "dataset", train_set), **{n: ev.dataset for n, ev in eval_sets.items()}}
     skipped = check_files(sets, spec, cfg.data.skip_bad)
-    if cfg.train.task == "segment":
-        warn_without_defects(eval_sets)
-    return RunData(spec, split, train_set, defective, eval_sets, skipped)
+    counts = split_counts(spec, split)
+    if cfg.train.task == "segment" and main:  # said before the first epoch: what this run can measure
+        for line in split_warnings(counts):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
+    return RunData(spec, split, train_set, defective, eval_sets, skipped, counts)
 
 
 def _training_samples(cfg: C.RunConfig, pool: list) -> list:
@@ -164,25 +167,6 @@ def _training_samples(cfg: C.RunConfig, pool: list) -> list:
         if not train:
             raise ValueError("the training split holds no defect-free image to train on (data.defect_free_only)")
     return train
-
-
-def warn_without_defects(eval_sets: dict[str, EvalSet]) -> None:
-    """Say so when the validation or test split holds no defective image (its masks are decoded and cached
-    by now): best.pt, the threshold and the test figures would then be chosen on, or say, nothing."""
-    for name, ev in eval_sets.items():
-        ds, n = ev.dataset, len(ev.dataset.samples)
-        if 0 < n <= CHECK_DECODE_LIMIT and not any(defect_pixels(ds.arrays(i)[1]).any() for i in range(n)):
-            what = (
-                "best.pt and the threshold would be chosen on nothing"
-                if name == "val"
-                else "the test figures would say nothing about defects"
-            )
-            print(
-                f"warning: the {name} split has no defective image among its {n}: {what}; add defective "
-                "images, or give more of them to it (data.fractions, --split-file)",
-                file=sys.stderr,
-                flush=True,
-            )
 
 
 def check_files(sets: dict[str, SegmentationDataset], spec: DatasetSpec, skip_bad: bool) -> list[tuple[str, str]]:

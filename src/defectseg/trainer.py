@@ -33,6 +33,7 @@ from .checkpoint import build_model, load_checkpoint, load_weights, model_from_c
 from .data.dataset import RandomCrops
 from .data.defects import CopyPaste, SyntheticDefects
 from .data.io import IGNORE_INDEX
+from .data.splits import describe_split
 from .data.stats import class_pixel_counts, median_frequency_weights
 from .data.transforms import Augmenter
 from .evaluate import calibrate_threshold, evaluate_model
@@ -228,7 +229,7 @@ class Trainer:
     def _build_data(self, resumed: bool) -> None:
         d = load_run_data(self.cfg, self.run_dir, resumed, self.world.main)
         self.spec, self.split, self.train_set, self.defective = d.spec, d.split, d.train_set, d.defective
-        self.eval_sets, self.skipped = d.eval_sets, d.skipped
+        self.eval_sets, self.skipped, self.split_counts = d.eval_sets, d.skipped, d.counts
 
     def _build_model(self, ckpt: dict[str, Any] | None) -> None:
         cfg, world = self.cfg, self.world
@@ -320,6 +321,7 @@ class Trainer:
                 f"training {cfg.model.name} on {len(self.train_set)} images ({cfg.data.root}), "
                 f"{self.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}"
             )
+            prog.log(f"split: {describe_split(self.split_counts)}")
             for epoch in range(self.start_epoch, self.epochs):
                 if stop_after_epoch is not None and epoch > stop_after_epoch:
                     epoch -= 1

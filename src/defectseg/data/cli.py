@@ -1,4 +1,4 @@
-"""`defectseg data ...`: write synthetic DAGM-layout data, print dataset statistics."""
+"""`defectseg data ...`: write synthetic DAGM-layout data, print dataset statistics, show or write a split."""
 
 from __future__ import annotations
 
@@ -10,11 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .. import config as C
 from .formats import load_dataset
+from .splits import make_split, save_split, split_counts, split_warnings
 from .stats import dataset_stats
 from .synthetic import write_dagm
 
-app = typer.Typer(help="Datasets: write the synthetic DAGM-like default, print statistics.", no_args_is_help=True)
+app = typer.Typer(
+    help="Datasets: write the synthetic DAGM-like default, print statistics, show the split train would use.",
+    no_args_is_help=True,
+)
 
 
 @app.command()
@@ -146,3 +151,49 @@ def stats(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command()
+def split(
+    root: Path = typer.Argument(..., help="Dataset folder."),
+    format: str = typer.Option(
+        "auto", "--format", help="auto, dagm, kolektor, magnetic-tile, neu-seg, mvtec or generic."
+    ),
+    fractions: tuple[float, float, float] = typer.Option(
+        (0.7, 0.15, 0.15), "--fractions", help="Train, val and test fractions (as data.fractions)."
+    ),
+    seed: int = typer.Option(0, help="Split seed (train uses --seed)."),
+    keep_parts: bool = typer.Option(
+        True, "--keep-parts/--no-keep-parts", help="Keep each part's images in one split (as data.keep_parts)."
+    ),
+    allow_unlabeled: bool = typer.Option(
+        False, "--allow-unlabeled", help="Treat images without a mask as defect-free."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write the split here (a --split-file for train)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+) -> None:
+    """Print the split `train` would draw (images, defective images and parts per split, and what it cannot
+    measure); with --out, write it as a split file."""
+    console = Console()
+    try:
+        C.resolve(overrides={"data": {"fractions": list(fractions)}})  # the config's own check of the fractions
+        spec = load_dataset(root, format=format, allow_unlabeled=allow_unlabeled)
+        drawn = make_split(spec, fractions, seed, keep_parts)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    counts = split_counts(spec, drawn)
+    t = Table(title=f"{root} ({spec.format}), seed {seed}")
+    for col in ("split", "images", "defective", "parts"):
+        t.add_column(col, justify="left" if col == "split" else "right")
+    for name, c in counts.items():
+        t.add_row(name, str(c["images"]), str(c["defective"]), str(c["parts"]))
+    console.print(t)
+    for line in split_warnings(counts):
+        console.print(f"[yellow]warning:[/yellow] {line}", markup=True, highlight=False)
+    if out is not None:
+        if out.exists() and not overwrite:
+            console.print(f"[red]error:[/red] {out} exists; pass --overwrite to replace it", markup=True)
+            raise typer.Exit(1)
+        save_split(out, drawn, seed=seed, fractions=list(fractions), data=str(root), keep_parts=keep_parts)
+        typer.echo(f"wrote {out}")

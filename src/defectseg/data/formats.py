@@ -30,7 +30,8 @@ class Sample:
     """One (image, mask) pair on disk.
 
     mask None means defect-free (all background). `group` is the class folder / texture class / defect type
-    (stratification, reported in meta). `split` is the dataset-given split ("train"/"val"/"test") or None.
+    (balanced across splits, reported in meta); `part` names the physical part, lot or session the image shows
+    (kept in one split; "" = the image alone). `split` is the dataset-given split ("train"/"val"/"test") or None.
     `reference` is an optional defect-free image of the same part (unused by the readers here).
     `defective` is known from the layout where possible (DAGM flag, MT_Free, MVTec good), else None.
     `root` is the dataset root; `key` (image path relative to it, posix) is the identity used in split files.
@@ -44,6 +45,7 @@ class Sample:
     reference: Path | None = None
     defective: bool | None = None
     root: Path | None = None
+    part: str = ""
 
     def __post_init__(self) -> None:
         self.image = Path(self.image)
@@ -320,7 +322,7 @@ def read_kolektor(root: Path, problems: _Problems, allow_unlabeled: bool = False
                     "add the mask, or pass --allow-unlabeled if the image is defect-free",
                 )
                 continue
-            samples.append(Sample(img, m, "gt0", d.name, None, root=root))
+            samples.append(Sample(img, m, "gt0", d.name, None, root=root, part=d.name))  # kosNN: one part
         for stem, m in labels.items():
             if stem not in {s.lower() for s in images}:
                 problems(m, "mask without an image", "add the image or remove the mask")
@@ -488,7 +490,8 @@ def read_generic(root: Path, problems: _Problems, allow_unlabeled: bool = False)
     """`images/` + `masks/` with matching stems (subfolders allowed; mask stem may end in _mask/_label/_gt).
     Masks are read with the "auto" rule (0/1 or class ids when all values <= 127, else > 127 is defect).
     Class names from `classes.txt` (one a line, background first), else background/defect.
-    Top-level subfolders named train/val/test (in images/) are taken as the dataset's split."""
+    Top-level subfolders named train/val/test (in images/) are taken as the dataset's split; any other top-level
+    subfolder is a part (kept in one split; `make_split`)."""
     img_dir, mask_dir = _generic_dirs(root)  # type: ignore[misc]
     images = _stem_map(_images(img_dir, recursive=True), problems, "image", base=img_dir)
     masks_raw = _stem_map(_images(mask_dir, recursive=True), problems, "mask", base=mask_dir)
@@ -517,7 +520,9 @@ def read_generic(root: Path, problems: _Problems, allow_unlabeled: bool = False)
         first = stem.split("/")[0] if "/" in stem else ""
         split = _SPLIT_ALIASES.get(first.lower())
         group = first if (first and split is None) else root.name
-        samples.append(Sample(img, m, "auto", group, split, root=root))
+        # a sub-folder is a part (kept in one split) unless data.keep_parts is false (then balanced like a type)
+        part = first if (first and split is None) else ""
+        samples.append(Sample(img, m, "auto", group, split, root=root, part=part))
     for stem, m in masks.items():
         if stem not in images:
             problems(m, "mask without an image", "add the image or remove the mask")

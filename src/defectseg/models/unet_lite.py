@@ -63,6 +63,8 @@ class UNetLite0(nn.Module):
         decoder: tuple[int, ...] = VARIANTS["unet-lite0"],
         pretrained: bool = True,
         image_head: bool = False,
+        image_grad: float = 1.0,
+        decision: int = 0,
     ) -> None:
         super().__init__()
         if len(decoder) != 5 or min(decoder) < 1:
@@ -77,9 +79,20 @@ class UNetLite0(nn.Module):
             ConvBNAct(cin + skip, cout, 3, act=nn.ReLU) for cin, skip, cout in zip(widths, skips, decoder)
         )
         self.head = nn.Conv2d(decoder[-1], num_classes, 1)
-        self.image_head = image_head
+        if not 0.0 <= image_grad <= 1.0:
+            raise ValueError(f"image_grad must be in [0, 1] (the share of the image loss's gradient), got {image_grad}")
+        self.image_head, self.image_grad = image_head, image_grad
+        self.decision = None
+        deep = self.encoder.channels[-1]
+        if image_head and decision:
+            # a small decision network of its own on the deepest features and the segmentation logits
+            self.decision = nn.Sequential(
+                ConvBNAct(deep + 2 * num_classes, decision, 3, act=nn.ReLU),
+                ConvBNAct(decision, decision, 3, act=nn.ReLU),
+            )
+            deep = decision
         if image_head:
-            self.image = nn.Linear(2 * self.encoder.channels[-1] + 2 * num_classes, 1)
+            self.image = nn.Linear(2 * deep + 2 * num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.size_multiple, "unet-lite0")
@@ -96,6 +109,11 @@ class UNetLite0(nn.Module):
         # AUROC to 0.98-0.99 (with them detached it stayed at the maximum probability's 0.905), at a cost to the
         # segmentation (test defect IoU 0.58-0.63 against 0.71-0.80; docs/results.md).
         deep, flat = feats[-1], seg.detach()
+        if self.image_grad < 1.0:  # the forward value unchanged, a share of its gradient to the encoder
+            deep = deep * self.image_grad + deep.detach() * (1.0 - self.image_grad)
+        if self.decision is not None:
+            small = F.adaptive_avg_pool2d(flat, deep.shape[2:]), F.adaptive_max_pool2d(flat, deep.shape[2:])
+            deep = self.decision(torch.cat([deep, *small], 1))
         pooled = torch.cat([deep.mean((2, 3)), flat.mean((2, 3)), deep.amax((2, 3)), flat.amax((2, 3))], 1)
         image = self.image(pooled)  # (B, 1)
         return torch.cat([seg, image[:, :, None, None].expand(-1, -1, *seg.shape[2:])], 1)
