@@ -182,6 +182,41 @@ def test_metrics_in_prometheus_text(client):
     assert 'defectseg_inspect_seconds_bucket{le="+Inf"} 1' in text and "defectseg_batches_total 1" in text
 
 
+def test_metrics_labels_are_escaped_and_unknown_paths_count_as_one(ckpt):
+    with TestClient(create_app(_predictor(ckpt), ServeConfig())) as c:
+        forged = "/x%22%7D%20999%0Adefectseg_images_total%7Bverdict=%22NG"  # the server sees it percent-decoded
+        for path in (forged, "/a", "/b", "/c%0A"):
+            assert c.get(path).status_code == 404
+        text = c.get("/metrics").text
+    assert 'defectseg_requests_total{endpoint="other",code="404"} 4' in text
+    assert "999" not in text and text.count("defectseg_images_total{") == 2  # OK and NG, nothing forged
+
+
+def test_bad_serve_options_name_the_option(ckpt):
+    for option, value, says in (
+        ("--max-body-mb", "nan", "--max-body-mb must be a number > 0, got nan"),
+        ("--max-wait-ms", "-1", "--max-wait-ms must be a number >= 0"),
+        ("--port", "99999", "--port 99999 is not a TCP port"),
+        ("--api-key", "clé", "printable ASCII"),
+    ):
+        res = CliRunner().invoke(cli_app, ["serve", "--checkpoint", str(ckpt), option, value])
+        assert res.exit_code == 2 and says in " ".join(res.output.split()), (option, res.output)
+
+
+def test_a_loopback_server_answers_only_to_loopback_host_names(ckpt):
+    cfg = ServeConfig(allowed_hosts=("127.0.0.1", "::1", "localhost", "inspector.lan"))
+    with TestClient(create_app(_predictor(ckpt), cfg)) as c:
+        for host, code in (
+            ("127.0.0.1:8000", 200),
+            ("LOCALHOST", 200),
+            ("[::1]:8000", 200),
+            ("inspector.lan:8000", 200),
+            ("evil.example:8000", 421),
+            ("", 421),
+        ):
+            assert c.get("/health", headers={"Host": host}).status_code == code, host
+
+
 # ----------------------------------------------------------------------------- a real server on loopback
 class _Server:
     def __init__(self, app) -> None:

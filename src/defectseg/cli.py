@@ -394,6 +394,9 @@ def serve_cmd(
     max_body_mb: float = typer.Option(64.0, help="Larger request bodies get 413."),
     max_images: int = typer.Option(16, help="Images per request."),
     max_pixels: int = typer.Option(0, help="Pixels per image (0: DEFECTSEG_MAX_PIXELS or 150 M); larger get 413."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="A Host name a loopback server also answers to (repeat it for more)."
+    ),
 ) -> None:
     """Serve a model over HTTP: POST /inspect, GET /health, GET /metrics, and a page at / (docs/service.md)."""
     from .serve import ServeConfig, serve  # fastapi and uvicorn load only for this command (a second to import)
@@ -406,7 +409,18 @@ def serve_cmd(
             max_images=max_images,
             max_pixels=max_pixels,
         )
-        serve(checkpoint, host, port, api_key, cfg, device=device, backend=backend, tile=tile, threads=threads)
+        serve(
+            checkpoint,
+            host,
+            port,
+            api_key,
+            cfg,
+            device=device,
+            backend=backend,
+            tile=tile,
+            threads=threads,
+            allowed_hosts=tuple(allowed_host),
+        )
     except ValueError as exc:
         _fail(exc)
 

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import queue
 import threading
 import time
@@ -51,6 +52,8 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 API_KEY_ENV = "DEFECTSEG_API_KEY"
 # Paths anyone may GET: the health probe a load balancer calls, and the page (it holds no data; it asks for the key).
 _OPEN_PATHS = ("/health", "/", "/favicon.ico")
+# the endpoints /metrics counts by name; any other path counts as "other" (a client must not add series at will)
+_ROUTES = ("/health", "/inspect", "/metrics", "/", "/favicon.ico")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -63,13 +66,23 @@ class ServeConfig:
     max_pixels: int = 0  # per image; 0: data.io.max_pixels() (DEFECTSEG_MAX_PIXELS, default 150 M)
     cache: int = 64  # probability maps kept for GET /results/{id}
     api_key: str | None = None
+    # Host header names a request may carry (any port); None: any. `serve` on loopback allows only loopback names,
+    # so a web page elsewhere cannot reach the service through a name it resolves to 127.0.0.1 (DNS rebinding).
+    allowed_hosts: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:  # a bad value fails where the config is made, before a model is loaded
         for name in ("max_batch", "max_images", "cache"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.max_body_mb <= 0 or self.max_pixels < 0:
-            raise ValueError("max_wait_ms must be >= 0, max_body_mb > 0 and max_pixels >= 0")
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name, low, strict in (("max_wait_ms", 0, False), ("max_body_mb", 0, True), ("max_pixels", 0, False)):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < low or (strict and v == low):
+                at_least = ">" if strict else ">="
+                raise ValueError(f"--{name.replace('_', '-')} must be a number {at_least} {low}, got {v}")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable() and self.api_key):
+            raise ValueError(
+                "the API key must be printable ASCII (HTTP headers carry ASCII, so any other key could never match)"
+            )
 
 
 class Batcher:
@@ -155,7 +168,7 @@ class Metrics:
                 "# TYPE defectseg_requests_total counter",
             ]
             lines += [
-                f'defectseg_requests_total{{endpoint="{p}",code="{c}"}} {n}'
+                f'defectseg_requests_total{{endpoint="{_label(p)}",code="{c}"}} {n}'
                 for (p, c), n in sorted(self.requests.items())
             ]
             errors = sum(n for (_, c), n in self.requests.items() if c >= 400)
@@ -176,7 +189,7 @@ class Metrics:
                 "# HELP defectseg_images_total Inspected images by verdict.",
                 "# TYPE defectseg_images_total counter",
             ]
-            lines += [f'defectseg_images_total{{verdict="{v}"}} {n}' for v, n in sorted(self.verdicts.items())]
+            lines += [f'defectseg_images_total{{verdict="{_label(v)}"}} {n}' for v, n in sorted(self.verdicts.items())]
         lines += [
             "# HELP defectseg_batches_total Network calls (each a batch of images from one or more requests).",
             "# TYPE defectseg_batches_total counter",
@@ -196,15 +209,18 @@ class _Limits:
     """ASGI middleware: request body size (413, also for chunked bodies without Content-Length), the API key,
     and the metrics of every request."""
 
-    def __init__(self, app: Any, max_body: int, api_key: str | None, metrics: Metrics) -> None:
+    def __init__(
+        self, app: Any, max_body: int, api_key: str | None, metrics: Metrics, allowed_hosts: tuple[str, ...] | None
+    ) -> None:
         self.app, self.max_body, self.api_key, self.metrics = app, max_body, api_key, metrics
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         t0, path = time.perf_counter(), scope["path"]
-        route = path if not path.startswith("/results/") else "/results"
+        route = "/results" if path.startswith("/results/") else path if path in _ROUTES else "other"
         status = {"code": 500}
 
         async def send_wrapper(message: dict) -> None:
@@ -214,7 +230,15 @@ class _Limits:
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         refusal = None
-        if self.api_key is not None and path not in _OPEN_PATHS and not _key_ok(headers, self.api_key):
+        if self.allowed_hosts is not None and _host_name(headers.get("host", "")).lower() not in self.allowed_hosts:
+            refusal = JSONResponse(
+                {
+                    "detail": f"Host {headers.get('host', '')!r} is not one this server answers to; start it with "
+                    "--allowed-host NAME to add a name"
+                },
+                status_code=421,
+            )
+        elif self.api_key is not None and path not in _OPEN_PATHS and not _key_ok(headers, self.api_key):
             refusal = JSONResponse(
                 {"detail": "missing or wrong API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"},
                 status_code=401,
@@ -236,6 +260,18 @@ class _Limits:
 
             await self.app(scope, counting_receive, send_wrapper)  # /inspect answers 413 on _BodyTooLarge
         self.metrics.request(route, status["code"], time.perf_counter() - t0)
+
+
+def _host_name(host: str) -> str:
+    """The name of a Host header without its port: "127.0.0.1:8000" -> "127.0.0.1", "[::1]:80" -> "::1"."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _label(value: object) -> str:
+    """A Prometheus label value, escaped (backslash, double quote, newline)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _too_large_text(limit: int) -> str:
@@ -438,7 +474,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None, checksum: s
     def page() -> Any:
         return HTMLResponse(resources.files("defectseg").joinpath("page.html").read_text(encoding="utf-8"))
 
-    app_with_limits = _Limits(app, int(cfg.max_body_mb * 2**20), cfg.api_key, metrics)
+    app_with_limits = _Limits(app, int(cfg.max_body_mb * 2**20), cfg.api_key, metrics, cfg.allowed_hosts)
     app_with_limits.state = app.state  # type: ignore[attr-defined]
     app_with_limits.fastapi = app  # type: ignore[attr-defined]
     return app_with_limits
@@ -464,10 +500,15 @@ def serve(
     tile: int | None = None,
     threads: int | None = None,
     log_level: str = "info",
+    allowed_hosts: tuple[str, ...] = (),
 ) -> None:
-    """Load the checkpoint and run the service until interrupted."""
+    """Load the checkpoint and run the service until interrupted. allowed_hosts: Host names besides loopback's
+    that a loopback server answers to (a server bound elsewhere answers to any)."""
     check_bind(host, api_key)
-    cfg = replace(cfg or ServeConfig(), api_key=api_key)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a TCP port; use 1 to 65535")
+    hosts = (*LOOPBACK, *(h.lower() for h in allowed_hosts)) if host in LOOPBACK else None
+    cfg = replace(cfg or ServeConfig(), api_key=api_key, allowed_hosts=hosts)
     predictor = Predictor.from_checkpoint(
         checkpoint, device=device, backend=backend, tile=tile, threads=threads, batch_size=cfg.max_batch
     )
