@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_infer import _save  # a checkpoint as training writes one
 from typer.testing import CliRunner
 
 from defectseg.cli import app
@@ -550,3 +551,118 @@ def test_an_ambiguous_mask_set_is_refused_before_training_and_a_chosen_rule_trai
     _ok([*common, "--name", "gt0", "--set", "data.mask_rule=gt0"])
     cfg = yaml.safe_load((tmp_path / "runs" / "gt0" / "config.yaml").read_text())
     assert cfg["data"]["mask_rule"] == "gt0"
+
+
+# ----------------------------------------------------------------------------- the second probe: image files
+def _png_with_sbit(path: Path, a, bits: int) -> None:
+    """A 16-bit gray PNG with an sBIT chunk declaring `bits` significant bits (inserted after IHDR)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    raw = buf.getvalue()
+    chunk = b"sBIT" + bytes([bits])
+    sbit = struct.pack(">I", 1) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    path.write_bytes(raw[:33] + sbit + raw[33:])  # signature (8) + IHDR (25)
+
+
+def test_sixteen_bit_images_scale_by_their_bit_depth(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from defectseg.data.io import read_image
+
+    a = np.zeros((8, 8), np.uint16)
+    a[2:4, 2:4] = 4095  # a 12-bit camera's white
+    _png_with_sbit(tmp_path / "declared.png", a, 12)
+    assert read_image(tmp_path / "declared.png").max() == 255
+    Image.fromarray(a).save(tmp_path / "plain.png")
+    assert read_image(tmp_path / "plain.png").max() == 16  # no declaration: the 16-bit container's range
+    monkeypatch.setenv("DEFECTSEG_BIT_DEPTH", "12")
+    assert read_image(tmp_path / "plain.png").max() == 255
+    a[0, 0] = 5000
+    Image.fromarray(a).save(tmp_path / "over.png")
+    with pytest.raises(ValueError, match="over.png: holds values 0 to 5000, outside the 12-bit range"):
+        read_image(tmp_path / "over.png")
+    monkeypatch.setenv("DEFECTSEG_BIT_DEPTH", "twelve")
+    with pytest.raises(ValueError, match="DEFECTSEG_BIT_DEPTH must be a bit depth"):
+        read_image(tmp_path / "plain.png")
+
+
+def test_float_images_must_be_finite_and_in_unit_range(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from defectseg.data.io import read_image
+
+    f = np.full((8, 8), 0.5, np.float32)
+    Image.fromarray(f).save(tmp_path / "ok.tif")
+    assert read_image(tmp_path / "ok.tif").max() == 128
+    for name, bad, says in (("inf", np.inf, "NaN or infinite"), ("nan", np.nan, "NaN"), ("big", 3.0, "[0, 1]")):
+        g = f.copy()
+        g[0, 0] = bad
+        Image.fromarray(g).save(tmp_path / f"{name}.tif")
+        with pytest.raises(ValueError, match=re.escape(says)):
+            read_image(tmp_path / f"{name}.tif")
+
+
+def test_exif_orientation_is_applied_to_images_masks_and_sizes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from defectseg.data.io import image_size, read_image, read_mask
+
+    stored = np.zeros((20, 30), np.uint8)
+    stored[0:4, 0:6] = 255  # top-left as stored
+    for orientation, corner in ((3, (19, 29)), (6, (0, 19))):
+        im = Image.fromarray(stored)
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.save(tmp_path / f"o{orientation}.png", exif=exif)
+        shown = read_image(tmp_path / f"o{orientation}.png")
+        assert shown[corner] == 255 and shown.shape == image_size(tmp_path / f"o{orientation}.png")
+        assert np.array_equal(read_mask(tmp_path / f"o{orientation}.png", "gt127") * 255, shown)
+    assert read_image(tmp_path / "o6.png").shape == (30, 20)  # a quarter turn: as a viewer shows it
+
+
+def test_files_of_several_frames_fifos_and_devices_are_refused_by_name(tmp_path):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from defectseg.data.io import read_image
+
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
+    for name in ("anim.gif", "pages.tif"):
+        with pytest.raises(ValueError, match=f"{name}: holds 2 frames or pages"):
+            read_image(tmp_path / name)
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    for name in ("fifo.png", "zero.png"):
+        with pytest.raises(ValueError, match=f"{name}: not a regular file"):
+            read_image(tmp_path / name)
+    # given to predict directly: an ERROR record each, no hang, the rest inspected
+    frames[0].save(tmp_path / "good.png")
+    ckpt = _save(tmp_path / "m.pt")
+    names = ("fifo.png", "zero.png", "good.png")
+    _ok(["predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), *(str(tmp_path / n) for n in names)])
+    recs = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["verdict"] for r in recs] == ["ERROR", "ERROR", "OK"]
+    assert "not a regular file" in recs[0]["error"] and "--skip-bad" not in recs[0]["error"]
+
+
+def test_a_linked_device_in_a_dataset_is_named_not_its_mask(tmp_path):
+    from defectseg.data import load_dataset
+
+    root = _write_generic(tmp_path / "g", 4, 1)
+    (root / "images" / "p001.png").unlink()
+    (root / "images" / "p001.png").symlink_to("/dev/zero")
+    spec = load_dataset(root)  # listed as a sample (its decode names it), not "mask without an image"
+    assert any(s.key == "images/p001.png" for s in spec.samples)

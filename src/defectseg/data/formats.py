@@ -124,8 +124,10 @@ def register_format(name: str, detect: Callable[[Path], bool], layout: str) -> C
 
 
 def _images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image-named entries of a folder, regular files or not: a FIFO, a device or a broken link among them is a
+    sample whose decode fails naming it (rather than vanishing, its mask then blamed for having no image)."""
     it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if is_image_file(p))
+    return sorted(p for p in it if not p.is_dir() and is_image_file(p, regular=False))
 
 
 def _dirs(folder: Path) -> list[Path]:

@@ -1,7 +1,12 @@
 """Decoding images and masks to uint8 arrays.
 
-`read_image(path, channels)` -> uint8 (H, W) gray or (H, W, 3) RGB. 16-bit images are scaled to 8 bits
-(x * 255 / 65535), palette images are converted to their colours, alpha is dropped.
+`read_image(path, channels)` -> uint8 (H, W) gray or (H, W, 3) RGB, as a viewer shows the file: the EXIF
+orientation is applied (to masks too, so a mask drawn over the image as shown fits it). Nothing about the range is
+guessed: 16-bit images are scaled from their bit depth, the one the file declares (a PNG `sBIT` chunk, a TIFF
+`MaxSampleValue`), else `DEFECTSEG_BIT_DEPTH` (e.g. 12 for a camera's 12-bit data in 16-bit files; the same
+setting for training and inspection), else 16; a value above the depth is refused. Float images must hold finite
+values in [0, 1] (scaled by 255). Palette images are converted to their colours, alpha is dropped. A file with
+several frames or pages (animated GIF/PNG/WebP, multi-page TIFF) is refused: save each as its own image.
 
 `find_images(inputs, recursive)` expands files and folders into the images to predict, listing what it skips.
 
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MASK_RULES = ("gt0", "gt127", "ids", "auto")
 # Every suffix here decodes with read_image (8/16-bit gray, RGB; tested); compared lower-cased.
@@ -84,43 +89,127 @@ def check_pixels(w: int, h: int, label: str | Path, cap: int | None = None) -> N
 
 
 def _open(path: Path) -> Image.Image:
+    """Open and fully decode one image file, as shown (EXIF orientation applied); every failure a ValueError
+    naming the file and the reason."""
+    if path.exists() and not path.is_file():  # a FIFO would block the reader forever, a device never end
+        raise ValueError(f"{path}: not a regular file (a folder, FIFO or device); give image files")
     try:
         im = Image.open(path)
         w, h = im.size
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
+    except PermissionError:
+        raise ValueError(f"{path}: permission denied; make the file readable to this user") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(
-            f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
-            "replace it, or remove the sample (or pass --skip-bad to skip it)"
-        ) from None
+        raise ValueError(f"{path}: cannot decode image ({exc}); the file is unreadable or truncated") from None
     try:
         check_pixels(w, h, path)
+        _check_frames(im, path)
     except ValueError:
         im.close()
         raise
     try:
         im.load()  # force the full decode: truncated files raise here
     except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot decode image ({exc}); the file is unreadable or truncated") from None
+    return _upright(im)
+
+
+def _check_frames(im: Image.Image, label: str | Path) -> None:
+    """Refuse a file of several frames or pages (only the first would be inspected, the rest never looked at)."""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1 and im.format != "MPO":  # MPO: a camera JPEG with previews, its first frame the photo
         raise ValueError(
-            f"{path}: cannot decode image ({exc}); the file is unreadable or truncated: "
-            "replace it, or remove the sample (or pass --skip-bad to skip it)"
-        ) from None
+            f"{label}: holds {frames} frames or pages and only single images are inspected; save each frame as "
+            "its own file"
+        )
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """The image as a viewer shows it: EXIF orientation 2-8 applied (a no-op without one)."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a damaged EXIF block: the pixels are still the image
+        return im
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        bits = _declared_bits(im)
+        im = ImageOps.exif_transpose(im)
+        im.info["defectseg_bits"] = bits  # the transposed copy loses the chunks that declared it
     return im
 
 
-def _scale16(a: np.ndarray) -> np.ndarray:
+def _declared_bits(im: Image.Image) -> int | None:
+    """Significant bits per sample the file declares: a PNG sBIT chunk, a TIFF MaxSampleValue; None if none."""
+    if "defectseg_bits" in im.info:
+        return im.info["defectseg_bits"]
+    if im.format == "PNG" and getattr(im, "filename", ""):
+        try:
+            with open(im.filename, "rb") as f:
+                return _png_sbit(f)
+        except OSError:
+            return None
+    if im.format == "TIFF":
+        top = im.tag_v2.get(281)  # MaxSampleValue
+        top = top[0] if isinstance(top, tuple) else top
+        if top and ((int(top) + 1) & int(top)) == 0:  # 2**n - 1
+            return int(top).bit_length()
+    return None
+
+
+def _png_sbit(f: Any) -> int | None:
+    """The sBIT chunk of a PNG in binary file `f` (the largest per-channel significant bits), or None: the chunks
+    before the pixel data are walked (Pillow does not read sBIT)."""
+    if f.read(8) != b"\x89PNG\r\n\x1a\n":
+        return None
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        n, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind == b"sBIT":
+            return max(f.read(n), default=0) or None
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        f.seek(n + 4, 1)
+
+
+def bit_depth(declared: int | None, path: Path) -> int:
+    """The bit depth a 16-bit image is scaled from: what the file declares, else DEFECTSEG_BIT_DEPTH, else 16."""
+    if declared:
+        return declared
+    raw = os.environ.get("DEFECTSEG_BIT_DEPTH", "")
+    if not raw:
+        return 16
+    if not raw.isdigit() or not 1 <= int(raw) <= 16:
+        raise ValueError(f"DEFECTSEG_BIT_DEPTH must be a bit depth from 1 to 16 (e.g. 12), got {raw!r}")
+    return int(raw)
+
+
+def _scale16(a: np.ndarray, path: Path, bits: int | None) -> np.ndarray:
+    """A float or 16-bit array to uint8 by the module docstring's rules (ValueError naming the file)."""
     a = np.asarray(a)
     if a.dtype == np.uint8:
         return a
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
     if np.issubdtype(a.dtype, np.floating):
-        hi = 1.0 if a.size and float(np.nanmax(a)) <= 1.0 else 255.0
-        return np.clip(np.nan_to_num(a) * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)
-    # 16-bit (or 32-bit int holding 16-bit data): scale the 16-bit range to 8 bits
-    a = np.clip(a.astype(np.int64), 0, 65535)
-    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+        if not np.isfinite(a).all():
+            raise ValueError(f"{path}: the image holds NaN or infinite values; save finite values in [0, 1]")
+        if a.size and (a.min() < 0 or a.max() > 1):
+            raise ValueError(
+                f"{path}: a float image must hold values in [0, 1], this one {a.min():g} to {a.max():g}; scale it "
+                "to [0, 1] or save it as an 8- or 16-bit image"
+            )
+        return (a * 255.0 + 0.5).astype(np.uint8)
+    depth = bit_depth(bits, path)
+    top = (1 << depth) - 1
+    a = a.astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > top):
+        raise ValueError(
+            f"{path}: holds values {a.min()} to {a.max()}, outside the {depth}-bit range 0..{top}; set "
+            "DEFECTSEG_BIT_DEPTH to the data's bit depth, or save it as an 8- or 16-bit image"
+        )
+    return ((a * 255 + top // 2) // top).astype(np.uint8)
 
 
 def _to_array(im: Image.Image, path: Path) -> np.ndarray:
@@ -134,16 +223,16 @@ def _to_array(im: Image.Image, path: Path) -> np.ndarray:
     if mode == "LA":
         return np.asarray(im.getchannel(0), dtype=np.uint8)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _scale16(np.asarray(im))
+        return _scale16(np.asarray(im), path, _declared_bits(im))
     if mode in ("RGB",):
         return np.asarray(im, dtype=np.uint8)
     if mode in ("RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "PA"):
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
     raw = np.asarray(im)
     if raw.ndim == 3 and raw.shape[2] >= 3:  # e.g. 48-bit RGB read as an array
-        return _scale16(raw[..., :3])
+        return _scale16(raw[..., :3], path, _declared_bits(im))
     if raw.ndim == 2:
-        return _scale16(raw)
+        return _scale16(raw, path, _declared_bits(im))
     raise ValueError(f"{path}: unsupported image mode {mode!r}; convert it to 8-bit gray or RGB")
 
 
@@ -188,9 +277,12 @@ def decode_image(data: bytes, name: str = "upload", cap: int | None = None) -> n
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ValueError(f"{name}: not an image this server reads (PNG, JPEG, BMP, TIFF, ...)") from None
     check_pixels(w, h, name, cap)
+    _check_frames(im, name)
     try:
         im.load()
-        return np.ascontiguousarray(_to_array(im, Path(name)))
+        if im.format == "PNG":
+            im.info["defectseg_bits"] = _png_sbit(io.BytesIO(data))
+        return np.ascontiguousarray(_to_array(_upright(im), Path(name)))
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{name}: cannot decode the image ({exc}); the file is truncated or damaged") from None
 
@@ -243,14 +335,15 @@ def read_mask(path: str | Path, rule: str) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(H, W) from the header only (no full decode)."""
+    """(H, W) as shown (EXIF orientation applied), from the header only (no full decode)."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             w, h = im.size
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # shown a quarter turn from how it is stored
     except (OSError, UnidentifiedImageError) as exc:
         raise ValueError(f"{path}: cannot read image header ({exc})") from None
-    return h, w
+    return (w, h) if turned else (h, w)
 
 
 def write_png(path: str | Path, array: np.ndarray, compress: int = 1) -> None:
@@ -263,8 +356,9 @@ def write_png(path: str | Path, array: np.ndarray, compress: int = 1) -> None:
     Image.fromarray(a).save(path, format="PNG", compress_level=compress)
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+def is_image_file(path: Path, regular: bool = True) -> bool:
+    """An image name (IMAGE_SUFFIXES, not hidden), and with `regular` a regular file (links followed)."""
+    return (not regular or path.is_file()) and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def is_mask_name(path: Path) -> bool:
