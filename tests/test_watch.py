@@ -84,3 +84,39 @@ def test_watch_cli_once_and_refusals(predictor, tmp_path):
     assert res.exit_code == 0 and "1 images inspected" in res.output, res.output
     res = CliRunner().invoke(app, ["watch", str(inbox), "--checkpoint", str(ckpt), "--out", str(inbox), "--once"])
     assert res.exit_code == 2 and "must not be the watched folder" in res.output.replace("\n", " ")
+
+
+def test_a_failed_file_is_retried_when_it_changes_and_not_before(predictor, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    (inbox / "placeholder.png").write_bytes(b"")  # a zero-byte placeholder, filled later
+    png = inbox / "stalled.png"
+    _drop(inbox, "stalled.png")
+    full = png.read_bytes()
+    png.write_bytes(full[: len(full) // 2])  # a copy that stalled mid-write
+    assert watch(predictor, inbox, out, settle=0, once=True) == 2
+    assert [r["verdict"] for r in _records(out)] == ["ERROR", "ERROR"]
+    assert watch(predictor, inbox, out, settle=0, once=True) == 0  # unchanged: not retried every poll
+    _drop(inbox, "placeholder.png")
+    png.write_bytes(full)  # the copy completes
+    assert watch(predictor, inbox, out, settle=0, once=True) == 2
+    latest = {Path(r["path"]).name: r for r in _records(out)}  # the last record of each path
+    assert [latest[n]["verdict"] for n in ("placeholder.png", "stalled.png")] == ["NG", "NG"]
+    assert all(isinstance(r["file"], list) and len(r["file"]) == 3 for r in _records(out))
+    _drop(inbox, "replaced.png")
+    assert watch(predictor, inbox, out, settle=0, once=True) == 1
+    past = time.time_ns() - 100 * 10**9
+    os.utime(inbox / "replaced.png", ns=(past, past))  # another version under the same name
+    assert watch(predictor, inbox, out, settle=0, once=True) == 1
+
+
+@pytest.mark.parametrize("option", [["--interval", "-1"], ["--interval", "nan"], ["--settle", "-2"]])
+def test_bad_watch_timings_are_refused_before_the_first_pass(predictor, tmp_path, option):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    ckpt = _save(tmp_path / "m.pt")
+    res = CliRunner().invoke(
+        app, ["watch", str(inbox), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), *option]
+    )
+    assert res.exit_code != 0 and f"{option[0]} must be a number of seconds >= 0" in " ".join(res.output.split())
+    assert not (tmp_path / "o" / "results.jsonl").exists()

@@ -114,11 +114,11 @@ class ResultWriter:
         append: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
-        # append (folder watching): continue the results of an earlier run in out_dir; `done` lists its inputs
+        # append (folder watching): continue the results of an earlier run in out_dir (`previous`: its records)
         previous = read_records(self.out_dir / "results.jsonl") if append else []
         if not previous:
             _claim_output(self.out_dir, overwrite)
-        self.done: set[str] = {str(rec.get("path")) for rec in previous}
+        self.previous = previous  # the earlier run's records, in order
         self.overlays, self.masks = overlays, masks
         # background: overlays are drawn and PNGs encoded by one worker thread (zlib and OpenCV release the GIL),
         # beside the network; at most MAX_PENDING images wait, and a failed write is raised at the next call.
@@ -163,10 +163,12 @@ class ResultWriter:
         self._stems[stem] = n
         return stem if n == 1 else f"{stem}_{n}"
 
-    def write(self, r: Result) -> None:
+    def write(self, r: Result, **extra: Any) -> None:
+        """Write one result; `extra` entries go into its results.jsonl record (watch: the file version read)."""
         self.n_images += 1
         rec = r.to_json()
         rec["mask"] = rec["overlay"] = None
+        rec.update(extra)
         if r.error is not None:
             self.n_errors += 1
             self.errors.append((str(r.path), r.error))
