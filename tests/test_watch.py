@@ -120,3 +120,48 @@ def test_bad_watch_timings_are_refused_before_the_first_pass(predictor, tmp_path
     )
     assert res.exit_code != 0 and f"{option[0]} must be a number of seconds >= 0" in " ".join(res.output.split())
     assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_sigterm_mid_predict_leaves_agreeing_files_and_marks_the_run(predictor, tmp_path, monkeypatch):
+    import csv
+    import signal
+
+    from defectseg.predictor import Predictor as P
+
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    _drop(inbox, *(f"i{k:03d}.png" for k in range(40)))
+    real = P.predict_paths
+
+    def then_sigterm(self, paths):  # `systemctl stop` arriving after 21 images
+        for k, r in enumerate(real(predictor, paths)):
+            if k == 21:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield r
+
+    monkeypatch.setattr(P, "from_checkpoint", classmethod(lambda cls, *a, **k: predictor))
+    monkeypatch.setattr(P, "predict_paths", then_sigterm)
+    res = CliRunner().invoke(app, ["predict", str(inbox), "--checkpoint", "x.pt", "--out", str(out), "-q"])
+    assert res.exit_code == 130 and "stopped after 21 of 40 images" in " ".join(res.output.split())
+    assert (out / "INCOMPLETE.txt").is_file()
+    recs = _records(out)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(recs) == 21 and [r["path"] for r in recs] == list(dict.fromkeys(r["path"] for r in rows))
+    assert all((out / r["mask"]).is_file() and (out / r["overlay"]).is_file() for r in recs)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+    monkeypatch.setattr(P, "predict_paths", real)
+    _ok = CliRunner().invoke(app, ["predict", str(inbox), "--checkpoint", "x.pt", "--out", str(out), "--overwrite"])
+    assert _ok.exit_code == 0 and not (out / "INCOMPLETE.txt").exists() and len(_records(out)) == 40
+
+
+def test_a_restart_rebuilds_the_csv_from_the_records(predictor, tmp_path):
+    inbox, out = tmp_path / "in", tmp_path / "out"
+    inbox.mkdir()
+    _drop(inbox, "a.png", "b.png")
+    watch(predictor, inbox, out, settle=0, once=True)
+    whole = (out / "results.csv").read_text()
+    (out / "results.csv").write_text(whole.splitlines()[0] + "\n")  # killed after the records, before the rows
+    _drop(inbox, "c.png")
+    watch(predictor, inbox, out, settle=0, once=True)
+    text = (out / "results.csv").read_text()
+    assert text.startswith(whole) and text.count("c.png") == 1 and text.count("path,width") == 1

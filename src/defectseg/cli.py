@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,6 +43,33 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data", help="Dataset tools: synthetic data, statistics.")
 console = Console()
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (what `systemctl stop` and `docker stop` send) stops like Ctrl-C: the results so far are written."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (an embedding caller): leave its handling alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_failed(exc: OSError, out: Path) -> None:
+    """A write that failed (a full disk, a lost mount): one line, not a traceback."""
+    _fail(
+        ValueError(
+            f"cannot write the results in {out}: {exc.strerror or exc}; free space there or choose another --out"
+        )
+    )
 
 
 def _fail(exc: Exception) -> None:
@@ -346,8 +376,9 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
         for path, why in skipped[:20] if quiet else skipped:
             console.print(f"  {path}: {why}")
     t0 = time.perf_counter()
+    writer = None
     try:
-        with ResultWriter(out, overlays=not no_overlays, overwrite=overwrite) as writer:
+        with _stop_on_sigterm(), ResultWriter(out, overlays=not no_overlays, overwrite=overwrite) as writer:
             for r in predictor.predict_paths(paths):
                 writer.write(r)
                 if r.error is not None:
@@ -357,6 +388,15 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
                     console.print(f"{r.verdict}  {r.path}  {len(r.defects)} defects{gp}")
     except ValueError as exc:
         _fail(exc)
+    except OSError as exc:
+        _write_failed(exc, out)
+    except KeyboardInterrupt:
+        n = 0 if writer is None else writer.n_images
+        console.print(
+            f"stopped after {n} of {len(paths)} images: their results are written; {out / 'INCOMPLETE.txt'} marks "
+            "the run as unfinished"
+        )
+        raise typer.Exit(130) from None
     seconds = time.perf_counter() - t0
     done = writer.n_images - writer.n_errors
     console.print(
@@ -441,20 +481,23 @@ def watch_cmd(
     try:
         predictor = Predictor.from_checkpoint(checkpoint, device=device, tile=tile)
         console.print(f"watching {in_dir} with {checkpoint} ({predictor.segmenter.backend}) -> {out}; Ctrl-C stops")
-        n = watch(
-            predictor,
-            in_dir,
-            out,
-            interval,
-            settle,
-            once,
-            overlays=not no_overlays,
-            on_result=lambda r: console.print(
-                f"{r.verdict}  {r.path}  {len(r.defects)} defects" + (f"  {r.error}" if r.error else "")
-            ),
-        )
+        with _stop_on_sigterm():
+            n = watch(
+                predictor,
+                in_dir,
+                out,
+                interval,
+                settle,
+                once,
+                overlays=not no_overlays,
+                on_result=lambda r: console.print(
+                    f"{r.verdict}  {r.path}  {len(r.defects)} defects" + (f"  {r.error}" if r.error else "")
+                ),
+            )
     except ValueError as exc:
         _fail(exc)
+    except OSError as exc:
+        _write_failed(exc, out)
     except KeyboardInterrupt:
         console.print("stopped")
         return

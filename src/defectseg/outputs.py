@@ -102,7 +102,15 @@ class ResultWriter:
     `results.jsonl`: one object per image (`Result.to_json()` plus "mask" and "overlay" file names).
     `results.csv`: one row per defect; an image with no defect (OK, or an error) gets one row with empty
     defect columns, so every input appears. Counters: n_images, n_ok, n_ng, n_errors, n_defects, errors.
+
+    The two files always agree, and list only images whose mask and overlay are on disk: records wait in memory
+    until `flush` (every FLUSH_EVERY images, and at close) has finished the image writes, then go to both files
+    together (fsync). A fresh folder holds `INCOMPLETE.txt` until `close(complete=True)`: a run killed or stopped
+    part-way is marked. Appending (watch) rebuilds results.csv from results.jsonl first, so a crash between the
+    two files cannot leave them disagreeing.
     """
+
+    FLUSH_EVERY = 16
 
     def __init__(
         self,
@@ -118,6 +126,12 @@ class ResultWriter:
         previous = read_records(self.out_dir / "results.jsonl") if append else []
         if not previous:
             _claim_output(self.out_dir, overwrite)
+        self._marker = None if append else self.out_dir / "INCOMPLETE.txt"
+        if self._marker is not None:
+            self._marker.write_text(
+                "this prediction has not finished, or was stopped part-way: results.jsonl and results.csv list the "
+                "images inspected so far\n"
+            )
         self.previous = previous  # the earlier run's records, in order
         self.overlays, self.masks = overlays, masks
         # background: overlays are drawn and PNGs encoded by one worker thread (zlib and OpenCV release the GIL),
@@ -127,12 +141,12 @@ class ResultWriter:
         if previous and not (self.out_dir / "results.jsonl").read_bytes().endswith(b"\n"):
             # a crash mid-line: keep the whole records only, so the next one starts on its own line
             (self.out_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in previous))
-        mode = "a" if previous else "w"
-        self._jsonl = open(self.out_dir / "results.jsonl", mode)
-        self._csv_file = open(self.out_dir / "results.csv", mode, newline="")
+        self._jsonl = open(self.out_dir / "results.jsonl", "a" if previous else "w")
+        self._csv_file = open(self.out_dir / "results.csv", "w", newline="")  # rebuilt from the records
         self._csv = csv.DictWriter(self._csv_file, fieldnames=_CSV_FIELDS)
-        if not previous:
-            self._csv.writeheader()
+        self._csv.writeheader()
+        self._csv.writerows(row for rec in previous for row in _csv_rows(rec))
+        self._waiting: list[dict[str, Any]] = []  # records whose images are still being written
         self._stems: dict[str, int] = {}
         for rec in previous:  # later images with a stem used before get the next free suffix
             if rec.get("path"):
@@ -143,19 +157,22 @@ class ResultWriter:
     def __enter__(self) -> ResultWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        self.close(complete=kind is None)
 
     MAX_PENDING = 4
 
-    def close(self) -> None:
+    def close(self, complete: bool = False) -> None:
+        """Write what is pending and close; `complete`: every input was written (INCOMPLETE.txt goes)."""
         try:
-            self._drain()
+            self.flush()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._jsonl.close()
             self._csv_file.close()
+        if complete and self._marker is not None:
+            self._marker.unlink(missing_ok=True)
 
     def _stem(self, path: str | None) -> str:
         stem = Path(path).stem if path else f"image{self.n_images:06d}"
@@ -183,27 +200,9 @@ class ResultWriter:
                 rec["overlay"] = f"{stem}_overlay.png"
             if rec["mask"] or rec["overlay"]:
                 self._submit(r, rec["mask"], rec["overlay"])
-        self._jsonl.write(json.dumps(rec) + "\n")
-        base = {
-            "path": _csv_safe(rec["path"]),
-            "width": rec["width"],
-            "height": rec["height"],
-            "verdict": r.verdict,
-            "gate_probability": "" if r.gate_probability is None else f"{r.gate_probability:.6f}",
-            "error": _csv_safe(r.error or ""),
-        }
-        if r.defects:
-            for i, d in enumerate(r.defects):
-                self._csv.writerow(
-                    {
-                        **base,
-                        "defect": i,
-                        **{k: d[k] for k in ("x1", "y1", "x2", "y2", "area", "class")},
-                        "score": f"{d['score']:.6f}",
-                    }
-                )
-        else:
-            self._csv.writerow(base)
+        self._waiting.append(rec)
+        if len(self._waiting) >= self.FLUSH_EVERY:
+            self.flush()
 
     def _drain(self) -> None:
         """Wait for every pending image write; a failed one raises here."""
@@ -225,8 +224,12 @@ class ResultWriter:
             write_png(self.out_dir / overlay_name, overlay(r.image, r.mask, r.defects))
 
     def flush(self) -> None:
-        """Finish the pending image writes and put the records on disk (fsync): what is listed exists."""
+        """Finish the pending image writes, then put their records into both files on disk (fsync): what is
+        listed exists, and the two files list the same images."""
         self._drain()
+        waiting, self._waiting = self._waiting, []
+        self._jsonl.write("".join(json.dumps(rec) + "\n" for rec in waiting))
+        self._csv.writerows(row for rec in waiting for row in _csv_rows(rec))
         for f in (self._jsonl, self._csv_file):
             f.flush()
             os.fsync(f.fileno())
@@ -243,6 +246,28 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def _csv_rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The results.csv rows of one results.jsonl record: one per defect, or one with empty defect columns."""
+    gate = rec.get("gate_probability")
+    base = {
+        "path": _csv_safe(rec.get("path")),
+        "width": rec.get("width"),
+        "height": rec.get("height"),
+        "verdict": rec.get("verdict"),
+        "gate_probability": "" if gate is None else f"{gate:.6f}",
+        "error": _csv_safe(rec.get("error") or ""),
+    }
+    return [
+        {
+            **base,
+            "defect": i,
+            **{k: d[k] for k in ("x1", "y1", "x2", "y2", "area", "class")},
+            "score": f"{d['score']:.6f}",
+        }
+        for i, d in enumerate(rec.get("defects") or [])
+    ] or [base]
 
 
 def _csv_safe(text: str | None) -> str | None:
@@ -271,7 +296,7 @@ def _claim_output(out_dir: Path, overwrite: bool) -> None:
             for key in ("mask", "overlay"):
                 if rec.get(key):
                     (out_dir / Path(rec[key]).name).unlink(missing_ok=True)
-    for name in ("results.jsonl", "results.csv"):
+    for name in ("results.jsonl", "results.csv", "INCOMPLETE.txt"):
         (out_dir / name).unlink(missing_ok=True)
 
 
