@@ -19,7 +19,7 @@ COMMON=(--device cpu --dtype fp32 --format md --quiet --threads "$THREADS" --bac
 bench() {  # bench NAME ARGS...: one table, every backend
   local name=$1; shift
   echo "== $name ($(uptime))" | tee -a "$OUT/load.log"
-  "$PY" -m defectseg.cli benchmark "$@" "${COMMON[@]}" --out "$OUT/$name.md" > /dev/null
+  "$PY" -m defectseg.cli benchmark "$@" "${COMMON[@]}" --out "$OUT/$name.md" --overwrite > /dev/null
   grep '^|' "$OUT/$name.md" | tail -n +3
 }
 

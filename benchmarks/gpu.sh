@@ -42,7 +42,7 @@ fi
 bench() {  # bench NAME ARGS...: one table as md (printed) and json; progress in NAME.log, output in NAME.out
   local name=$1; shift
   echo "== $name: $*" | tee -a "$LOG/commands.log"
-  "$PY" -m defectseg.cli benchmark "$@" "${EXTRA_ARGS[@]}" --format json --out "$LOG/$name.json" -q \
+  "$PY" -m defectseg.cli benchmark "$@" "${EXTRA_ARGS[@]}" --format json --out "$LOG/$name.json" --overwrite -q \
     > "$LOG/$name.out" 2> "$LOG/$name.log" \
     || { echo "   FAILED (exit $?), see $LOG/$name.out"; tail -5 "$LOG/$name.out"; return 0; }
   "$PY" - "$LOG/$name.json" "$LOG/$name.md" <<'PYEOF'

@@ -666,3 +666,26 @@ def test_a_linked_device_in_a_dataset_is_named_not_its_mask(tmp_path):
     (root / "images" / "p001.png").symlink_to("/dev/zero")
     spec = load_dataset(root)  # listed as a sample (its decode names it), not "mask without an image"
     assert any(s.key == "images/p001.png" for s in spec.samples)
+
+
+def test_no_output_replaces_an_input_or_a_checkpoint_and_existing_files_need_overwrite(tmp_path):
+    from defectseg.outputs import claim_file, write_text_atomic
+
+    ckpt = _save(tmp_path / "m.pt")
+    other = _save(tmp_path / "other.pt")
+    _refused(["export", "--checkpoint", str(ckpt), "--out", str(ckpt)], "is an input of this command")
+    _refused(["export", "--checkpoint", str(ckpt), "--out", str(other)], "is a checkpoint, which no output replaces")
+    onnx = tmp_path / "m.onnx"
+    _ok(["export", "--checkpoint", str(ckpt)])
+    _refused(["export", "--checkpoint", str(ckpt)], f"{onnx} exists; pass --overwrite")
+    _ok(["export", "--checkpoint", str(ckpt), "--overwrite"])
+    table = tmp_path / "t.md"
+    table.write_text("mine\n")
+    _refused(["benchmark", "--models", "cheapnet-s", "--size", "32", "--out", str(table)], "pass --overwrite")
+    assert table.read_text() == "mine\n"
+    renamed = tmp_path / "weights.bin"  # a checkpoint by its content, whatever its name
+    renamed.write_bytes(ckpt.read_bytes())
+    with pytest.raises(ValueError, match="is a checkpoint"):
+        claim_file(renamed, "--json", overwrite=True)
+    write_text_atomic(tmp_path / "j.json", "{}")
+    assert (tmp_path / "j.json").read_text() == "{}" and not list(tmp_path.glob(".j.json.tmp*"))

@@ -29,7 +29,7 @@ from .demo import run_demo
 from .evaluate import evaluate_checkpoint
 from .export import export_checkpoint
 from .models import create_model, list_models, model_task
-from .outputs import ResultWriter
+from .outputs import ResultWriter, claim_file, write_text_atomic
 from .predictor import Predictor
 from .trainer import TrainingError
 from .trainer import train as run_train
@@ -214,6 +214,7 @@ def evaluate(
     split_file: Optional[str] = typer.Option(None, help="Use this split file instead of the run's."),
     device: str = typer.Option("auto"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
     gate: Optional[Path] = typer.Option(
         None,
         help="Classifier checkpoint (task classify) in front of the "
@@ -232,6 +233,8 @@ def evaluate(
                 f"{checkpoint} is an exported model; evaluate the checkpoint it came from "
                 "(--checkpoint runs/<name>/best.pt), or run `defectseg predict` with the .onnx"
             )
+        if json_out is not None:  # before the evaluation, not after it
+            claim_file(json_out, "--json", overwrite, inputs=[checkpoint, gate, split_file])
         metrics = evaluate_checkpoint(
             checkpoint,
             data,
@@ -251,7 +254,7 @@ def evaluate(
         # NaN (a metric undefined on this split) is not JSON: write null.
         clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
         try:
-            json_out.write_text(json.dumps(clean, indent=2))
+            write_text_atomic(json_out, json.dumps(clean, indent=2))
         except OSError as exc:
             _fail(ValueError(f"cannot write {json_out}: {exc.strerror}; choose a writable path for --json"))
 
@@ -511,12 +514,13 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, help="Output file (default: the checkpoint path with .onnx)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static", help="Free batch/height/width, or fixed (1,C,N,N)."),
     size: Optional[int] = typer.Option(None, help="Traced (static: fixed) input side (default: training size)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (never a checkpoint)."),
 ) -> None:
     """Export a checkpoint to ONNX with its config as metadata, then check ONNX Runtime against PyTorch."""
     try:
         if format.lower() != "onnx":
             raise ValueError(f"unknown export format {format!r}; use --format onnx")
-        report = export_checkpoint(checkpoint, out, dynamic=dynamic, size=size)
+        report = export_checkpoint(checkpoint, out, dynamic=dynamic, size=size, overwrite=overwrite)
     except ValueError as exc:
         _fail(exc)
     console.print(
@@ -604,6 +608,7 @@ def benchmark_cmd(
     format: str = typer.Option("md", "--format", help="md, csv or json."),
     out: Optional[Path] = typer.Option(None, help="Also write the table to this file."),
     plot: Optional[Path] = typer.Option(None, help="PNG of throughput against MACs (or accuracy with --results)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --out and --plot files."),
     results: Optional[Path] = typer.Option(None, help="JSON/CSV with a model column and an accuracy column."),
     metric: Optional[str] = typer.Option(None, help="Accuracy column of --results (default: first known one)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-row progress lines."),
@@ -625,6 +630,9 @@ def benchmark_cmd(
             specs = _split_list(models, "models")
         if results is not None and plot is None:
             raise ValueError("--results only feeds the plot; add --plot out.png")
+        for option, path in (("--out", out), ("--plot", plot)):
+            if path is not None:
+                claim_file(path, option, overwrite, inputs=[results])
 
         def progress(row: dict) -> None:
             if not quiet:
@@ -660,7 +668,7 @@ def benchmark_cmd(
         text = format_table(rows, format, header)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
+            write_text_atomic(out, text)
         if plot is not None:
             plot_throughput(rows, plot, results, metric)
     except ValueError as exc:

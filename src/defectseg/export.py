@@ -26,6 +26,7 @@ from torch import nn
 from . import config as C
 from .checkpoint import input_channels, load_checkpoint, model_from_checkpoint
 from .fuse import fuse_for_inference
+from .outputs import claim_file
 from .runtime import default_threads
 
 if TYPE_CHECKING:
@@ -401,13 +402,19 @@ def onnx_metadata(ckpt: dict[str, Any]) -> dict[str, str]:
 
 
 def export_checkpoint(
-    checkpoint: str | Path, out: str | Path | None = None, dynamic: bool = True, size: int | None = None, seed: int = 0
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    dynamic: bool = True,
+    size: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Export a .pt checkpoint to a self-contained ONNX file and check parity with PyTorch.
 
     The graph is the checkpoint's `PixelModel`: input "image" (B, C, H, W) float32 raw pixel values 0..255
     (`OnnxModel` also takes uint8 and casts), output "logits"; the normalisation is inside. The config goes
-    into the metadata. out: default the checkpoint path with suffix .onnx. size: the traced (static: fixed)
+    into the metadata. out: default the checkpoint path with suffix .onnx; an existing file needs `overwrite`, and
+    a checkpoint is never replaced. size: the traced (static: fixed)
     square input side, a multiple of the model's size multiple; default the training (H, W), `config.resize_hw`.
     With dynamic=False the graph takes exactly (1, C, H, W) and the Predictor resizes images to that size.
     The graph is `fuse.fuse_for_inference(model)`, the same function in the form fast kernels serve.
@@ -427,6 +434,7 @@ def export_checkpoint(
                 f"{max(m, -(-side // m) * m)}"
             )
     out = Path(out) if out else checkpoint.with_suffix(".onnx")
+    claim_file(out, "--out", overwrite, inputs=[checkpoint])  # never over the checkpoint, nor silently
     channels = input_channels(cfg)
     # The graph is the rewritten model (BatchNorm folded, CheapNet's head rebuilt: 1.9x faster in ONNX Runtime
     # at 512²); parity below is checked against the checkpoint's own model.
