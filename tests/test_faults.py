@@ -689,3 +689,81 @@ def test_no_output_replaces_an_input_or_a_checkpoint_and_existing_files_need_ove
         claim_file(renamed, "--json", overwrite=True)
     write_text_atomic(tmp_path / "j.json", "{}")
     assert (tmp_path / "j.json").read_text() == "{}" and not list(tmp_path.glob(".j.json.tmp*"))
+
+
+# ----------------------------------------------------------------------------- the second probe: smaller ones
+def test_ctrl_c_mid_training_still_calibrates_best_and_writes_the_report(run, tmp_path, monkeypatch):
+    from defectseg import trainer
+
+    real = trainer.Trainer.train_epoch
+
+    def stop_in_epoch_two(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", stop_in_epoch_two)
+    _ok(_train_args(run, tmp_path, "--name", "stop", "--epochs", "5"))
+    report = (tmp_path / "stop" / "report.md").read_text()
+    assert "stopped early**: by the user during epoch 2 of 5; best.pt from epoch 1" in report
+    assert "threshold" in report and "| defect_iou |" in report  # calibrated, and the test split evaluated
+
+
+def test_resume_refuses_options_it_would_ignore(run):
+    last = run["ckpt"].parent / "last.pt"
+    _refused(["train", "--resume", str(last), "--epochs", "9", "--lr", "0.1"], "--epochs, --lr would be ignored")
+
+
+def test_nan_loss_options_and_a_foreign_split_file_are_named_up_front(run, tmp_path):
+    _refused(
+        _train_args(run, tmp_path, "--name", "nan", "--set", "train.loss_options.pos_weight=.nan"),
+        "train.loss_options.pos_weight is nan",
+    )
+    split = tmp_path / "mine.json"
+    split.write_text(json.dumps({"train": ["a.png", "b.png"], "val": ["c.png"], "test": []}))
+    res = _refused(
+        _train_args(run, tmp_path, "--name", "foreign", "--split-file", str(split)),
+        "3 key(s) name no image",
+        "a.png, b.png, c.png",
+        "drop --split-file",
+    )
+    assert "delete split.json" not in res.output
+
+
+def test_a_red_mask_is_a_defect_under_gt127(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from defectseg.data.io import read_mask
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[2:4, 2:4] = (255, 0, 0)  # luma 76: background by gray value, a defect by any reading of a red mark
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    assert read_mask(tmp_path / "red.png", "gt127").sum() == 4
+
+
+def test_an_onnx_file_named_pt_and_a_graph_with_other_outputs_are_named(tmp_path):
+    import numpy as np
+    import onnx
+
+    from defectseg.backends import load_net
+    from defectseg.data.io import write_png
+    from defectseg.export import ONNX_CONFIG_KEY, export_checkpoint
+
+    ckpt = _save(tmp_path / "m.pt", num_classes=4)  # a 4-class model: 4 output channels
+    export_checkpoint(ckpt, tmp_path / "m.onnx")
+    (tmp_path / "renamed.pt").write_bytes((tmp_path / "m.onnx").read_bytes())
+    write_png(tmp_path / "imgs" / "a.png", np.zeros((32, 32), np.uint8))
+    _refused(
+        ["predict", "--checkpoint", str(tmp_path / "renamed.pt"), "--out", str(tmp_path / "o"), str(tmp_path / "imgs")],
+        "is an ONNX model, not a checkpoint; name it .onnx",
+    )
+    model = onnx.load(tmp_path / "m.onnx")
+    for entry in model.metadata_props:  # claim a binary config for the 4-channel graph
+        if entry.key == ONNX_CONFIG_KEY:
+            meta = json.loads(entry.value)
+            meta["class_names"], meta["num_classes"] = ["background", "defect"], 1
+            entry.value = json.dumps(meta)
+    onnx.save(model, tmp_path / "lies.onnx")
+    with pytest.raises(ValueError, match="gives 4 output channels but its config .* implies 1"):
+        load_net(tmp_path / "lies.onnx")

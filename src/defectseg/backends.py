@@ -240,6 +240,13 @@ def _onnx_net(path: Path, device: str, dtype: str | None, threads: int | None) -
             f"{path}: the graph takes {om.input_channels} channels but its config implies "
             f"{in_channels}; re-export it with `defectseg export`"
         )
+    outputs = om.session.get_outputs()[0].shape
+    expected = num_classes + has_image_head(cfg.model.name, cfg.model.options)
+    if len(outputs) == 4 and isinstance(outputs[1], int) and outputs[1] != expected:
+        raise ValueError(
+            f"{path}: the graph gives {outputs[1]} output channels but its config ({cfg.model.name}, classes "
+            f"{names}) implies {expected}; re-export it from its checkpoint with `defectseg export`"
+        )
     shape = om.input_shape
     fixed_batch = shape[0] if isinstance(shape[0], int) else None
     fixed_hw = (shape[2], shape[3]) if isinstance(shape[2], int) and isinstance(shape[3], int) else None

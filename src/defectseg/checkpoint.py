@@ -59,6 +59,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist; pass runs/<name>/best.pt or last.pt")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if len(head) == 4 and head[0] == 0x08 and head[2] == 0x12:
+        # an ONNX ModelProto: field 1 (ir_version, a small varint), then field 2 (producer_name)
+        raise ValueError(
+            f"{path} is an ONNX model, not a checkpoint; name it .onnx (predict, serve and watch take it so)"
+        )
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip (or, before 1.6, a pickle)
+        raise ValueError(
+            f"{path} is not a torch checkpoint (it starts {head!r}); use a best.pt/last.pt written by `defectseg train`"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused an object: never retry with weights_only=False

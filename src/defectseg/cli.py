@@ -108,6 +108,7 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Optional[str] = typer.Option(None, help="Dataset folder."),
     format: Optional[str] = typer.Option(None, "--format", help=f"Layout: {_one_of('data.format')}."),
     model: Optional[str] = typer.Option(None, help="Model name (see `defectseg models`)."),
@@ -161,7 +162,19 @@ def train(
     """Train a model; writes runs/<name>/ (config, split, metrics, best.pt, last.pt, curves, report)."""
     try:
         if resume is not None:
-            result = run_train(C.RunConfig(), resume=resume, quiet=quiet)
+            given = [
+                max(p.opts, key=len)
+                for p in ctx.command.params
+                if p.name not in ("resume", "quiet")
+                and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"
+            ]
+            if given:  # they would be ignored: a resumed run continues exactly as its config.yaml says
+                raise ValueError(
+                    f"--resume continues the run exactly as it was configured (its config.yaml), so {', '.join(given)} "
+                    "would be ignored; drop them, or start a new run with them"
+                )
+            with _stop_on_sigterm():
+                result = run_train(C.RunConfig(), resume=resume, quiet=quiet)
         else:
             overrides = {
                 "name": name,
@@ -198,7 +211,8 @@ def train(
             cfg = C.resolve(preset, config, overrides, _parse_set(set_))
             if not cfg.data.root:
                 raise ValueError("no dataset: pass --data DIR (or data.root in --config)")
-            result = run_train(cfg, quiet=quiet, overwrite=overwrite)
+            with _stop_on_sigterm():  # a stop (Ctrl-C, SIGTERM) still calibrates best.pt and writes the report
+                result = run_train(cfg, quiet=quiet, overwrite=overwrite)
     except (ValueError, TrainingError) as exc:
         _fail(exc)
     console.print(_metrics_table(f"test metrics ({result.run_dir})", result.test_metrics))

@@ -16,6 +16,7 @@ by name; `LOSSES` holds the names. A loss module is registered beside its class 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -335,6 +336,9 @@ def build_loss(name: str, class_weights: Tensor | None = None, **options: Any) -
                 "'bce'/'bce-dice' and alpha= for 'focal'"
             )
         options = {**options, "weight": class_weights}
+    for key, value in options.items():  # a NaN weight would train on a NaN loss from the first step
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"train.loss_options.{key} is {value}; give a finite number")
     try:
         return _REGISTRY[name](**options)
     except TypeError as exc:

@@ -44,10 +44,25 @@ def prepare_split(cfg: C.RunConfig, spec: DatasetSpec, run_dir: Path | None) -> 
     """The run's split: reuse run_dir/split.json, else the configured split file, else a new seeded split."""
     existing = run_dir / "split.json" if run_dir else None
     if existing and existing.is_file():
-        return load_split(existing)
+        return _known_keys(load_split(existing), spec, existing, "delete it to draw a new split")
     if cfg.data.split_file:
-        return load_split(cfg.data.split_file)
+        return _known_keys(
+            load_split(cfg.data.split_file), spec, cfg.data.split_file, "fix it, or drop --split-file to draw a split"
+        )
     return make_split(spec.samples, cfg.data.fractions, cfg.train.seed, cfg.data.keep_parts)
+
+
+def _known_keys(split: dict[str, list[str]], spec: DatasetSpec, source: Path | str, fix: str) -> dict[str, list[str]]:
+    """`split` when every key names an image of the dataset; else a ValueError naming the file and the keys."""
+    known = {s.key for s in spec.samples}
+    missing = [k for part in split.values() for k in part if k not in known]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise ValueError(
+            f"split file {source}: {len(missing)} key(s) name no image of {spec.root}: {shown}; the file belongs to "
+            f"another dataset or those images were removed: {fix}"
+        )
+    return split
 
 
 def aspect_shape(sizes: Sequence[tuple[int, int]], size: int) -> tuple[int, int] | None:

@@ -120,8 +120,10 @@ def write_report(
     seconds: float,
     threshold_note: str = "",
     skipped: Sequence[tuple[Any, str]] = (),
+    stopped: str = "",
 ) -> None:
-    """report.md: the run's settings, the images each split used (skipped files listed), the test metrics."""
+    """report.md: the run's settings, the images each split used (skipped files listed), the test metrics.
+    stopped: why the training ended before its length (Ctrl-C), said at the top."""
     how = (
         "images resized to the training size, as the gate sees them"
         if cfg.train.task == "classify"
@@ -136,6 +138,7 @@ def write_report(
     lines = [
         f"# Run `{cfg.name}`",
         "",
+        *([f"- **stopped early**: {stopped}"] if stopped else []),
         f"- model: `{cfg.model.name}` {cfg.model.options or ''}",
         f"- data: `{cfg.data.root}` (format {spec.format}, classes {spec.class_names}), "
         f"size {'x'.join(map(str, C.resize_hw(cfg.data)))}, augment {cfg.data.augment}",

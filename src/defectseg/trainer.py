@@ -288,6 +288,7 @@ class Trainer:
         )
         self.start_epoch, self.steps, self.best, self.best_epoch = 0, 0, -math.inf, -1
         self.threshold_note = ""  # how _choose_threshold chose the operating threshold (for report.md)
+        self.stopped = ""  # why the run ended early (Ctrl-C), for report.md
         if ckpt is not None:
             load_weights(self.model, ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -316,22 +317,40 @@ class Trainer:
         written (tests use it)."""
         cfg = self.cfg
         epoch = self.start_epoch - 1
-        with self.progress as prog:
-            prog.log(
-                f"training {cfg.model.name} on {len(self.train_set)} images ({cfg.data.root}), "
-                f"{self.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}"
+        try:
+            with self.progress as prog:
+                prog.log(
+                    f"training {cfg.model.name} on {len(self.train_set)} images ({cfg.data.root}), "
+                    f"{self.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}"
+                )
+                prog.log(f"split: {describe_split(self.split_counts)}")
+                for epoch in range(self.start_epoch, self.epochs):
+                    if stop_after_epoch is not None and epoch > stop_after_epoch:
+                        epoch -= 1
+                        break
+                    row = self.train_epoch(epoch)
+                    is_last = epoch == self.epochs - 1 or bool(
+                        cfg.train.iterations and self.steps >= cfg.train.iterations
+                    )
+                    val = self.validate() if is_last or (epoch + 1) % cfg.train.eval_every == 0 else {}
+                    self.checkpoint(epoch, {**row, **{f"val_{k}": v for k, v in val.items()}}, val)
+                    if is_last:
+                        break
+        except KeyboardInterrupt:
+            # Ctrl-C (or SIGTERM) mid-run: best.pt so far still gets its threshold, test figures and report.md,
+            # so the run folder is as usable as a finished one, and says it stopped early.
+            if not self.best_path.is_file() or self.world.world > 1:
+                raise
+            print(
+                f"\nstopped during epoch {epoch + 1} of {self.epochs}: choosing best.pt's threshold (epoch "
+                f"{self.best_epoch}) and writing the report; Ctrl-C again skips that",
+                file=sys.stderr,
+                flush=True,
             )
-            prog.log(f"split: {describe_split(self.split_counts)}")
-            for epoch in range(self.start_epoch, self.epochs):
-                if stop_after_epoch is not None and epoch > stop_after_epoch:
-                    epoch -= 1
-                    break
-                row = self.train_epoch(epoch)
-                is_last = epoch == self.epochs - 1 or bool(cfg.train.iterations and self.steps >= cfg.train.iterations)
-                val = self.validate() if is_last or (epoch + 1) % cfg.train.eval_every == 0 else {}
-                self.checkpoint(epoch, {**row, **{f"val_{k}": v for k, v in val.items()}}, val)
-                if is_last:
-                    break
+            self.stopped = (
+                f"by the user during epoch {epoch + 1} of {self.epochs}; best.pt from epoch {self.best_epoch}"
+            )
+            return self.finish(epoch)
         epochs_done = epoch + 1
         finished = stop_after_epoch is None or epochs_done >= self.epochs
         return self.finish(epochs_done, evaluate_test=finished)
@@ -487,6 +506,7 @@ class Trainer:
                 time.time() - self.t_start,
                 self.threshold_note,
                 self.skipped,
+                self.stopped,
             )
         if self.world.world > 1:
             dist.barrier()
@@ -498,7 +518,10 @@ class Trainer:
         """With infer.threshold_from set, pick the operating threshold on the validation split and store it in
         best.pt and config.yaml, so evaluate, predict and the test figures below use it."""
         rule = self.cfg.infer.threshold_from
-        if rule == "fixed" or self.task != "segment" or not len(self.eval_sets["val"]):
+        if rule == "fixed" or self.task != "segment":
+            return
+        if not len(self.eval_sets["val"]):
+            self.threshold_note = f"kept {self.cfg.infer.threshold:.4g}: the validation split is empty"
             return
         if rule == "val-f1" and self.cfg.data.defect_free_only:
             rule = "val-frr"  # a model that saw no real defect is set on good parts: target_frr of them rejected

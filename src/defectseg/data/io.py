@@ -313,7 +313,8 @@ def read_mask(path: str | Path, rule: str) -> np.ndarray:
                     f"{path}: colour mask cannot be read as class ids; save it as a gray or "
                     "palette PNG whose values are class ids (0 = background)"
                 )
-            a = a[..., 0] if rule in ("ids", "auto") else to_gray(a)
+            # gt0/gt127 on a colour mask: the brightest channel, so pure red (luma 76) is a defect, not background
+            a = a[..., 0] if rule in ("ids", "auto") else a.max(axis=2)
     if rule == "auto":
         rule = "ids" if (a.size == 0 or int(a.max()) <= 127) else "gt127"
         # JPEG masks are binary masks with compression noise (every value occurs near edges): > 127 is right.
