@@ -57,14 +57,10 @@ def overlay(image: np.ndarray, mask: np.ndarray, defects: list[dict], alpha: flo
     for d in defects:
         color = tuple(int(c) for c in _PALETTE[min(int(d.get("class", 1)), len(_PALETTE) - 1)])
         cv2.rectangle(rgb, (int(d["x1"]), int(d["y1"])), (int(d["x2"]) - 1, int(d["y2"]) - 1), color, thick)
-        cv2.putText(
-            rgb,
-            str(int(d["area"])),
-            (int(d["x1"]), max(10, int(d["y1"]) - 3)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.35 * thick,
-            color,
-            thick,
-            cv2.LINE_AA,
-        )
+        label, scale = str(int(d["area"])), 0.35 * thick
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        # above the box, or below it at the top edge; shifted left at the right edge: always within the picture
+        x = min(max(0, int(d["x1"])), max(0, rgb.shape[1] - tw))
+        y = int(d["y1"]) - 3 if int(d["y1"]) - 3 - th >= 0 else min(rgb.shape[0] - base, int(d["y2"]) + th + 2)
+        cv2.putText(rgb, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
     return rgb
