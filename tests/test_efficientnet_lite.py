@@ -177,7 +177,6 @@ def test_unet_lite0_with_its_image_head_trains_predicts_and_exports(tmp_path: Pa
             "name": "lite",
             "out_dir": str(tmp_path / "runs"),
             "data": {"root": str(data), "size": 64},
-            "model": {"options": {"image_head": True}},
             "train": {"iterations": 6, "batch_size": 4, "device": "cpu"},
         },
     )
@@ -223,3 +222,22 @@ def test_a_checkpoint_rebuilds_unet_lite0_without_reading_the_imagenet_file(tmp_
         assert torch.equal(rebuilt.state_dict()[k], v), k
     build_model(cfg, 1)
     assert len(reads) == 1  # a fresh model still starts from ImageNet
+
+
+def test_the_image_head_passes_its_share_of_gradient_to_the_encoder_and_is_in_the_recipe():
+    from defectseg import config as C
+    from defectseg.models.unet_lite import UNetLite0
+
+    assert C.resolve(overrides={"data": {"root": "x"}}).model.options == {"image_head": True, "image_grad": 0.1}
+    x = torch.rand(2, 1, 64, 64)
+    grads, outs = {}, {}
+    for share in (1.0, 0.1, 0.0):
+        torch.manual_seed(0)  # the same weights for each share
+        net = UNetLite0(pretrained=False, image_head=True, image_grad=share)
+        outs[share] = net(x)
+        outs[share][:, -1].mean().backward()  # the image logit alone
+        grads[share] = next(net.encoder.parameters()).grad.abs().sum().item()
+    assert all(torch.allclose(outs[1.0], outs[s], atol=1e-6) for s in (0.1, 0.0))  # the share changes no value
+    assert grads[0.0] == 0 and abs(grads[0.1] / grads[1.0] - 0.1) < 1e-3
+    with pytest.raises(ValueError, match="image_grad"):
+        UNetLite0(pretrained=False, image_head=True, image_grad=2.0)
