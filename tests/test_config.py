@@ -199,7 +199,7 @@ def test_choices():
     from defectseg.losses import LOSSES
 
     assert sorted(C.choices("train.loss")) == sorted(LOSSES) and len(C.choices("train.loss")) == len(LOSSES)
-    assert C.choices("train.task") == ["segment", "classify"]
+    assert C.choices("train.task") == ["segment", "classify", "anomaly"]
     with pytest.raises(ValueError, match="no list of choices"):
         C.choices("train.lr")
 

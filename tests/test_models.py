@@ -38,6 +38,7 @@ PINNED_PARAMS = {
     "classifier-mobilenetv2": 2_224_577,
     # EfficientNet-Lite0 without its classifier head, one-channel stem (2,958,272) + decoder 96-16 (513,169)
     "unet-lite0": 3_471_441,
+    "patchcore-lite0": 700_192,  # the encoder up to block 10, frozen
 }
 
 # Two (H, W) sizes per model, valid for its size multiple and small enough for a 2-core CI machine
@@ -60,10 +61,12 @@ SIZES = {
     "classifier-vgg": [(8, 8), (33, 47)],
     "classifier-mobilenetv2": [(7, 9), (64, 48)],
     "unet-lite0": [(32, 64), (64, 96)],
+    "patchcore-lite0": [(32, 64), (64, 96)],
 }
 
 SEGMENTERS = list_models("segment")
 CLASSIFIERS = list_models("classify")
+ANOMALY = list_models("anomaly")  # fitted without a gradient step, run as one-logit segmenters
 
 
 def test_registry_lists_every_model_once_with_a_pinned_count_and_sizes():
@@ -71,7 +74,7 @@ def test_registry_lists_every_model_once_with_a_pinned_count_and_sizes():
     assert len(names) == len(set(names))
     # A new model must come with a pinned parameter count and shape-test sizes.
     assert set(names) == set(PINNED_PARAMS) == set(SIZES)
-    assert set(SEGMENTERS) | set(CLASSIFIERS) == set(names)
+    assert set(SEGMENTERS) | set(CLASSIFIERS) | set(ANOMALY) == set(names) and ANOMALY == ["patchcore-lite0"]
     assert not set(SEGMENTERS) & set(CLASSIFIERS)
     assert set(CLASSIFIERS) == {"classifier-vgg", "classifier-mobilenetv2"}
     assert model_task("cheapnet-s") == "segment" and model_task("classifier-vgg") == "classify"
@@ -101,23 +104,27 @@ def test_output_shape(name: str, which: int):
     """Logits (B, N, H, W) for segmenters, (B, N) for classifiers, at two sizes and channel counts."""
     torch.manual_seed(0)
     h, w = SIZES[name][which]
-    cin, ncls = (1, 1) if which == 0 else (3, 4)
+    cin, ncls = (1, 1) if which == 0 or name in ANOMALY else (3, 4)
     model = create_model(name, in_channels=cin, num_classes=ncls).eval()
     with torch.no_grad():
         out = model(torch.randn(2, cin, h, w))
-    expected = (2, ncls, h, w) if model_task(name) == "segment" else (2, ncls)
+    expected = (2, ncls) if model_task(name) == "classify" else (2, ncls, h, w)
     assert tuple(out.shape) == expected
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    if model_task(name) == "segment":
+    if model_task(name) != "classify":
         assert h % model.size_multiple == 0 and w % model.size_multiple == 0
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_backward_reaches_every_parameter(name: str):
-    """Train mode, batch 2: every parameter takes part in the loss (no dead branch, no NaN)."""
+    """Train mode, batch 2: every parameter takes part in the loss (no dead branch, no NaN); an anomaly model has
+    none to train."""
     torch.manual_seed(0)
     h, w = SIZES[name][0]
     model = create_model(name).train()
+    if name in ANOMALY:
+        assert not any(p.requires_grad for p in model.parameters())
+        return
     out = model(torch.randn(2, 1, h, w))
     # A random weighting, not out.sum(): a sum through a final train-mode BatchNorm has ~zero gradient.
     (out * torch.randn_like(out)).sum().backward()

@@ -155,7 +155,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    task: str = setting("segment", names=("segment", "classify"))
+    task: str = setting("segment", names=("segment", "classify", "anomaly"))
     loss: str = setting("bce-dice", names=lambda: losses.LOSSES)  # bce | dice | bce-dice | ce | focal
     loss_options: dict[str, Any] = field(default_factory=dict)
     # "median-frequency": CE weights from the training split
@@ -246,6 +246,9 @@ class RunConfig:
             d["data"]["shape"] = list(d["data"]["shape"])
         return d
 
+
+# The model a task trains when none is named (the others: ModelConfig.name).
+TASK_MODELS = {"anomaly": "patchcore-lite0"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CheapNet paper: BCE, Adam lr 0.01, MultiStepLR at 60 and 90 by 0.1, 120 epochs, 512², no augmentation,
@@ -514,9 +517,12 @@ def resolve(
     for layer in layers:
         d = _deep_update(d, layer)
     model = d.get("model") if isinstance(d.get("model"), Mapping) else {}
+    train = d.get("train") if isinstance(d.get("train"), Mapping) else {}
+    if "name" not in model and train.get("task") in TASK_MODELS:  # --task anomaly alone: its model
+        d = _deep_update(d, {"model": {"name": TASK_MODELS[train["task"]]}})
+        model = d["model"]
     name = model.get("name", ModelConfig.name)
     recipe = copy.deepcopy(model_recipe(name) if name in list_models() else {})  # from_dict reports a bad name
-    train = d.get("train") if isinstance(d.get("train"), Mapping) else {}
     if "epochs" in train and "iterations" not in train:  # a length in epochs asked for: not the recipe's in steps
         recipe.get("train", {}).pop("iterations", None)
     return from_dict(_deep_update(recipe, d))

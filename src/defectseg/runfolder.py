@@ -121,9 +121,11 @@ def write_report(
     threshold_note: str = "",
     skipped: Sequence[tuple[Any, str]] = (),
     stopped: str = "",
+    fit: str = "",
 ) -> None:
     """report.md: the run's settings, the images each split used (skipped files listed), the test metrics.
-    stopped: why the training ended before its length (Ctrl-C), said at the top."""
+    stopped: why the training ended before its length (Ctrl-C), said at the top. fit: what an anomaly fit did (in
+    place of the optimiser and epochs, which it has none of)."""
     how = (
         "images resized to the training size, as the gate sees them"
         if cfg.train.task == "classify"
@@ -144,13 +146,17 @@ def write_report(
         f"size {'x'.join(map(str, C.resize_hw(cfg.data)))}, augment {cfg.data.augment}",
         f"- split: train {used.get('train', 0)} / val {used.get('val', 0)} / test {used.get('test', 0)} images "
         f"used (split.json{'; ' + str(len(skipped)) + ' files skipped, listed below' if skipped else ''})",
-        f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}{encoder_lr}, schedule {cfg.train.schedule}, "
-        f"{length}, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
+        f"- fit: {fit}"
+        if fit
+        else f"- loss {cfg.train.loss}, {cfg.train.optimizer} lr {cfg.train.lr}{encoder_lr}, schedule "
+        f"{cfg.train.schedule}, {length}, batch {cfg.train.batch_size}, seed {cfg.train.seed}",
         f"- post-processing: threshold {cfg.infer.threshold:.4g} ({cfg.infer.threshold_from}"
         f"{': ' + threshold_note if threshold_note else ''}), min_area "
         f"{cfg.infer.min_area}, connectivity "
         f"{cfg.infer.connectivity}, {'tiles of ' + str(cfg.infer.tile) if cfg.infer.tile else 'resize mode'}",
-        f"- best epoch (by validation {monitor_of(cfg)}): {best_epoch}; wall time {seconds:.0f} s",
+        f"- wall time {seconds:.0f} s"
+        if fit
+        else f"- best epoch (by validation {monitor_of(cfg)}): {best_epoch}; wall time {seconds:.0f} s",
         "",
         f"## Test split (whole split, defect-free images included; {how})",
         "",

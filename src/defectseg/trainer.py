@@ -289,6 +289,7 @@ class Trainer:
         self.start_epoch, self.steps, self.best, self.best_epoch = 0, 0, -math.inf, -1
         self.threshold_note = ""  # how _choose_threshold chose the operating threshold (for report.md)
         self.stopped = ""  # why the run ended early (Ctrl-C), for report.md
+        self.fit_note = ""  # what an anomaly fit did (anomaly.py), for report.md
         if ckpt is not None:
             load_weights(self.model, ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -491,7 +492,8 @@ class Trainer:
                     regions=self.task == "segment",
                     batch_size=self.cfg.train.batch_size,
                 )
-            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+            if (self.run_dir / "metrics.csv").is_file():  # an anomaly fit has no epochs to draw
+                plot_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
             used = {
                 "train": len(getattr(self.train_set, "dataset", self.train_set).samples),
                 **{name: len(ev.dataset.samples) for name, ev in self.eval_sets.items()},
@@ -507,6 +509,7 @@ class Trainer:
                 self.threshold_note,
                 self.skipped,
                 self.stopped,
+                self.fit_note,
             )
         if self.world.world > 1:
             dist.barrier()
@@ -514,17 +517,21 @@ class Trainer:
             self.run_dir, self.best_path, self.last_path, test_metrics, epochs_done, time.time() - self.t_start
         )
 
+    def _threshold_rule(self) -> str:
+        """infer.threshold_from, but val-frr where val-f1 is asked of a model that saw no real defect: it is set on
+        good parts (target_frr of them rejected)."""
+        rule = self.cfg.infer.threshold_from
+        return "val-frr" if rule == "val-f1" and self.cfg.data.defect_free_only else rule
+
     def _choose_threshold(self, model: PixelModel) -> None:
         """With infer.threshold_from set, pick the operating threshold on the validation split and store it in
         best.pt and config.yaml, so evaluate, predict and the test figures below use it."""
-        rule = self.cfg.infer.threshold_from
+        rule = self._threshold_rule()
         if rule == "fixed" or self.task != "segment":
             return
         if not len(self.eval_sets["val"]):
             self.threshold_note = f"kept {self.cfg.infer.threshold:.4g}: the validation split is empty"
             return
-        if rule == "val-f1" and self.cfg.data.defect_free_only:
-            rule = "val-frr"  # a model that saw no real defect is set on good parts: target_frr of them rejected
         thr, how = calibrate_threshold(
             model,
             self.eval_sets["val"],
@@ -535,9 +542,7 @@ class Trainer:
             self.cfg.infer.target_frr,
             self.cfg.train.batch_size,
         )
-        self.threshold_note = (
-            how if rule == self.cfg.infer.threshold_from else f"val-frr, as data.defect_free_only: {how}"
-        )
+        self.threshold_note = how if rule == self.cfg.infer.threshold_from else f"{rule} instead: {how}"
         if how.startswith("kept"):  # a warning the user must see, even with -q
             print(f"warning: threshold {how}", file=sys.stderr, flush=True)
         else:
@@ -561,7 +566,12 @@ def train(
     A fresh run refuses a run folder that already holds a run unless `overwrite` (then it is cleared).
     stop_after_epoch: stop (as if interrupted) once that epoch's checkpoint is written; used by tests.
     """
-    trainer = Trainer(cfg, resume, quiet, overwrite)
+    if cfg.train.task == "anomaly":
+        from .anomaly import AnomalyFitter  # a Trainer subclass: imported here, as it imports this module
+
+        trainer: Trainer = AnomalyFitter(cfg, resume, quiet, overwrite)
+    else:
+        trainer = Trainer(cfg, resume, quiet, overwrite)
     try:
         return trainer.run(stop_after_epoch)
     finally:

@@ -1,7 +1,9 @@
 """Model cost: parameters and multiply-accumulates (MACs), counted from the layers that do the work.
 
 MACs count conv, grouped/depthwise conv, transposed conv and linear layers (bias, BatchNorm and
-activations are not multiply-accumulates and are left out, as FlopCounterMode does). A transposed conv
+activations are not multiply-accumulates and are left out, as FlopCounterMode does), and what a module computes
+with functions rather than layers where it says so (`functional_macs(input_shape)`: patchcore-lite0's distances to
+its memory bank and its smoothing). A transposed conv
 multiplies every *input* element by its kernel slice: MACs = B * C_in * H_in * W_in * (C_out/groups) * k².
 Profilers such as thop count it over the output instead, which over-counts strided transposed convs.
 """
@@ -42,9 +44,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         nonlocal total
         total += _layer_macs(module, args[0], out)
+        if hasattr(module, "functional_macs"):
+            total += module.functional_macs(tuple(args[0].shape))
 
     kinds = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds) or hasattr(m, "functional_macs")
+    ]
     was_training = model.training
     model.eval()
     try:

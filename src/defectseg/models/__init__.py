@@ -20,6 +20,7 @@ from .cheapmix import CheapMix
 from .mobile_unet import MobileUNet, timm_to_torchvision_mobilenetv2
 from .unet import EncoderUNet, UNet
 from .unet_lite import UNetLite0
+from .patchcore import PatchCoreLite0
 from .classifier import MobileNetV2Classifier, VGGClassifier
 
 # isort: on
@@ -147,6 +148,7 @@ __all__ = [
     "load_checkpoint_state",
     "CheapNet",
     "CheapMix",
+    "PatchCoreLite0",
     "MobileUNet",
     "UNet",
     "EncoderUNet",

@@ -18,6 +18,9 @@ __all__ = [
     "register_model",
 ]
 
+# segment: trained on masks, logits (B, K, H, W); classify: logits (B, K); anomaly: fitted on good images without a
+# gradient step (`anomaly.py`), then run as a segmenter, logits (B, 1, H, W).
+TASKS = ("segment", "classify", "anomaly")
 # name -> (builder, default options, task). Variants are rows, not subclasses.
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], str]] = {}
 # name -> the training settings the model was measured with (config sections; see `model_recipe`)
@@ -31,13 +34,13 @@ def register_model(
     task: str = "segment",
     recipe: dict[str, Any] | None = None,
 ) -> None:
-    """Register `builder(in_channels=, num_classes=, **options)` as `name`, with these default options; task is
-    "segment" (logits (B, K, H, W)) or "classify" (logits (B, K)). recipe: config sections (data, model, train,
+    """Register `builder(in_channels=, num_classes=, **options)` as `name`, with these default options; task is one
+    of `TASKS`. recipe: config sections (data, model, train,
     infer) the model trains best with, applied under any preset, file or option when it is chosen."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice; pick another name")
-    if task not in ("segment", "classify"):
-        raise ValueError(f"task {task!r} of model {name!r} must be 'segment' or 'classify'")
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} of model {name!r} must be one of {', '.join(TASKS)}")
     _REGISTRY[name] = (builder, dict(defaults or {}), task)
     _RECIPES[name] = dict(recipe or {})
 
