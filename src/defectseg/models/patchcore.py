@@ -89,6 +89,7 @@ class PatchCoreLite0(nn.Module):
         self.encoder.blocks = self.encoder.blocks[: layers[-1] + 1]  # the later blocks are never used
         self.encoder.requires_grad_(False)
         self.dim = sum(channels[i] for i in layers)
+        self.bank_rows = bank_size  # a plain int: the export traces the chunk loop over it
         self.register_buffer("bank", torch.zeros(bank_size, self.dim))
         self.register_buffer("bank_sq", torch.zeros(bank_size))  # |m|^2 per row, kept with the bank
         self.register_buffer("center", torch.tensor(0.0))
@@ -110,23 +111,20 @@ class PatchCoreLite0(nn.Module):
             y = block(y)
             if i in self.layers:
                 maps.append(F.avg_pool2d(y, 3, stride=1, padding=1, count_include_pad=False))
-        size = maps[0].shape[2:]
-        maps = [
-            m if m.shape[2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-            for m in maps
-        ]
-        return torch.cat(maps, 1)
+        size = maps[0].shape[2:]  # the first layer's grid is the finest (layers are sorted)
+        resampled = (F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:])
+        return torch.cat([maps[0], *resampled], 1)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> squared distance of each patch to its nearest bank row (B, 1, H/s, W/s)."""
         f = self.features(x)
         b, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(-1, d)
-        if self.bank.shape[0] == 0:
+        if not self.bank_rows:
             return f.new_zeros(b, 1, h, w)
         q_sq = (q * q).sum(1, keepdim=True)
         best = None
-        for start in range(0, self.bank.shape[0], _CHUNK):
+        for start in range(0, self.bank_rows, _CHUNK):
             m, m_sq = self.bank[start : start + _CHUNK], self.bank_sq[start : start + _CHUNK]
             dist = (q_sq - 2.0 * q @ m.T + m_sq).amin(1)
             best = dist if best is None else torch.minimum(best, dist)

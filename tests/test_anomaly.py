@@ -1,0 +1,187 @@
+"""`train --task anomaly`: patchcore-lite0 fitted on good images (coreset, calibration, threshold), then run by
+evaluate, predict and export like any segmenter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from defectseg import checkpoint
+from defectseg import config as C
+from defectseg.bench import count_macs
+from defectseg.cli import app
+from defectseg.data.synthetic import write_dagm
+from defectseg.models import create_model
+from defectseg.models.patchcore import BANK_CAP, greedy_coreset
+from defectseg.trainer import train
+
+
+def test_greedy_coreset_covers_every_cluster_and_the_outlier():
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(300, 2, generator=gen) for c in centers] + [torch.tensor([[40.0, 40.0]])])
+    picks = greedy_coreset(points, 4, seed=1, project=0)
+    chosen = points[picks]
+    assert 3 * 300 in picks.tolist()  # the lone outlier: a random sample of 4 would almost never hold it
+    nearest = torch.cdist(centers, chosen).amin(1)
+    assert (nearest < 1.0).all()  # and one pick in each cluster
+    assert len(set(greedy_coreset(points, 50, seed=1).tolist())) == 50  # projected: still distinct picks
+    assert greedy_coreset(points, 10_000).tolist() == list(range(len(points)))  # asked for more: all of them
+
+
+def test_bank_cap_and_bad_options_are_value_errors():
+    with pytest.raises(ValueError, match="over the cap"):
+        create_model("patchcore-lite0", bank_size=BANK_CAP, pretrained=False)
+    with pytest.raises(ValueError, match="layers"):
+        create_model("patchcore-lite0", layers=(4, 16), pretrained=False)
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("patchcore-lite0", num_classes=3, pretrained=False)
+
+
+def test_macs_count_the_distances_to_the_bank():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model("patchcore-lite0", bank_size=300, pretrained=False).eval()
+    model.set_bank(torch.randn(300, model.dim))
+    x = torch.zeros(1, 1, 64, 96)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    assert counter.get_total_flops() == 2 * count_macs(model, tuple(x.shape))
+    assert count_macs(model, tuple(x.shape)) > 8 * 12 * 300 * model.dim  # the products with the bank are in
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("anomaly")
+    data = write_dagm(root / "data", n_per_class=30, size=64, defective_fraction=0.3, seed=2, classes=1)
+    common = {"out_dir": str(root / "runs"), "data": {"root": str(data), "size": 64}}
+    cfg = C.resolve(
+        overrides={
+            **common,
+            "name": "pc",
+            "train": {"task": "anomaly", "device": "cpu", "batch_size": 8},
+            "model": {"options": {"bank_size": 400}},
+        }
+    )
+    res = train(cfg, quiet=True)
+    return {"root": root, "data": data, "res": res, "common": common}
+
+
+def test_the_fit_uses_good_images_only_and_stores_the_bank_and_calibration(fitted):
+    res = fitted["res"]
+    ck = checkpoint.load_checkpoint(res.best)
+    cfg = C.from_dict(ck["config"])
+    assert cfg.model.name == "patchcore-lite0" and cfg.train.task == "anomaly" and ck["task"] == "segment"
+    model, _ = checkpoint.model_from_checkpoint(ck)
+    net = model.net
+    assert net.bank.shape == (400, 152) and cfg.model.options["bank_size"] == 400
+    assert torch.allclose(net.bank_sq, (net.bank * net.bank).sum(1))
+    assert float(net.spread) > 0 and float(net.center) != 0
+    report = (res.run_dir / "report.md").read_text()
+    assert "memory bank of 400 of the" in report and "defective left out" in report
+    from defectseg.data import load_dataset
+
+    split = json.loads((res.run_dir / "split.json").read_text())
+    defective = {s.key for s in load_dataset(cfg.data.root).samples if s.defective}
+    left_out = len(defective & set(split["train"]))
+    good = len(split["train"]) - left_out
+    assert left_out > 0 and f"of {good} defect-free training images ({left_out} defective left out)" in report
+    x = torch.from_numpy(np.zeros((1, 1, 64, 64), np.uint8))
+    again, _ = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(res.last))
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))  # best.pt and last.pt: the same fitted model
+
+
+def test_calibration_puts_good_validation_images_near_one_half(fitted):
+    from defectseg.data import load_dataset, select
+    from defectseg.data.io import defect_pixels
+    from defectseg.rundata import split_dataset
+
+    res = fitted["res"]
+    model, cfg = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(res.best))
+    spec = load_dataset(cfg.data.root)
+    split = json.loads((res.run_dir / "split.json").read_text())
+    val = split_dataset(cfg, spec, select(spec, split["val"]), [], False)
+    good = [i for i in range(len(val)) if not defect_pixels(val.arrays(i)[1]).any()]
+    with torch.no_grad():
+        probs = [float(torch.sigmoid(model(val[i]["image"][None]).amax())) for i in good]
+    assert good and abs(float(np.median(probs)) - 0.5) < 0.05
+
+
+def test_a_validation_split_without_defects_sets_the_threshold_on_good_images(fitted, tmp_path):
+    from defectseg.data import load_dataset, make_split
+
+    spec = load_dataset(fitted["data"])
+    split = make_split(spec, seed=0)
+    defective = {s.key for s in spec.samples if s.defective}
+    moved = [k for k in split["val"] if k in defective]
+    split["val"] = [k for k in split["val"] if k not in defective]
+    split["test"] = sorted(split["test"] + moved)
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    cfg = C.resolve(
+        overrides={
+            **fitted["common"],
+            "name": "goodval",
+            "data": {**fitted["common"]["data"], "split_file": str(tmp_path / "split.json")},
+            "train": {"task": "anomaly", "device": "cpu", "batch_size": 8},
+            "model": {"options": {"bank_size": 400}},
+        }
+    )
+    res = train(cfg, quiet=True)
+    report = (res.run_dir / "report.md").read_text()
+    assert "val-frr instead" in report and "defect-free validation images NG" in report
+    ck = checkpoint.load_checkpoint(res.best)
+    assert 0 < ck["config"]["infer"]["threshold"] < 1  # not 0: that would call everything NG
+    assert res.test_metrics["image_recall"] < 1 or res.test_metrics["image_precision"] > 0.3
+
+
+def test_export_parity_and_predict_run_it_unchanged(fitted, tmp_path):
+    from defectseg.export import export_checkpoint
+    from defectseg.predictor import Predictor
+
+    res = fitted["res"]
+    report = export_checkpoint(res.best, tmp_path / "pc.onnx")
+    assert report.ok, report  # the bank is a constant of the graph
+    images = sorted((fitted["data"] / "Class1" / "Test").glob("*.PNG"))[:3]
+    out = tmp_path / "pred"
+    r = CliRunner().invoke(
+        app, ["predict", "--checkpoint", str(tmp_path / "pc.onnx"), "--out", str(out), *map(str, images)]
+    )
+    assert r.exit_code == 0, r.output
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    eager = Predictor.from_checkpoint(res.best, device="cpu", backend="torch")
+    for rec, path in zip(records, images):
+        assert rec["verdict"] == eager.predict_paths([path]).__next__().verdict
+
+
+def test_task_anomaly_from_the_command_line(fitted):
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(fitted["data"]),
+            "--task",
+            "anomaly",
+            "--size",
+            "64",
+            "--device",
+            "cpu",
+            "--set",
+            "model.options.bank_size=200",
+            "--out-dir",
+            str(fitted["root"] / "runs"),
+            "--name",
+            "cli",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (Path(fitted["root"]) / "runs" / "cli" / "report.md").is_file()
+    r = CliRunner().invoke(app, ["train", "--data", str(fitted["data"]), "--task", "anomaly", "--model", "unet-lite0"])
+    assert r.exit_code != 0 and "pick a matching --model or --task" in " ".join(r.output.split())
