@@ -116,10 +116,10 @@ done
 # every backend), then the plot of defect IoU against it.
 for size in 128 192 256; do
   "$PY" -m defectseg.cli benchmark --models cheapmix-m,unet-small,unet-mobilenetv1,cheapnet-m --size $size --batch 1 \
-      --device cpu --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size.md"
+      --device cpu --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --overwrite --out "$R/latency-$size.md"
 done
 for size in 128 192; do
   "$PY" -m defectseg.cli benchmark --models mobile-unet --channels 3 --size $size --batch 1 --device cpu \
-      --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --out "$R/latency-$size-rgb.md"
+      --backend torch --threads 2 --repeats 30 --max-seconds 10 --quiet --overwrite --out "$R/latency-$size-rgb.md"
 done
 "$PY" benchmarks/results_plot.py docs/results.png

@@ -23,7 +23,7 @@ for size in ${SIZES:-128 256}; do
     dtypes=$DTYPES; [[ $layout == nchw ]] && dtypes=fp32
     "$PY" -m defectseg.cli benchmark --train --models cheapnet-m,cheapmix-m --size "$size" --batch 16 --device cpu \
         --threads "$THREADS" --dtype "$dtypes" "${flag[@]}" --repeats 6 --max-seconds 30 --quiet \
-        --out "$OUT/train-$size-$layout.md" > /dev/null
+        --overwrite --out "$OUT/train-$size-$layout.md" > /dev/null
     echo "== $size $layout ($(uptime))"
     grep '^| cheap' "$OUT/train-$size-$layout.md" | cut -d'|' -f2,5,7,13,15  # model, dtype, channels_last, median ms, img/s
   done

@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 for size in 128 192 256; do
   "$PY" -m defectseg.cli benchmark --models unet-lite0,cheapmix-m --size "$size" --device cpu --batch 1 \
-      --backend auto --threads 2 --repeats 50 -q --out "benchmarks/results/latency-lite0-$size.md" > /dev/null
+      --backend auto --threads 2 --repeats 50 -q --overwrite --out "benchmarks/results/latency-lite0-$size.md" > /dev/null
 done
 "$PY" benchmarks/probes/int8.py unet-lite0 256 2 2>&1 | grep -v "^WARNING" > benchmarks/results/int8-lite0-256.txt
