@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import config as C
 from .checkpoint import build_model, save_checkpoint
 from .data.io import defect_pixels
 from .data.splits import select
@@ -132,6 +133,7 @@ class AnomalyFitter(Trainer):
         }
         for path in (self.last_path, self.best_path):
             save_checkpoint(Path(path), state)
+        C.save_yaml(self.cfg, self.run_dir / "config.yaml")  # with the bank's final size
 
 
 def _batches(dataset: Any, size: int) -> Any:
