@@ -183,5 +183,32 @@ def test_task_anomaly_from_the_command_line(fitted):
     )
     assert r.exit_code == 0, r.output
     assert (Path(fitted["root"]) / "runs" / "cli" / "report.md").is_file()
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(fitted["data"]),
+            "--task",
+            "anomaly",
+            "--size",
+            "64",
+            "--device",
+            "cpu",
+            "--set",
+            "model.options.bank_size=200",
+            "--set",
+            "model.options.dims=16",
+            "--out-dir",
+            str(fitted["root"] / "runs"),
+            "--name",
+            "pca",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    model, _ = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(fitted["root"] / "runs" / "pca" / "best.pt"))
+    proj = model.net.proj
+    assert model.net.bank.shape == (200, 16) and torch.allclose(proj.T @ proj, torch.eye(16), atol=1e-4)
     r = CliRunner().invoke(app, ["train", "--data", str(fitted["data"]), "--task", "anomaly", "--model", "unet-lite0"])
     assert r.exit_code != 0 and "pick a matching --model or --task" in " ".join(r.output.split())

@@ -68,6 +68,8 @@ class AnomalyFitter(Trainer):
             t0 = time.time()
             vectors = torch.cat([self._patches(batch) for batch in _batches(self.train_set, cfg.train.batch_size)])
             seconds_features = time.time() - t0
+            net.fit_projection(vectors, seed=cfg.train.seed)  # dims > 0: principal components of the good patches
+            vectors = net.vectors(vectors[:, :, None, None])
             size = min(int(cfg.model.options.get("bank_size", net.bank.shape[0])), len(vectors))
             t1 = time.time()
             keep = greedy_coreset(vectors, size, seed=cfg.train.seed)
@@ -81,7 +83,7 @@ class AnomalyFitter(Trainer):
             center, spread, on = self._calibration()
             self.model.net.set_calibration(center, spread)
             self.fit_note = (
-                f"memory bank of {size:,} of the {len(vectors):,} patch vectors ({self.model.net.dim} dims, "
+                f"memory bank of {size:,} of the {len(vectors):,} patch vectors ({self.model.net.bank_dim} dims, "
                 f"{self.model.net.bank.numel() * 4 / 2**20:.1f} MB; greedy coreset) of {good} defect-free training "
                 f"images ({left_out} defective left out); features {seconds_features:.0f} s, coreset "
                 f"{seconds_coreset:.0f} s; calibrated on {on}: center {center:.4g}, spread {spread:.4g}"
@@ -92,7 +94,7 @@ class AnomalyFitter(Trainer):
 
     @torch.no_grad()
     def _patches(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, C, H, W) -> their patch vectors (B * h * w, dim)."""
+        """uint8 images (B, C, H, W) -> their raw patch vectors (B * h * w, dim)."""
         model: PixelModel = self.model
         f = model.net.features(images.to(self.device).float() * model.scale + model.shift)
         return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu()

@@ -12,7 +12,9 @@ fitted on good validation images, logit = (score - center) / spread: the output 
 segmenter's, so evaluate, predict, serve, watch and export run it unchanged, and the one post-processing step makes
 its masks, defects and verdicts.
 
-Options: layers, sigma, bank_size (rows of the bank; the fit sets it to what it kept), pretrained.
+Options: layers, sigma, bank_size (rows of the bank; the fit sets it to what it kept), dims (0: the patch vectors as
+they are; k: their first k principal components, fitted on the good training patches: a smaller bank, cheaper
+distances), pretrained.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class PatchCoreLite0(nn.Module):
         layers: tuple[int, ...] = (4, 10),
         sigma: float = 4.0,
         bank_size: int = 0,
+        dims: int = 0,
         pretrained: bool = True,
     ) -> None:
         super().__init__()
@@ -89,8 +92,15 @@ class PatchCoreLite0(nn.Module):
         self.encoder.blocks = self.encoder.blocks[: layers[-1] + 1]  # the later blocks are never used
         self.encoder.requires_grad_(False)
         self.dim = sum(channels[i] for i in layers)
+        if not 0 <= dims <= self.dim:
+            raise ValueError(f"dims must be 0 (keep all {self.dim}) or at most {self.dim}, got {dims}")
+        # dims > 0: patch vectors are projected on their first `dims` principal components (fitted on the good
+        # training patches) before any distance: the bank is smaller and the distances cheaper, per row
+        self.bank_dim = dims or self.dim
+        self.register_buffer("proj_mean", torch.zeros(self.dim if dims else 0))
+        self.register_buffer("proj", torch.zeros(self.dim if dims else 0, dims))
         self.bank_rows = bank_size  # a plain int: the export traces the chunk loop over it
-        self.register_buffer("bank", torch.zeros(bank_size, self.dim))
+        self.register_buffer("bank", torch.zeros(bank_size, self.bank_dim))
         self.register_buffer("bank_sq", torch.zeros(bank_size))  # |m|^2 per row, kept with the bank
         self.register_buffer("center", torch.tensor(0.0))
         self.register_buffer("spread", torch.tensor(1.0))
@@ -115,11 +125,16 @@ class PatchCoreLite0(nn.Module):
         resampled = (F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:])
         return torch.cat([maps[0], *resampled], 1)
 
+    def vectors(self, f: torch.Tensor) -> torch.Tensor:
+        """Feature maps (B, dim, h, w) -> the vectors the bank compares, one per patch (B * h * w, bank_dim)."""
+        q = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        return q if self.bank_dim == self.dim else (q - self.proj_mean) @ self.proj
+
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> squared distance of each patch to its nearest bank row (B, 1, H/s, W/s)."""
         f = self.features(x)
-        b, d, h, w = f.shape
-        q = f.permute(0, 2, 3, 1).reshape(-1, d)
+        b, _, h, w = f.shape
+        q = self.vectors(f)
         if not self.bank_rows:
             return f.new_zeros(b, 1, h, w)
         q_sq = (q * q).sum(1, keepdim=True)
@@ -143,11 +158,25 @@ class PatchCoreLite0(nn.Module):
         b, _, h, w = input_shape
         patches = b * (h // self.stride) * (w // self.stride)
         blur = 2 * b * h * w * self.gauss.shape[-1] if self.sigma > 0 else 0
-        return patches * self.bank.shape[0] * self.dim + blur
+        projection = patches * self.dim * self.bank_dim if self.bank_dim != self.dim else 0
+        return patches * self.bank.shape[0] * self.bank_dim + blur + projection
+
+    @torch.no_grad()
+    def fit_projection(self, vectors: torch.Tensor, seed: int = 0, sample: int = 100_000) -> None:
+        """The principal components of (a seeded sample of) raw patch vectors (N, dim) as the projection (dims > 0)."""
+        if self.bank_dim == self.dim:
+            return
+        gen = torch.Generator().manual_seed(seed)
+        x = vectors[torch.randperm(len(vectors), generator=gen)[:sample]].double()
+        mean = x.mean(0)
+        _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+        self.proj_mean.copy_(mean.float())
+        self.proj.copy_(vt[: self.bank_dim].T.float())
 
     @torch.no_grad()
     def set_bank(self, bank: torch.Tensor) -> None:
-        """Use `bank` (N, dim) as the memory bank (N must equal the bank_size the model was built with)."""
+        """Use `bank` (N, bank_dim), projected vectors, as the memory bank (N: the bank_size the model was built
+        with)."""
         if bank.shape != self.bank.shape:
             raise ValueError(f"bank of shape {tuple(bank.shape)} for a model built for {tuple(self.bank.shape)}")
         self.bank.copy_(bank)
