@@ -25,6 +25,15 @@ for seed in 0 1 2; do
   train_row $R/magnetic-tile transfer-head-seed$seed "${MT_SPLIT[@]}" --preset transfer --seed $seed \
       --set model.options.image_head=true
 done
+# The image head with a tenth of its gradient into the encoder (the recipe since 2026-12-06; the rows above ran
+# before it, with the head off or with all of its gradient), and the decision-network variant (commit 8b5f1ce's
+# working tree: model.options.decision=64, image_grad=0; not shipped).
+for seed in 0 1 2; do
+  train_row $R/magnetic-tile transfer-headg01-seed$seed "${MT_SPLIT[@]}" --preset transfer --seed $seed \
+      --set model.options.image_head=true --set model.options.image_grad=0.1
+done
+train_row $R/neu-seg transfer-headg01 --data "$DATA/neu-seg"
+train_row $R/dagm-samples transfer-headg01 --data "$DATA/dagm-samples"
 train_row $R/neu-seg transfer --data "$DATA/neu-seg" --preset transfer
 train_row $R/dagm-samples transfer --data "$DATA/dagm-samples" --preset transfer
 train_row $R/dagm-samples defaults --data "$DATA/dagm-samples" --model cheapmix-m

@@ -22,8 +22,14 @@ ROWS = [
     ("magnetic-tile", "transfer-headd-seed1"),
     ("magnetic-tile", "transfer-headd-seed2"),
     ("magnetic-tile", "transfer-scratch-seed0"),
+    ("magnetic-tile", "transfer-headdec-seed1"),
+    ("magnetic-tile", "transfer-headg01-seed0"),
+    ("magnetic-tile", "transfer-headg01-seed1"),
+    ("magnetic-tile", "transfer-headg01-seed2"),
     ("neu-seg", "transfer"),
+    ("neu-seg", "transfer-headg01"),
     ("dagm-samples", "transfer"),
+    ("dagm-samples", "transfer-headg01"),
     ("dagm-samples", "defaults"),
 ]
 COLUMNS = ("defect_iou", "miou", "image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro", "region_ap50")
@@ -51,7 +57,7 @@ def main() -> None:
         cells = [f"{m.get(k, float('nan')):.3f}" for k in COLUMNS]
         print(f"| {dataset} | {name} | " + " | ".join(cells) + f" | {m['seconds']:.0f} |")
     print()
-    for recipe in ("transfer-seed", "transfer-head-seed", "transfer-headd-seed"):
+    for recipe in ("transfer-seed", "transfer-head-seed", "transfer-headd-seed", "transfer-headg01-seed"):
         runs = [m for (d, n), m in found.items() if d == "magnetic-tile" and n.startswith(recipe)]
         if len(runs) < 2:
             continue

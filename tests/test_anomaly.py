@@ -59,17 +59,21 @@ def test_macs_count_the_distances_to_the_bank():
 def fitted(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("anomaly")
     data = write_dagm(root / "data", n_per_class=30, size=64, defective_fraction=0.3, seed=2, classes=1)
-    common = {"out_dir": str(root / "runs"), "data": {"root": str(data), "size": 64}}
+    return {"root": root, "data": data, "res": _fit(root, data, "pc")}
+
+
+def _fit(root: Path, data: Path, name: str, split_file: Path | None = None):
+    """A patchcore-lite0 fit (bank 400) on the tiny set at 64x64."""
     cfg = C.resolve(
         overrides={
-            **common,
-            "name": "pc",
+            "name": name,
+            "out_dir": str(root / "runs"),
+            "data": {"root": str(data), "size": 64, "split_file": None if split_file is None else str(split_file)},
             "train": {"task": "anomaly", "device": "cpu", "batch_size": 8},
             "model": {"options": {"bank_size": 400}},
         }
     )
-    res = train(cfg, quiet=True)
-    return {"root": root, "data": data, "res": res, "common": common}
+    return train(cfg, quiet=True)
 
 
 def test_the_fit_uses_good_images_only_and_stores_the_bank_and_calibration(fitted):
@@ -123,16 +127,7 @@ def test_a_validation_split_without_defects_sets_the_threshold_on_good_images(fi
     split["val"] = [k for k in split["val"] if k not in defective]
     split["test"] = sorted(split["test"] + moved)
     (tmp_path / "split.json").write_text(json.dumps(split))
-    cfg = C.resolve(
-        overrides={
-            **fitted["common"],
-            "name": "goodval",
-            "data": {**fitted["common"]["data"], "split_file": str(tmp_path / "split.json")},
-            "train": {"task": "anomaly", "device": "cpu", "batch_size": 8},
-            "model": {"options": {"bank_size": 400}},
-        }
-    )
-    res = train(cfg, quiet=True)
+    res = _fit(fitted["root"], fitted["data"], "goodval", tmp_path / "split.json")
     report = (res.run_dir / "report.md").read_text()
     assert "val-frr instead" in report and "defect-free validation images NG" in report
     ck = checkpoint.load_checkpoint(res.best)

@@ -359,19 +359,27 @@ def _browser():
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
-def test_the_page_uploads_an_image_shows_its_overlay_and_defects_and_rethresholds(live, tmp_path):
+def _upload(d, url: str, image: Path):
+    """Open the page, upload `image` and wait for its defect table; returns the WebDriverWait."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    d.get(url)
+    wait = WebDriverWait(d, 30)
+    wait.until(lambda d: "cheapnet-s" in d.find_element(By.ID, "model").text)
+    d.find_element(By.ID, "file").send_keys(str(image))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card tbody tr"))
+    return wait
+
+
+def test_the_page_uploads_an_image_shows_its_overlay_and_defects_and_rethresholds(live, tmp_path):
+    from selenium.webdriver.common.by import By
 
     img = _scene(80, 100, (20, 10, 50, 30))
     Image.fromarray(img).save(tmp_path / "part.png")
     d = _browser()
     try:
-        d.get(live.url)
-        wait = WebDriverWait(d, 30)
-        wait.until(lambda d: "cheapnet-s" in d.find_element(By.ID, "model").text)
-        d.find_element(By.ID, "file").send_keys(str(tmp_path / "part.png"))
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card tbody tr"))
+        wait = _upload(d, live.url, tmp_path / "part.png")
         rows = d.find_elements(By.CSS_SELECTOR, ".card tbody tr")
         cells = [c.text for c in rows[0].find_elements(By.TAG_NAME, "td")]
         assert len(rows) == 1 and abs(int(cells[1]) - 20) <= 2 and abs(int(cells[4]) - 30) <= 2
@@ -393,16 +401,11 @@ def test_the_page_uploads_an_image_shows_its_overlay_and_defects_and_rethreshold
 
 def test_the_page_fits_a_tall_part_on_screen_with_its_verdict_and_table(live, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     Image.fromarray(_scene(1281, 500, (470, 600, 500, 700))).save(tmp_path / "tall.png")  # a defect at the right edge
     d = _browser()
     try:
-        d.get(live.url)
-        wait = WebDriverWait(d, 30)
-        wait.until(lambda d: "cheapnet-s" in d.find_element(By.ID, "model").text)
-        d.find_element(By.ID, "file").send_keys(str(tmp_path / "tall.png"))
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card tbody tr"))
+        _upload(d, live.url, tmp_path / "tall.png")
         view = d.execute_script("return window.innerHeight")
         img = d.find_element(By.CSS_SELECTOR, ".card img")
         box = d.execute_script("return arguments[0].getBoundingClientRect()", img)

@@ -193,20 +193,19 @@ def split_warnings(counts: dict[str, dict[str, int]]) -> list[str]:
             "data.defect_free_only=true --set data.synthetic_defects=0.5)"
         ]
     out = []
-    if not counts["val"]["images"]:
-        out.append("the validation split is empty: best.pt follows the training loss and the threshold is not chosen")
-    elif not counts["val"]["defective"]:
-        out.append(
-            f"the val split has no defective image among its {counts['val']['images']}: best.pt and the threshold "
-            "would be chosen on nothing"
-        )
-    if not counts["test"]["images"]:
-        out.append("the test split is empty: the report has no test figures")
-    elif not counts["test"]["defective"]:
-        out.append(
-            f"the test split has no defective image among its {counts['test']['images']}: the test figures would "
-            "say nothing about defects"
-        )
+    costs = {  # (what an empty split costs, what one without defects costs)
+        "val": (
+            "best.pt follows the training loss and the threshold is not chosen",
+            "best.pt and the threshold would be chosen on nothing",
+        ),
+        "test": ("the report has no test figures", "the test figures would say nothing about defects"),
+    }
+    for name, (empty, blind) in costs.items():
+        n = counts[name]["images"]
+        if not n:
+            out.append(f"the {name} split is empty: {empty}")
+        elif not counts[name]["defective"]:
+            out.append(f"the {name} split has no defective image among its {n}: {blind}")
     if out and not counts["train"]["defective"]:
         out.append("the training split has no defective image: the model cannot learn what a defect looks like")
     if out:
