@@ -97,8 +97,8 @@ class PatchCoreLite0(nn.Module):
         # dims > 0: patch vectors are projected on their first `dims` principal components (fitted on the good
         # training patches) before any distance: the bank is smaller and the distances cheaper, per row
         self.bank_dim = dims or self.dim
-        self.register_buffer("proj_mean", torch.zeros(self.dim if dims else 0))
-        self.register_buffer("proj", torch.zeros(self.dim if dims else 0, dims))
+        self.register_buffer("proj_mean", torch.zeros(self.dim) if dims else None)  # None: not in the state dict
+        self.register_buffer("proj", torch.zeros(self.dim, dims) if dims else None)
         self.bank_rows = bank_size  # a plain int: the export traces the chunk loop over it
         self.register_buffer("bank", torch.zeros(bank_size, self.bank_dim))
         self.register_buffer("bank_sq", torch.zeros(bank_size))  # |m|^2 per row, kept with the bank
