@@ -33,7 +33,7 @@ for seed in 0 1 2; do
       --set model.options.image_head=true --set model.options.image_grad=0.1
 done
 train_row $R/neu-seg transfer-headg01 --data "$DATA/neu-seg"
-train_row $R/dagm-samples transfer-headg01 --data "$DATA/dagm-samples"
+train_row $R/dagm-samples transfer-headg01 --data "$DATA/dagm-samples" --split-file $R/dagm-samples/transfer/split.json
 train_row $R/neu-seg transfer --data "$DATA/neu-seg" --preset transfer
 train_row $R/dagm-samples transfer --data "$DATA/dagm-samples" --preset transfer
 train_row $R/dagm-samples defaults --data "$DATA/dagm-samples" --model cheapmix-m
