@@ -72,7 +72,10 @@ class AnomalyFitter(Trainer):
             vectors = net.vectors(vectors[:, :, None, None])
             size = min(int(cfg.model.options.get("bank_size", net.bank.shape[0])), len(vectors))
             t1 = time.time()
-            keep = greedy_coreset(vectors, size, seed=cfg.train.seed)
+            if net.coreset == "greedy":
+                keep = greedy_coreset(vectors, size, seed=cfg.train.seed)
+            else:
+                keep = torch.randperm(len(vectors), generator=torch.Generator().manual_seed(cfg.train.seed))[:size]
             seconds_coreset = time.time() - t1
             # the model is rebuilt with the bank's final size: the size is part of the checkpoint's config
             cfg.model.options = {**cfg.model.options, "bank_size": size}
@@ -84,7 +87,7 @@ class AnomalyFitter(Trainer):
             self.model.net.set_calibration(center, spread)
             self.fit_note = (
                 f"memory bank of {size:,} of the {len(vectors):,} patch vectors ({self.model.net.bank_dim} dims, "
-                f"{self.model.net.bank.numel() * 4 / 2**20:.1f} MB; greedy coreset) of {good} defect-free training "
+                f"{self.model.net.bank.numel() * 4 / 2**20:.1f} MB; {net.coreset} coreset) of {good} defect-free training "
                 f"images ({left_out} defective left out); features {seconds_features:.0f} s, coreset "
                 f"{seconds_coreset:.0f} s; calibrated on {on}: center {center:.4g}, spread {spread:.4g}"
             )

@@ -12,7 +12,8 @@ fitted on good validation images, logit = (score - center) / spread: the output 
 segmenter's, so evaluate, predict, serve, watch and export run it unchanged, and the one post-processing step makes
 its masks, defects and verdicts.
 
-Options: layers, sigma, bank_size (rows of the bank; the fit sets it to what it kept), dims (0: the patch vectors as
+Options: layers, sigma, bank_size (rows of the bank; the fit sets it to what it kept), coreset ("greedy" k-center
+or "random": how the bank is drawn from the good patches), dims (0: the patch vectors as
 they are; k: their first k principal components, fitted on the good training patches: a smaller bank, cheaper
 distances), pretrained.
 """
@@ -66,6 +67,7 @@ class PatchCoreLite0(nn.Module):
         sigma: float = 4.0,
         bank_size: int = 0,
         dims: int = 0,
+        coreset: str = "greedy",
         pretrained: bool = True,
     ) -> None:
         super().__init__()
@@ -82,6 +84,9 @@ class PatchCoreLite0(nn.Module):
                 f"bank_size {bank_size} is over the cap of {BANK_CAP:,} rows (a checkpoint of hundreds of MB, and "
                 "every patch compared with every row); choose a smaller model.options.bank_size"
             )
+        if coreset not in ("greedy", "random"):
+            raise ValueError(f"coreset must be 'greedy' (k-center) or 'random', got {coreset!r}")
+        self.coreset = coreset
         if not sigma >= 0:
             raise ValueError(f"sigma must be >= 0 (pixels; 0: no smoothing), got {sigma}")
         self.layers, self.sigma = layers, float(sigma)
