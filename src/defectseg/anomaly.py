@@ -87,8 +87,8 @@ class AnomalyFitter(Trainer):
             self.model.net.set_calibration(center, spread)
             self.fit_note = (
                 f"memory bank of {size:,} of the {len(vectors):,} patch vectors ({self.model.net.bank_dim} dims, "
-                f"{self.model.net.bank.numel() * 4 / 2**20:.1f} MB; {net.coreset} coreset) of {good} defect-free training "
-                f"images ({left_out} defective left out); features {seconds_features:.0f} s, coreset "
+                f"{self.model.net.bank.numel() * 4 / 2**20:.1f} MB; {net.coreset} coreset) of {good} defect-free "
+                f"training images ({left_out} defective left out); features {seconds_features:.0f} s, coreset "
                 f"{seconds_coreset:.0f} s; calibrated on {on}: center {center:.4g}, spread {spread:.4g}"
             )
             prog.log(self.fit_note)
