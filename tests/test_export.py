@@ -15,7 +15,7 @@ from torch import nn
 
 import defectseg.export as export_mod
 from defectseg.export import OnnxModel, export_onnx, read_onnx_metadata
-from defectseg.models import create_model, list_models
+from defectseg.models import create_model, list_models, model_task
 
 
 def _channels(name: str) -> int:
@@ -43,8 +43,15 @@ def _randomise_batchnorm(model: nn.Module) -> None:
 
 def _model(name: str, **options) -> nn.Module:
     torch.manual_seed(0)
+    if model_task(name) == "anomaly":  # a memory bank to compare with (built empty, every score 0)
+        options = {"bank_size": 50, **options}
     model = create_model(name, in_channels=_channels(name), **options)
     _randomise_batchnorm(model)
+    if model_task(name) == "anomaly":  # and a calibration, so its logits are of order 1 as a fitted model's are
+        model.eval().set_bank(torch.randn(50, model.dim))
+        with torch.no_grad():
+            raw = model(torch.randn(1, _channels(name), 64, 64))
+        model.set_calibration(float(raw.mean()), float(raw.std()))
     return model.eval()
 
 
