@@ -75,7 +75,9 @@ def _parts(samples: Sequence[Sample], keep_parts: bool) -> list[_Part]:
     return list(by.values())
 
 
-def _deal(samples: Sequence[Sample], fractions: dict[str, float], seed: int, salt: str, keep_parts: bool):
+def _deal(
+    samples: Sequence[Sample], fractions: dict[str, float], seed: int, salt: str, keep_parts: bool
+) -> dict[str, list[str]]:
     """Split samples among the names of `fractions` (module docstring)."""
     names = list(fractions)
     parts = _parts(samples, keep_parts)
