@@ -32,6 +32,7 @@ for seed in 0 1 2; do
   train_row $R/magnetic-tile transfer-headg01-seed$seed "${MT_SPLIT[@]}" --preset transfer --seed $seed \
       --set model.options.image_head=true --set model.options.image_grad=0.1
 done
+OMP_NUM_THREADS=2 train_row $R/magnetic-tile defaults-seed0-alone "${MT_SPLIT[@]}" --seed 0   # alone on an idle box
 train_row $R/neu-seg transfer-headg01 --data "$DATA/neu-seg"
 train_row $R/dagm-samples transfer-headg01 --data "$DATA/dagm-samples" --split-file $R/dagm-samples/transfer/split.json
 train_row $R/neu-seg transfer --data "$DATA/neu-seg" --preset transfer

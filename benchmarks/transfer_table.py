@@ -26,6 +26,7 @@ ROWS = [
     ("magnetic-tile", "transfer-headg01-seed0"),
     ("magnetic-tile", "transfer-headg01-seed1"),
     ("magnetic-tile", "transfer-headg01-seed2"),
+    ("magnetic-tile", "defaults-seed0-alone"),
     ("neu-seg", "transfer"),
     ("neu-seg", "transfer-headg01"),
     ("dagm-samples", "transfer"),

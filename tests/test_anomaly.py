@@ -155,53 +155,15 @@ def test_export_parity_and_predict_run_it_unchanged(fitted, tmp_path):
 
 
 def test_task_anomaly_from_the_command_line(fitted):
-    r = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(fitted["data"]),
-            "--task",
-            "anomaly",
-            "--size",
-            "64",
-            "--device",
-            "cpu",
-            "--set",
-            "model.options.bank_size=200",
-            "--out-dir",
-            str(fitted["root"] / "runs"),
-            "--name",
-            "cli",
-            "-q",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    def cli_fit(name: str, *options: str):
+        args = ["train", "--data", str(fitted["data"]), "--task", "anomaly", "--size", "64", "--device", "cpu"]
+        args += ["--set", "model.options.bank_size=200", *options]
+        r = CliRunner().invoke(app, [*args, "--out-dir", str(fitted["root"] / "runs"), "--name", name, "-q"])
+        assert r.exit_code == 0, r.output
+
+    cli_fit("cli")
     assert (Path(fitted["root"]) / "runs" / "cli" / "report.md").is_file()
-    r = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--data",
-            str(fitted["data"]),
-            "--task",
-            "anomaly",
-            "--size",
-            "64",
-            "--device",
-            "cpu",
-            "--set",
-            "model.options.bank_size=200",
-            "--set",
-            "model.options.dims=16",
-            "--out-dir",
-            str(fitted["root"] / "runs"),
-            "--name",
-            "pca",
-            "-q",
-        ],
-    )
-    assert r.exit_code == 0, r.output
+    cli_fit("pca", "--set", "model.options.dims=16")
     model, _ = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(fitted["root"] / "runs" / "pca" / "best.pt"))
     proj = model.net.proj
     assert model.net.bank.shape == (200, 16) and torch.allclose(proj.T @ proj, torch.eye(16), atol=1e-4)
