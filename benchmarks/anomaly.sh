@@ -20,6 +20,7 @@ train_row $R anomaly-patchcore "${MT_SPLIT[@]}" --task anomaly
 train_row $R anomaly-patchcore-bank40k "${MT_SPLIT[@]}" --task anomaly --set model.options.bank_size=40000
 train_row $R anomaly-patchcore-pca64-bank40k "${MT_SPLIT[@]}" --task anomaly --set model.options.bank_size=40000 \
     --set model.options.dims=64
+train_row $R anomaly-patchcore-320 "${MT_SPLIT[@]}" --task anomaly --size 320
 train_row $R anomaly-patchcore-random "${MT_SPLIT[@]}" --task anomaly --set model.options.coreset=random
 train_row $R anomaly-patchcore-random150k "${MT_SPLIT[@]}" --task anomaly --set model.options.coreset=random \
     --set model.options.bank_size=150000
