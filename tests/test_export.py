@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import defectseg.export as export_mod
+import defectseg.data.io as data_io
 from defectseg.export import OnnxModel, export_onnx, read_onnx_metadata
 from defectseg.models import create_model, list_models, model_task
 
@@ -183,7 +183,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path, monkeypatch
     def fail_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_mod.os, "replace", fail_replace)
+    monkeypatch.setattr(data_io.os, "replace", fail_replace)  # the one atomic write export goes through
     with pytest.raises(ValueError, match="cannot write .*disk full"):  # a one-line error for the CLI
         export_onnx(_model("cheapnet-m"), out, input_shape=(1, 1, 32, 32))
     assert out.read_bytes() == old

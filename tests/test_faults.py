@@ -669,7 +669,7 @@ def test_a_linked_device_in_a_dataset_is_named_not_its_mask(tmp_path):
 
 
 def test_no_output_replaces_an_input_or_a_checkpoint_and_existing_files_need_overwrite(tmp_path):
-    from defectseg.outputs import claim_file, write_text_atomic
+    from defectseg.data.io import claim_file, write_atomic
 
     ckpt = _save(tmp_path / "m.pt")
     other = _save(tmp_path / "other.pt")
@@ -687,8 +687,8 @@ def test_no_output_replaces_an_input_or_a_checkpoint_and_existing_files_need_ove
     renamed.write_bytes(ckpt.read_bytes())
     with pytest.raises(ValueError, match="is a checkpoint"):
         claim_file(renamed, "--json", overwrite=True)
-    write_text_atomic(tmp_path / "j.json", "{}")
-    assert (tmp_path / "j.json").read_text() == "{}" and not list(tmp_path.glob(".j.json.tmp*"))
+    write_atomic(tmp_path / "j.json", b"{}")
+    assert (tmp_path / "j.json").read_text() == "{}" and not list(tmp_path.glob(".j.json*"))
 
 
 # ----------------------------------------------------------------------------- the second probe: smaller ones

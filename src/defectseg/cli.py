@@ -24,12 +24,12 @@ from . import config as C
 from .bench import ablation_specs, bench_header, count_params, format_table, plot_throughput, run_benchmark
 from .config import PRESETS, choices
 from .data.cli import app as data_app
-from .data.io import IMAGE_SUFFIXES, find_images
+from .data.io import IMAGE_SUFFIXES, claim_file, find_images, write_atomic
 from .demo import run_demo
 from .evaluate import evaluate_checkpoint
 from .export import export_checkpoint
 from .models import create_model, list_models, model_task
-from .outputs import ResultWriter, claim_file, write_text_atomic
+from .outputs import ResultWriter
 from .predictor import Predictor
 from .trainer import TrainingError
 from .trainer import train as run_train
@@ -268,7 +268,7 @@ def evaluate(
         # NaN (a metric undefined on this split) is not JSON: write null.
         clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
         try:
-            write_text_atomic(json_out, json.dumps(clean, indent=2))
+            write_atomic(json_out, json.dumps(clean, indent=2).encode())
         except OSError as exc:
             _fail(ValueError(f"cannot write {json_out}: {exc.strerror}; choose a writable path for --json"))
 
@@ -682,7 +682,7 @@ def benchmark_cmd(
         text = format_table(rows, format, header)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out, text)
+            write_atomic(out, text.encode())
         if plot is not None:
             plot_throughput(rows, plot, results, metric)
     except ValueError as exc:

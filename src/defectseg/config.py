@@ -25,7 +25,7 @@ import yaml
 # The registries are read through their modules at check time: register_loss and register_format rebind
 # LOSSES and FORMATS, so a name imported here once would miss what is registered later.
 from . import losses, metrics, optim
-from .data import formats, transforms
+from .data import formats, splits, transforms
 from .models import list_models, model_recipe
 from .runtime import check_device_name
 
@@ -107,9 +107,7 @@ class DataConfig:
     channels: int = setting(1, among=(1, 3), say="1 (gray) or 3 (RGB)")
     split_file: str | None = None  # reuse a split (e.g. magnetic-tile/split-70-15-15.json)
     fractions: tuple[float, float, float] = setting(
-        (0.7, 0.15, 0.15),
-        ok=lambda v: all(f >= 0 for f in v) and abs(sum(v) - 1) <= 1e-6,
-        say="three non-negative fractions (train, val, test) summing to 1",
+        (0.7, 0.15, 0.15), ok=splits.valid_fractions, say=splits.FRACTIONS_RULE
     )
     # keep each part's images in one split (a part: a generic layout's sub-folder, Kolektor's kosNN); false deals
     # every image alone, the sub-folders then balanced across splits like defect types

@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +23,8 @@ from torch import nn
 
 from . import config as C
 from .checkpoint import input_channels, load_checkpoint, model_from_checkpoint
+from .data.io import claim_file, write_atomic
 from .fuse import fuse_for_inference
-from .outputs import claim_file
 from .runtime import default_threads
 
 if TYPE_CHECKING:
@@ -194,24 +192,12 @@ def _export_dynamo(model: nn.Module, dummy: torch.Tensor, dynamic: bool, opset: 
 
 
 def _write_atomic(data: bytes, path: Path) -> None:
-    """Write `data` to `path` through a temp file and a rename; an unwritable place is a ValueError."""
-    # Same folder, so os.replace is an atomic rename; plain open (not mkstemp's 0600) gives the umask's mode.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    """Write `data` to `path` atomically (`data.io.write_atomic`); an unwritable place is a ValueError."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the folder itself is unusable: nothing was written
-        if isinstance(exc, OSError):
-            raise ValueError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from None
-        raise
+        write_atomic(path, data)
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from None
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:

@@ -19,9 +19,7 @@ import numpy as np
 from .data.io import write_png
 from .viz import overlay
 
-__all__ = ["Result", "ResultWriter", "claim_file", "read_records", "write_results", "write_text_atomic"]
-
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+__all__ = ["Result", "ResultWriter", "read_records", "write_results"]
 
 
 @dataclass
@@ -310,38 +308,3 @@ def write_results(
         for r in results:
             w.write(r)
     return w.n_ng
-
-
-def claim_file(path: Path, option: str, overwrite: bool = False, inputs: Iterable[Path | str | None] = ()) -> None:
-    """Refuse to write the file `path` (given as `option`) over one of the command's `inputs` or over a checkpoint,
-    ever, and over any other existing file unless `overwrite`."""
-    path = Path(path)
-    for given in inputs:
-        if given is not None and path.resolve() == Path(given).resolve():
-            raise ValueError(f"{option} {path} is an input of this command; choose another file")
-    if path.is_dir():
-        raise ValueError(f"{option} {path} is a folder; give a file name")
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format
-    if path.suffix.lower() in CHECKPOINT_SUFFIXES or zipped:
-        raise ValueError(f"{option} {path} is a checkpoint, which no output replaces; choose another file")
-    if not overwrite:
-        raise ValueError(f"{option} {path} exists; pass --overwrite to replace it, or choose another file")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, then rename: a full disk leaves the old file (or none), never a
-    truncated one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

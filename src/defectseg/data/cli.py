@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .. import config as C
 from .formats import load_dataset
-from .splits import make_split, save_split, split_counts, split_warnings
+from .io import claim_file
+from .splits import FRACTIONS_RULE, make_split, save_split, split_counts, split_warnings, valid_fractions
 from .stats import dataset_stats
 from .synthetic import write_dagm
 
@@ -149,10 +149,6 @@ def stats(
         console.print(s)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 @app.command()
 def split(
     root: Path = typer.Argument(..., help="Dataset folder."),
@@ -176,7 +172,10 @@ def split(
     measure); with --out, write it as a split file."""
     console = Console()
     try:
-        C.resolve(overrides={"data": {"fractions": list(fractions)}})  # the config's own check of the fractions
+        if not valid_fractions(fractions):  # what train's data.fractions accepts
+            raise ValueError(f"--fractions: expected {FRACTIONS_RULE}, got {list(fractions)}")
+        if out is not None:  # before the work: never over an input, a checkpoint, or silently
+            claim_file(out, "--out", overwrite)
         spec = load_dataset(root, format=format, allow_unlabeled=allow_unlabeled)
         drawn = make_split(spec, fractions, seed, keep_parts)
     except ValueError as exc:
@@ -192,8 +191,9 @@ def split(
     for line in split_warnings(counts):
         console.print(f"[yellow]warning:[/yellow] {line}", markup=True, highlight=False)
     if out is not None:
-        if out.exists() and not overwrite:
-            console.print(f"[red]error:[/red] {out} exists; pass --overwrite to replace it", markup=True)
-            raise typer.Exit(1)
         save_split(out, drawn, seed=seed, fractions=list(fractions), data=str(root), keep_parts=keep_parts)
         typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -355,6 +356,48 @@ def write_png(path: str | Path, array: np.ndarray, compress: int = 1) -> None:
     if a.dtype != np.uint8:
         raise ValueError(f"write_png expects uint8, got {a.dtype}")
     Image.fromarray(a).save(path, format="PNG", compress_level=compress)
+
+
+# Files no output may replace (`claim_file`): checkpoints, by name or by torch.save's zip format.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file beside it, fsync, then a rename: a crash or a full disk leaves the
+    old file (or none), never a truncated one, and no temp file. OSError when the place is unwritable."""
+    # Same folder, so os.replace is an atomic rename; plain open (not mkstemp's 0600) gives the umask's mode.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself is unusable: nothing was written
+        raise
+
+
+def claim_file(path: Path, option: str, overwrite: bool = False, inputs: Iterable[Path | str | None] = ()) -> None:
+    """Refuse to write the file `path` (given as `option`) over one of the command's `inputs` or over a checkpoint,
+    ever, and over any other existing file unless `overwrite`."""
+    path = Path(path)
+    for given in inputs:
+        if given is not None and path.resolve() == Path(given).resolve():
+            raise ValueError(f"{option} {path} is an input of this command; choose another file")
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name")
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES or zipped:
+        raise ValueError(f"{option} {path} is a checkpoint, which no output replaces; choose another file")
+    if not overwrite:
+        raise ValueError(f"{option} {path} exists; pass --overwrite to replace it, or choose another file")
 
 
 def is_image_file(path: Path, regular: bool = True) -> bool:

@@ -33,6 +33,13 @@ from .formats import DatasetSpec, Sample
 from .io import read_mask
 
 SPLITS = ("train", "val", "test")
+# What data.fractions and `data split --fractions` accept (`valid_fractions`).
+FRACTIONS_RULE = "three non-negative fractions (train, val, test) summing to 1"
+
+
+def valid_fractions(fractions: Sequence[float]) -> bool:
+    """Whether `fractions` meet FRACTIONS_RULE."""
+    return len(fractions) == 3 and all(f >= 0 for f in fractions) and abs(sum(fractions) - 1) <= 1e-6
 
 
 def with_known_defect(s: Sample) -> Sample:
