@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from defectseg import checkpoint
 from defectseg import config as C
+from defectseg.anomaly import fit
 from defectseg.bench import count_macs
 from defectseg.cli import app
 from defectseg.data.synthetic import write_dagm
@@ -73,7 +74,7 @@ def _fit(root: Path, data: Path, name: str, split_file: Path | None = None):
             "model": {"options": {"bank_size": 400}},
         }
     )
-    return train(cfg, quiet=True)
+    return fit(cfg, quiet=True)
 
 
 def test_the_fit_uses_good_images_only_and_stores_the_bank_and_calibration(fitted):
@@ -99,6 +100,8 @@ def test_the_fit_uses_good_images_only_and_stores_the_bank_and_calibration(fitte
     again, _ = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(res.last))
     with torch.no_grad():
         assert torch.equal(model(x), again(x))  # best.pt and last.pt: the same fitted model
+    with pytest.raises(ValueError, match="nothing to resume"):  # refused before the run folder is touched
+        train(C.RunConfig(), resume=res.last, quiet=True)
 
 
 def test_calibration_puts_good_validation_images_near_one_half(fitted):

@@ -37,11 +37,13 @@ from .models.patchcore import greedy_coreset
 from .rundata import split_dataset
 from .trainer import RunResult, Trainer
 
-__all__ = ["AnomalyFitter"]
+__all__ = ["AnomalyFitter", "fit"]
 
 
 class AnomalyFitter(Trainer):
     """A `Trainer` whose training is the fit of a memory-bank model (module docstring)."""
+
+    fits_anomaly = True
 
     def _build_model(self, ckpt: dict[str, Any] | None) -> None:
         if ckpt is not None:
@@ -139,6 +141,12 @@ class AnomalyFitter(Trainer):
         for path in (self.last_path, self.best_path):
             save_checkpoint(Path(path), state)
         C.save_yaml(self.cfg, self.run_dir / "config.yaml")  # with the bank's final size
+
+
+def fit(cfg: C.RunConfig, quiet: bool = False, overwrite: bool = False) -> RunResult:
+    """Fit per `cfg` (train.task "anomaly"), writing the run folder as `trainer.train` does; a folder that already
+    holds a run is refused unless `overwrite`."""
+    return AnomalyFitter(cfg, None, quiet, overwrite).run_released()
 
 
 def _batches(dataset: Any, size: int) -> Any:

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import config as C
+from .anomaly import fit as fit_anomaly
 from .bench import ablation_specs, bench_header, count_params, format_table, plot_throughput, run_benchmark
 from .config import PRESETS, choices
 from .data.cli import app as data_app
@@ -211,8 +212,9 @@ def train(
             cfg = C.resolve(preset, config, overrides, _parse_set(set_))
             if not cfg.data.root:
                 raise ValueError("no dataset: pass --data DIR (or data.root in --config)")
+            run = fit_anomaly if cfg.train.task == "anomaly" else run_train
             with _stop_on_sigterm():  # a stop (Ctrl-C, SIGTERM) still calibrates best.pt and writes the report
-                result = run_train(cfg, quiet=quiet, overwrite=overwrite)
+                result = run(cfg, quiet=quiet, overwrite=overwrite)
     except (ValueError, TrainingError) as exc:
         _fail(exc)
     console.print(_metrics_table(f"test metrics ({result.run_dir})", result.test_metrics))

@@ -155,6 +155,8 @@ def init_head_prior(head: nn.Module, counts: np.ndarray) -> bool:
 class Trainer:
     """One training run: `__init__` sets everything up, `run()` trains, validates, checkpoints and finishes."""
 
+    fits_anomaly = False  # task "anomaly" is `anomaly.AnomalyFitter`'s, a subclass with its own loop
+
     def __init__(
         self, cfg: C.RunConfig, resume: str | Path | None = None, quiet: bool = False, overwrite: bool = False
     ) -> None:
@@ -181,6 +183,11 @@ class Trainer:
             raise ValueError(
                 f"model {cfg.model.name!r} is a {model_task(cfg.model.name)} model but the task is "
                 f"{self.task!r}; pick a matching --model or --task"
+            )
+        if self.task == "anomaly" and not self.fits_anomaly:
+            raise ValueError(
+                "task anomaly is fitted in one pass, not trained, and a fitted model has nothing to resume: "
+                "fit it with `defectseg train --task anomaly` (anomaly.fit)"
             )
         self.run_dir = cfg.run_dir
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
@@ -313,6 +320,14 @@ class Trainer:
         return build_loss(cfg.loss, class_weights=weights, **cfg.loss_options)
 
     # ---------------------------------------------------------------- the loop
+    def run_released(self, stop_after_epoch: int | None = None) -> RunResult:
+        """`run`, then release the run folder's lock whatever happened."""
+        try:
+            return self.run(stop_after_epoch)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
     def run(self, stop_after_epoch: int | None = None) -> RunResult:
         """Train from `start_epoch`; stop_after_epoch: stop (as if interrupted) once that epoch's checkpoint is
         written (tests use it)."""
@@ -566,14 +581,4 @@ def train(
     A fresh run refuses a run folder that already holds a run unless `overwrite` (then it is cleared).
     stop_after_epoch: stop (as if interrupted) once that epoch's checkpoint is written; used by tests.
     """
-    if cfg.train.task == "anomaly":
-        from .anomaly import AnomalyFitter  # a Trainer subclass: imported here, as it imports this module
-
-        trainer: Trainer = AnomalyFitter(cfg, resume, quiet, overwrite)
-    else:
-        trainer = Trainer(cfg, resume, quiet, overwrite)
-    try:
-        return trainer.run(stop_after_epoch)
-    finally:
-        if trainer.lock is not None:
-            trainer.lock.release()
+    return Trainer(cfg, resume, quiet, overwrite).run_released(stop_after_epoch)
