@@ -23,6 +23,7 @@ File format (same as shared/data/magnetic-tile/split-70-15-15.json):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -49,9 +50,16 @@ def with_known_defect(s: Sample) -> Sample:
     if s.defective is not None or s.mask is None:
         return s
     try:
-        return dataclasses.replace(s, defective=bool(read_mask(s.mask, s.mask_rule).any()))
-    except ValueError:
+        return dataclasses.replace(s, defective=_has_defect(s.mask, s.mask_rule, s.mask.stat().st_mtime_ns))
+    except (ValueError, OSError):
         return s  # unreadable: the training's file check reports it (or --skip-bad lists it)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _has_defect(mask: Path, rule: str, mtime_ns: int) -> bool:
+    """Whether a mask file (as of mtime_ns) holds a defect pixel: one decode per file and version, though a run asks
+    for the split, its counts and its training choice."""
+    return bool(read_mask(mask, rule).any())
 
 
 def largest_remainder(total: int, fractions: Sequence[float]) -> list[int]:
@@ -72,11 +80,15 @@ class _Part:
     defective: int  # images with a defect (unknown counts as defective: it has a mask)
 
 
+def _part_key(s: Sample, keep_parts: bool = True) -> str:
+    """What a split keeps together with `s`: its part, or the image alone."""
+    return f"part|{s.part}" if keep_parts and s.part else f"image|{s.key}"
+
+
 def _parts(samples: Sequence[Sample], keep_parts: bool) -> list[_Part]:
     by: dict[str, _Part] = {}
     for s in sorted(samples, key=lambda s: s.key):
-        name = f"part|{s.part}" if keep_parts and s.part else f"image|{s.key}"
-        p = by.setdefault(name, _Part([], s.group, 0))
+        p = by.setdefault(_part_key(s, keep_parts), _Part([], s.group, 0))
         p.keys.append(s.key)
         p.defective += s.defective is not False
     return list(by.values())
@@ -174,7 +186,7 @@ def split_counts(samples: Sequence[Sample] | DatasetSpec, split: dict[str, list[
     out = {}
     for name in SPLITS:
         chosen = [with_known_defect(index[k]) for k in split.get(name, []) if k in index]
-        parts = {f"part|{s.part}" if s.part else f"image|{s.key}" for s in chosen}
+        parts = {_part_key(s) for s in chosen}
         out[name] = {
             "images": len(chosen),
             "defective": sum(s.defective is not False for s in chosen),
