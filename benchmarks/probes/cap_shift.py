@@ -12,19 +12,11 @@ import sys
 import numpy as np
 import torch
 from scipy.special import expit
-from scipy.stats import rankdata
 
 from defectseg import checkpoint, data, evaluate, predictor
+from defectseg.metrics import auroc_score  # the Mann-Whitney AUROC evaluation reports
 
 torch.set_num_threads(1)
-
-
-def auroc(y, s):
-    y = np.asarray(y, bool)
-    r = rankdata(s)
-    n1 = y.sum()
-    n0 = len(y) - n1
-    return (r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
 HEAD = []
@@ -71,6 +63,6 @@ for shift in (0, 1, 2, 3, 4, 6, 100):
     score = [min(p.max(), expit(h + shift)) for (p, _, _), h in zip(tm, th)]
     print(
         f"shift {shift}: thr {best:.2f} val IoU {iou(vm, vh, best, shift):.4f} "
-        f"test IoU {iou(tm, th, best, shift):.4f} test AUROC {auroc(y, score):.4f}",
+        f"test IoU {iou(tm, th, best, shift):.4f} test AUROC {auroc_score(score, y):.4f}",
         flush=True,
     )

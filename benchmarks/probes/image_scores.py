@@ -11,17 +11,10 @@ import sys
 import cv2
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from defectseg import checkpoint, data, evaluate
 from defectseg.localize import defect_probability
-
-
-def auroc(y: list[bool], s: list[float]) -> float:
-    y, r = np.asarray(y, bool), rankdata(s)
-    n1, n0 = y.sum(), (~y).sum()
-    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
+from defectseg.metrics import auroc_score  # the Mann-Whitney AUROC evaluation reports
 
 ck = checkpoint.load_checkpoint(sys.argv[1])
 model, cfg = checkpoint.model_from_checkpoint(ck)
@@ -41,5 +34,5 @@ for part in ("val", "test"):
         rows.append((bool(data.io.defect_pixels(gt).any()), f))
     out[part] = rows
 for key in out["test"][0][1]:
-    v, t = (auroc([y for y, _ in out[p]], [f[key] for _, f in out[p]]) for p in ("val", "test"))
+    v, t = (auroc_score([f[key] for _, f in out[p]], [y for y, _ in out[p]]) for p in ("val", "test"))
     print(f"{key:8s} val {v:.3f} test {t:.3f}")
