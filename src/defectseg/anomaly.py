@@ -71,8 +71,8 @@ class AnomalyFitter(Trainer):
             vectors = torch.cat([self._patches(batch) for batch in _batches(self.train_set, cfg.train.batch_size)])
             seconds_features = time.time() - t0
             net.fit_projection(vectors, seed=cfg.train.seed)  # dims > 0: principal components of the good patches
-            vectors = net.vectors(vectors[:, :, None, None])
-            size = min(int(cfg.model.options.get("bank_size", net.bank.shape[0])), len(vectors))
+            vectors = net.project(vectors)
+            size = min(net.bank_rows, len(vectors))
             t1 = time.time()
             if net.coreset == "greedy":
                 keep = greedy_coreset(vectors, size, seed=cfg.train.seed)
@@ -101,8 +101,7 @@ class AnomalyFitter(Trainer):
     def _patches(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, C, H, W) -> their raw patch vectors (B * h * w, dim)."""
         model: PixelModel = self.model
-        f = model.net.features(images.to(self.device).float() * model.scale + model.shift)
-        return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu()
+        return model.net.flat(model.net.features(images.to(self.device).float() * model.scale + model.shift)).cpu()
 
     @torch.no_grad()
     def _calibration(self) -> tuple[float, float, str]:

@@ -130,16 +130,21 @@ class PatchCoreLite0(nn.Module):
         resampled = (F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:])
         return torch.cat([maps[0], *resampled], 1)
 
-    def vectors(self, f: torch.Tensor) -> torch.Tensor:
-        """Feature maps (B, dim, h, w) -> the vectors the bank compares, one per patch (B * h * w, bank_dim)."""
-        q = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+    @staticmethod
+    def flat(f: torch.Tensor) -> torch.Tensor:
+        """Feature maps (B, d, h, w) -> one row per patch (B * h * w, d)."""
+        return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+
+    def project(self, q: torch.Tensor) -> torch.Tensor:
+        """Patch vectors (N, dim) -> the vectors the bank compares (N, bank_dim): as they are, or on the principal
+        components (dims > 0)."""
         return q if self.bank_dim == self.dim else (q - self.proj_mean) @ self.proj
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> squared distance of each patch to its nearest bank row (B, 1, H/s, W/s)."""
         f = self.features(x)
         b, _, h, w = f.shape
-        q = self.vectors(f)
+        q = self.project(self.flat(f))
         if not self.bank_rows:
             return f.new_zeros(b, 1, h, w)
         q_sq = (q * q).sum(1, keepdim=True)
@@ -164,7 +169,7 @@ class PatchCoreLite0(nn.Module):
         patches = b * (h // self.stride) * (w // self.stride)
         blur = 2 * b * h * w * self.gauss.shape[-1] if self.sigma > 0 else 0
         projection = patches * self.dim * self.bank_dim if self.bank_dim != self.dim else 0
-        return patches * self.bank.shape[0] * self.bank_dim + blur + projection
+        return patches * self.bank_rows * self.bank_dim + blur + projection
 
     @torch.no_grad()
     def fit_projection(self, vectors: torch.Tensor, seed: int = 0, sample: int = 100_000) -> None:
