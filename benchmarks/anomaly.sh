@@ -25,6 +25,8 @@ train_row $R anomaly-patchcore-random "${MT_SPLIT[@]}" --task anomaly --set mode
 train_row $R anomaly-patchcore-random150k "${MT_SPLIT[@]}" --task anomaly --set model.options.coreset=random \
     --set model.options.bank_size=150000
 "$PY" benchmarks/probes/patchcore_sigma.py $R/anomaly-patchcore/best.pt 0 2 8 | tee $R/anomaly-patchcore.sigma.txt
+"$PY" benchmarks/probes/patchcore_sqrt.py $R/anomaly-patchcore/best.pt | tee $R/anomaly-patchcore.sqrt.txt
+"$PY" benchmarks/probes/patchcore_bilinear.py "$DATA" | tee $R/anomaly-patchcore-bilinear.log
 for run in anomaly-patchcore anomaly-patchcore-bank40k anomaly-patchcore-pca64-bank40k; do
   "$PY" benchmarks/probes/net_latency.py "$R/$run/best.pt" 256 2 | tee "$R/$run.latency.txt"
 done
