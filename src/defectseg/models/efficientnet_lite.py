@@ -11,12 +11,18 @@ multiples of 32, so every stride-2 convolution sees an even size and a fixed asy
 exactly (`_pad_same`); stride-1 convolutions pad k//2 on every side, as SAME does for odd k.
 
 Normalisation: the network takes pixel values scaled to [0, 1] (`input_norm = (0, 1)`: `PixelModel` divides by 255
-and nothing else) and folds ImageNet's per-channel normalisation into the stem. A gray image (in_channels=1) gets
-one stem channel whose weight is the sum of the three RGB weights, each divided by its channel's std: it computes
-what the stem computes on the gray image replicated to RGB and normalised. The constant part (-mean/std of each
-channel times its weights) is a per-output-channel offset that goes into the stem BatchNorm's running mean. That is
-exact away from the border; where the stem's 3x3 window reaches into the padding (the bottom row and right column of
-its output), the replica's padding is 0 in *normalised* units (mean gray) while ours is 0 in pixel units (black).
+and nothing else) and folds the normalisation the weights were trained with into the stem: (x - 127) / 128 on 0-255
+pixels (`LITE_MEAN`, `LITE_STD`), the "inception-style" preprocessing of TensorFlow's EfficientNet-Lite builder (the
+edge models use it for better post-quantization), not ImageNet's per-channel mean and std that the PyTorch ports'
+examples copy from EfficientNet. It matters most to frozen features: ImageNet's std scales the input 2.2x too much,
+and patchcore-lite0 on magnetic tile (benchmarks/probes/patchcore_trial.py) ranks tiles at image AUROC 0.871 that
+way against 0.931 with the right one. A gray image (in_channels=1) gets one stem channel whose weight is the sum of
+the three RGB weights, each divided by its channel's std: it computes what the stem computes on the gray image
+replicated to RGB and normalised. The constant part (-mean/std of each channel times its weights) is a
+per-output-channel offset that goes into the stem BatchNorm's running mean. That is exact away from the border; where
+the stem's 3x3 window reaches into the padding (the bottom row and right column of its output), the replica's padding
+is 0 in *normalised* units (mean gray) while ours is 0 in pixel units (black). Checkpoints hold the folded stem, so a
+model trained before the normalisation was corrected (ImageNet's, until 2026-12-06) runs as it was trained.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LITE0_STAGES", "EfficientNetLite0", "lite0_key_map", "lite0_weights"]
+__all__ = ["LITE0_STAGES", "LITE_MEAN", "LITE_STD", "EfficientNetLite0", "lite0_key_map", "lite0_weights"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The input normalisation of the weights, per RGB channel on [0, 1] pixels: (x - 127/255) / (128/255).
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 BN_EPS, BN_MOMENTUM = 1e-3, 0.01  # TensorFlow's epsilon and decay 0.99 (PyTorch's momentum is 1 - decay)
 
 # (repeats, kernel, first stride, expansion, in channels, out channels): efficientnet_lite_builder's lite0 rows.
@@ -94,7 +101,7 @@ class EfficientNetLite0(nn.Module):
     """The Lite0 feature extractor (no head): x (B, C, H, W) in [0, 1], H and W multiples of 32 -> the features
     after `FEATURE_BLOCKS`: (B, 16, H/2, W/2), (B, 24, H/4, W/4), (B, 40, H/8, W/8), (B, 112, H/16, W/16),
     (B, 320, H/32, W/32). in_channels 3 (RGB), 1 (gray) or any other count (e.g. 2: gray image and reference);
-    ImageNet's normalisation is folded into the stem when the weights are loaded (module docstring)."""
+    the weights' input normalisation is folded into the stem when they are loaded (module docstring)."""
 
     size_multiple = 32
     channels = (16, 24, 40, 112, 320)
@@ -120,9 +127,16 @@ class EfficientNetLite0(nn.Module):
                 out.append(x)
         return out
 
-    def load_imagenet(self, path: str | Path | None = None, fold_normalisation: bool = True) -> None:
-        """Load the package's ImageNet weights (or those of `path`, same naming), folding ImageNet's normalisation
-        into the stem (module docstring). Every key of the file is mapped (the classifier head's are the only ones
+    def load_imagenet(
+        self,
+        path: str | Path | None = None,
+        fold_normalisation: bool = True,
+        mean: tuple[float, ...] = LITE_MEAN,
+        std: tuple[float, ...] = LITE_STD,
+    ) -> None:
+        """Load the package's ImageNet weights (or those of `path`, same naming), folding the input normalisation
+        (x - mean) / std per RGB channel into the stem (module docstring; other values than the weights' own only for
+        probes). Every key of the file is mapped (the classifier head's are the only ones
         left out), every shape checked; a ValueError names the file and what is wrong. fold_normalisation=False
         loads the weights as they are (3 channels, input normalised by the caller): the parity test's setting."""
         state, source = lite0_weights(path)
@@ -156,7 +170,7 @@ class EfficientNetLite0(nn.Module):
             self.load_state_dict(mapped, strict=True)
             return
         # on the weights' device (the CPU), also when the model is built on the meta device to count parameters
-        mean, std = (torch.tensor(v, device=weight.device) for v in (IMAGENET_MEAN, IMAGENET_STD))
+        mean, std = (torch.tensor(v, device=weight.device) for v in (mean, std))
         scaled = weight.double() / std.double().view(1, 3, 1, 1)  # W_c / std_c: the stem on x in [0, 1]
         offset = -(scaled * mean.double().view(1, 3, 1, 1)).sum(dim=(1, 2, 3))  # the constant -mean_c/std_c part
         # RGB keeps its channels; n gray channels (a gray image, or a gray image and its reference) share the gray

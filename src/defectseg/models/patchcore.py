@@ -57,7 +57,7 @@ class PatchCoreLite0(nn.Module):
     any in the bank. Until a bank is fitted (`set_bank`) every score is 0."""
 
     size_multiple = 32
-    input_norm = (0.0, 1.0)  # the encoder's stem holds ImageNet's normalisation (efficientnet_lite)
+    input_norm = (0.0, 1.0)  # the encoder's stem holds the weights' input normalisation (efficientnet_lite)
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ one 3x3 conv-BN-ReLU; the last level (stride 1) has no skip; a 1x1 head gives th
 (`VARIANTS`); `pretrained=False` builds the same network with random weights (the ablation).
 
 The network takes pixel values in [0, 1] (`input_norm`: `PixelModel` only divides by 255); the encoder's stem holds
-ImageNet's normalisation (`efficientnet_lite`).
+the weights' input normalisation, (pixel - 127) / 128 (`efficientnet_lite`).
 
 Image head (`image_head=True`, on in the recipe): an OK/NG score from the whole image, as the segmentation-decision
 networks on KolektorSDD have: the deepest features (320 channels at stride 32) and the segmentation logits, each
