@@ -172,3 +172,35 @@ def test_task_anomaly_from_the_command_line(fitted):
     assert model.net.bank.shape == (200, 16) and torch.allclose(proj.T @ proj, torch.eye(16), atol=1e-4)
     r = CliRunner().invoke(app, ["train", "--data", str(fitted["data"]), "--task", "anomaly", "--model", "unet-lite0"])
     assert r.exit_code != 0 and "pick a matching --model or --task" in " ".join(r.output.split())
+
+
+def test_a_model_of_good_parts_gates_a_segmenter(fitted):
+    """`--gate` takes an anomaly checkpoint: its image probability is the sigmoid of its map's highest logit at its
+    own input size, compared with its own threshold; images below it are OK without segmentation, the others get
+    the segmenter's result unchanged (here the segmenter is the same fitted model)."""
+    from defectseg.predictor import Predictor
+
+    res = fitted["res"]
+    images = sorted((fitted["data"] / "Class1" / "Test").glob("*.PNG"))[:8]
+    alone = list(Predictor.from_checkpoint(res.best, device="cpu", backend="torch").predict_paths(images))
+    gated = Predictor.from_checkpoint(res.best, device="cpu", backend="torch", gate=res.best)
+    model, cfg = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(res.best))
+    assert gated.gate_threshold == cfg.infer.threshold
+    from defectseg.data.io import read_image
+    from defectseg.predictor import resize_image
+
+    calls = []
+    for r, a, path in zip(gated.predict_paths(images), alone, images):
+        x = torch.from_numpy(resize_image(read_image(path, 1), (64, 64)).copy())[None, None]
+        with torch.no_grad():
+            want = float(torch.sigmoid(model(x).amax()))
+        assert r.gate_probability == pytest.approx(want, abs=1e-5)
+        called = r.gate_probability >= cfg.infer.threshold
+        calls.append(called)
+        if called:
+            assert r.verdict == a.verdict and np.array_equal(r.mask, a.mask)
+        else:
+            assert r.verdict == "OK" and not r.mask.any() and not r.defects
+    # an image the model calls NG has a pixel over its threshold, so the gate lets it through (the gate may pass more:
+    # it does not ask for min_area pixels)
+    assert all(c for c, a in zip(calls, alone) if a.verdict == "NG") and any(calls) and not all(calls)

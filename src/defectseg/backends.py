@@ -73,14 +73,23 @@ class Net:
         return has_image_head(self.config.model.name, self.config.model.options)
 
     @property
+    def scores_images(self) -> bool:
+        """Whether this net can call images defective as a gate does: a classifier, or a model of good parts
+        (`train --task anomaly`), whose one-logit map's maximum is its image score."""
+        return self.task == "classify" or self.config.train.task == "anomaly"
+
+    @property
     def input_hw(self) -> tuple[int, int]:
         """The resolution of resize mode: the training size, or the fixed size of a static ONNX graph."""
         return self.fixed_hw or C.resize_hw(self.config.data)
 
 
 def classifier_probabilities(net: Net, batch: np.ndarray) -> np.ndarray:
-    """A classifier's defect probability (B,) float64 for a uint8 batch (B, C_in, h, w): sigmoid of logit 0."""
-    return expit(net.logits(batch).reshape(len(batch), -1)[:, 0].astype(np.float64))
+    """An image-level defect probability (B,) float64 for a uint8 batch (B, C_in, h, w): a classifier's sigmoid of
+    logit 0; a model of good parts' (`Net.scores_images`) sigmoid of its highest logit, the probability its own
+    verdict compares with its threshold."""
+    logits = net.logits(batch).reshape(len(batch), -1)
+    return expit((logits.max(1) if net.scores_images else logits[:, 0]).astype(np.float64))
 
 
 def load_net(

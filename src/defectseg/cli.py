@@ -233,7 +233,7 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
     gate: Optional[Path] = typer.Option(
         None,
-        help="Classifier checkpoint (task classify) in front of the "
+        help="Classifier (task classify) or good-parts (task anomaly) checkpoint in front of the "
         "segmenter: the cascade, as `predict --gate` runs it.",
     ),
     gate_threshold: Optional[float] = typer.Option(
@@ -327,7 +327,9 @@ def predict_cmd(  # long only by its option list: the body reads in forty lines
     ),
     tile_overlap: Optional[int] = typer.Option(None, help="Overlap of tiles in pixels."),
     gate: Optional[Path] = typer.Option(
-        None, help="Classifier checkpoint (task classify): images it calls OK skip segmentation."
+        None,
+        help="Classifier (task classify) or good-parts (task anomaly) checkpoint: images it calls OK skip "
+        "segmentation.",
     ),
     gate_threshold: Optional[float] = typer.Option(
         None, help="Gate probability below which an image is OK (default: the gate checkpoint's own threshold)."

@@ -99,9 +99,9 @@ def evaluate_model(
     mask with the native-size ground truth; the image is predicted defective when it has any defect record,
     and image AUROC/AP rank the image score (the highest defect probability). Defect-free images are included.
     With `regions`, per-defect box metrics too. Under DDP each rank takes every world-th image.
-    gate: a classifier (`backends.load_net` of a task "classify" checkpoint) in front of the segmenter, as
-    `predict --gate` runs the cascade: images it scores below `gate_threshold` (default: the gate's own stored
-    threshold) are OK with an empty mask.
+    gate: a classifier or a model of good parts (`backends.load_net` of a task "classify" or "anomaly"
+    checkpoint) in front of the segmenter, as `predict --gate` runs the cascade: images it scores below
+    `gate_threshold` (default: the gate's own stored threshold) are OK with an empty mask.
     """
     indices = list(range(world.rank, len(split), world.world))
     if task == "classify":
@@ -306,14 +306,14 @@ def evaluate_checkpoint(
     min_area: int | None = None,
 ) -> dict[str, float]:
     """Evaluate a checkpoint on one split of a dataset (the run's split.json when it is beside the checkpoint);
-    with `gate` (a classifier checkpoint), the cascade: images the gate scores below `gate_threshold` (default: the
-    gate's own) are OK.
+    with `gate` (a classifier or anomaly checkpoint), the cascade: images the gate scores below `gate_threshold`
+    (default: the gate's own) are OK.
     threshold / min_area override the checkpoint's post-processing, as `predict --threshold/--min-area` do."""
     ckpt = load_checkpoint(checkpoint)
     task = ckpt.get("task", "segment")
     if gate is not None and task != "segment":
         raise ValueError(f"{checkpoint} is a {task} model; --gate goes in front of a segmentation checkpoint")
-    gate_net = None if gate is None else load_net(gate, device, "torch")  # the Predictor checks it is a classifier
+    gate_net = None if gate is None else load_net(gate, device, "torch")  # the Predictor checks it can gate
     model, cfg = model_from_checkpoint(ckpt, source=checkpoint)
     cfg.infer = cfg.infer.overridden(threshold=threshold, min_area=min_area)  # checked before the data is read
     root = data or cfg.data.root

@@ -23,8 +23,9 @@ How an image reaches the model (the policy):
   the image size. Meant for models trained at native scale (on crops, or on images already at `data.size`):
   the model sees pixels at the scale of the file, not at the training resize.
 
-A gate (cascade, `gate=` a classifier checkpoint with task "classify") always sees the whole image resized to
-its own training resolution (`Gate`); images it scores below `gate_threshold` (by default the threshold stored
+A gate (cascade, `gate=` a classifier checkpoint with task "classify", or a model of good parts fitted with
+task "anomaly", whose image score is its map's maximum) always sees the whole image resized to its own training
+resolution (`Gate`); images it scores below `gate_threshold` (by default the threshold stored
 with the gate) get an all-zero probability map, an empty mask and no defects without running the segmenter. In
 reference mode (the checkpoint's `data.reference` is set) the model input is the image and a defect-free
 reference of the same product, resized to the image's size, concatenated on the channel axis (image first).
@@ -166,15 +167,16 @@ def model_input(net: Net, image: np.ndarray, references: References | None = Non
 
 
 class Gate:
-    """A classifier in front of the segmenter (the cascade): it sees each whole image resized to its own training
-    resolution and calls it defective at `threshold`, by default the one stored in its own checkpoint. Evaluating a
-    classifier goes through here too, so its figures are those of the gate."""
+    """A classifier or a model of good parts in front of the segmenter (the cascade): it sees each whole image
+    resized to its own training resolution and calls it defective at `threshold`, by default the one stored in its
+    own checkpoint (a model of good parts: its pixel threshold, so it calls an image as its own verdict does).
+    Evaluating a classifier goes through here too, so its figures are those of the gate."""
 
     def __init__(self, net: Net, threshold: float | None = None) -> None:
-        if net.task != "classify":
+        if not net.scores_images:
             raise ValueError(
-                f"gate {net.source} is a {net.task} model; the gate must be a classifier trained "
-                "with `defectseg train --task classify`"
+                f"gate {net.source} is a {net.task} model; the gate must be a classifier trained with "
+                "`defectseg train --task classify` or a model of good parts (`--task anomaly`)"
             )
         threshold = net.config.infer.threshold if threshold is None else threshold
         if not 0.0 <= threshold <= 1.0:
@@ -297,8 +299,8 @@ class Predictor:
 
         device: auto | cpu | cuda | cuda:N. dtype: None (float32) | "bf16" | "fp16" autocast (torch on CUDA);
         channels_last: torch on CUDA only (ignored on the CPU). tile: None = the checkpoint's `infer.tile`
-        (unset: resize mode), 0 = resize mode, N = tile mode with N x N windows. gate: a classifier
-        checkpoint (.pt or .onnx); images it scores below `gate_threshold` (default: the gate checkpoint's own
+        (unset: resize mode), 0 = resize mode, N = tile mode with N x N windows. gate: a classifier or
+        good-parts (task anomaly) checkpoint (.pt or .onnx); images it scores below `gate_threshold` (default: the gate checkpoint's own
         threshold) are OK without segmentation.
         reference: a defect-free image for reference-mode models. threshold/min_area/connectivity/score/
         tile_overlap override the checkpoint's `infer` section. threads: ONNX Runtime intra-op threads.
