@@ -43,3 +43,19 @@ for k in 5 20 50; do
       --copy-paste 0.5 --epochs 30 --set train.eval_every=5
   row fewlabel-$k --set data.defective_images=$k --set data.defective_share=0.25 --epochs 30 --set train.eval_every=5
 done
+
+# The pretrained models (docs/results.md "with pretrained features"): unet-lite0 with its recipe (192², 900 steps,
+# the image head) on k real defective tiles (a quarter of the draws), all 274 being the default run; each then
+# behind the good-parts model as the gate (`evaluate --gate`: patchcore-lite0, fitted by benchmarks/anomaly.sh,
+# calls the tile OK or NG, unet-lite0 draws the masks of the tiles it calls NG).
+LITE=(--data "$MT" --split-file "$MT/split-70-15-15.json")
+for k in 5 10 20 50 all; do
+  name=fewlabel-lite0-$k
+  if [[ $k == all ]]; then train_row "$OUT" $name "${LITE[@]}"; else
+    train_row "$OUT" $name "${LITE[@]}" --set data.defective_images=$k; fi
+  gate=$OUT/anomaly-patchcore/best.pt
+  if [[ -f $OUT/$name/best.pt && -f $gate && ! -f $OUT/$name.gated.json ]]; then
+    "$PY" -m defectseg.cli evaluate --checkpoint $OUT/$name/best.pt --gate $gate --json $OUT/$name.gated.json \
+        > $OUT/$name.gated.log 2>&1
+  fi
+done
