@@ -204,3 +204,44 @@ def test_a_model_of_good_parts_gates_a_segmenter(fitted):
     # an image the model calls NG has a pixel over its threshold, so the gate lets it through (the gate may pass more:
     # it does not ask for min_area pixels)
     assert all(c for c, a in zip(calls, alone) if a.verdict == "NG") and any(calls) and not all(calls)
+
+
+def test_crop_mode_fits_every_native_patch_and_predict_tiles_with_it(tmp_path):
+    """data.crop: the bank holds the patch vectors of whole images at native size (72² padded to 96², the padding's
+    patches dropped: 9 x 9 per image), the calibration centres good validation images at native size, and predict
+    runs tile mode on native pixels with the same model."""
+    from defectseg.data import load_dataset
+    from defectseg.data.io import read_image
+    from defectseg.predictor import Predictor, pad_to_multiple
+
+    data = write_dagm(tmp_path / "data", n_per_class=40, size=72, defective_fraction=0.3, seed=3, classes=1)
+    cfg = C.resolve(
+        overrides={
+            "name": "native",
+            "out_dir": str(tmp_path / "runs"),
+            "data": {"root": str(data), "crop": 48},
+            "train": {"task": "anomaly", "device": "cpu"},
+            "model": {"options": {"bank_size": 100}},
+        }
+    )
+    res = fit(cfg, quiet=True)
+    ck = checkpoint.load_checkpoint(res.best)
+    assert ck["config"]["infer"]["tile"] >= 72  # predict and evaluate see native pixels, whole
+    spec = load_dataset(data)
+    split = json.loads((res.run_dir / "split.json").read_text())
+    by_key = {s.key: s for s in spec.samples}
+    good_train = [k for k in split["train"] if not by_key[k].defective]
+    assert ck["metrics"]["patches"] == len(good_train) * 9 * 9
+
+    model, _ = checkpoint.model_from_checkpoint(ck)
+
+    def native_logits(path) -> torch.Tensor:
+        x = torch.from_numpy(pad_to_multiple(read_image(path, 1), 32).copy())[None, None]
+        with torch.no_grad():
+            return model(x)[0, 0, :72, :72]
+
+    good_val = [by_key[k].image for k in split["val"] if not by_key[k].defective]
+    assert good_val and abs(float(np.median([float(native_logits(p).max()) for p in good_val]))) < 1e-3
+    predictor = Predictor.from_checkpoint(res.best, device="cpu", backend="torch")
+    for r, path in zip(predictor.predict_paths(good_val[:3]), good_val[:3]):
+        np.testing.assert_allclose(r.prob, torch.sigmoid(native_logits(path)).numpy(), atol=1e-4)

@@ -4,7 +4,9 @@ No gradient step. The run is a `Trainer`'s (the same run folder, split, data che
 evaluation and report.md), with the training loop replaced by one fit:
 
 1. the patch vectors of every defect-free training image (the defective ones are left out, counted in the log and
-   the report) at the training size;
+   the report) at the training size, or, in crop mode (data.crop: the model then runs on native pixels, predict
+   tiling images larger than infer.tile), of every whole image at its native size, mirror-padded as tile mode pads
+   it, the padding's patches dropped;
 2. the memory bank: a greedy coreset of them (`models.patchcore.greedy_coreset`) of model.options.bank_size rows
    (fewer when there are fewer patches);
 3. the calibration: the maximum score of each good validation image (of the training images when the validation
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from .data.io import defect_pixels
 from .data.splits import select
 from .models import PixelModel
 from .models.patchcore import greedy_coreset
+from .predictor import pad_to_multiple
 from .rundata import split_dataset
 from .trainer import RunResult, Trainer
 
@@ -65,10 +69,11 @@ class AnomalyFitter(Trainer):
         with self.progress as prog:
             prog.log(
                 f"fitting {cfg.model.name} on {good} defect-free training images ({left_out} defective left out), "
-                f"size {cfg.data.size}, device {self.device}"
+                f"{'native size (crop mode)' if cfg.data.crop else f'size {cfg.data.size}'}, device {self.device}"
             )
             t0 = time.time()
-            vectors = torch.cat([self._patches(batch) for batch in _batches(self.train_set, cfg.train.batch_size)])
+            every = list(range(good))
+            vectors = torch.cat([self._patches(batch, hw) for batch, hw in self._images(self.train_set, every)])
             seconds_features = time.time() - t0
             net.fit_projection(vectors, seed=cfg.train.seed)  # dims > 0: principal components of the good patches
             vectors = net.project(vectors)
@@ -97,16 +102,35 @@ class AnomalyFitter(Trainer):
         self._save(vectors.shape[0], size, time.time() - t0)
         return self.finish(1)
 
+    def _images(self, dataset: Any, indices: list[int]) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+        """(uint8 images (B, C, H, W), the size of their content (h, w)) of a dataset's `indices`, in order: batches
+        at the training size, or in crop mode each image alone at its native size, padded to the model's multiple
+        as tile mode pads it."""
+        if not self.cfg.data.crop:
+            size = self.cfg.train.batch_size
+            for start in range(0, len(indices), size):
+                batch = torch.stack([dataset[i]["image"] for i in indices[start : start + size]])
+                yield batch, tuple(batch.shape[2:])
+            return
+        for i in indices:
+            image = dataset.arrays(i)[0]
+            padded = pad_to_multiple(image, self.model.net.size_multiple)
+            chw = padded[None] if padded.ndim == 2 else padded.transpose(2, 0, 1)
+            yield torch.from_numpy(np.ascontiguousarray(chw))[None], image.shape[:2]
+
     @torch.no_grad()
-    def _patches(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (B, C, H, W) -> their raw patch vectors (B * h * w, dim)."""
+    def _patches(self, images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """uint8 images (B, C, H, W) whose content is the top-left (h, w) -> the raw patch vectors of the patches
+        that see content (B * h/s * w/s, dim; s the patch stride, rounded up)."""
         model: PixelModel = self.model
-        return model.net.flat(model.net.features(images.to(self.device).float() * model.scale + model.shift)).cpu()
+        f = model.net.features(images.to(self.device).float() * model.scale + model.shift)
+        s = model.net.stride
+        return model.net.flat(f[:, :, : -(-hw[0] // s), : -(-hw[1] // s)]).cpu()
 
     @torch.no_grad()
     def _calibration(self) -> tuple[float, float, str]:
         """(center, spread, what they were fitted on) from the maximum raw score of each good calibration image, at
-        the training size (as predict resizes it)."""
+        the training size (as predict resizes it) or native (crop mode, as predict tiles it)."""
         model: PixelModel = self.model
         model.net.set_calibration(0.0, 1.0)  # raw scores out
         val = split_dataset(self.cfg, self.spec, select(self.spec, self.split.get("val", [])), [], False)
@@ -115,7 +139,11 @@ class AnomalyFitter(Trainer):
         if not good:  # the training images instead: in the bank, so they score low
             source, good = self.train_set, list(range(len(self.train_set)))
             on = f"{len(good)} training images (no good validation image: biased low)"
-        maxima = [float(model(source[i]["image"][None].to(self.device)).amax()) for i in good]
+        maxima = [
+            m
+            for batch, (h, w) in self._images(source, good)
+            for m in model(batch.to(self.device))[..., :h, :w].amax((1, 2, 3)).tolist()
+        ]
         lo, mid, hi = np.percentile(maxima, [16, 50, 84])
         return float(mid), float(max((hi - lo) / 2, 1e-6 * max(1.0, abs(mid)))), on
 
@@ -146,9 +174,3 @@ def fit(cfg: C.RunConfig, quiet: bool = False, overwrite: bool = False) -> RunRe
     """Fit per `cfg` (train.task "anomaly"), writing the run folder as `trainer.train` does; a folder that already
     holds a run is refused unless `overwrite`."""
     return AnomalyFitter(cfg, None, quiet, overwrite).run_released()
-
-
-def _batches(dataset: Any, size: int) -> Any:
-    """Stacked uint8 images (B, C, H, W) of a dataset, in order."""
-    for start in range(0, len(dataset), size):
-        yield torch.stack([dataset[i]["image"] for i in range(start, min(start + size, len(dataset)))])

@@ -83,6 +83,11 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def pad_to_multiple(a: np.ndarray, m: int) -> np.ndarray:
+    """(H, W[, C]) mirror-padded at the bottom/right to multiples of m: a whole image as tile mode feeds it."""
+    return _pad_to(a, _round_up(a.shape[0], m), _round_up(a.shape[1], m))
+
+
 def _starts(length: int, window: int, stride: int) -> list[int]:
     """Window origins covering [0, length): every `stride`, the last one flush with the end."""
     if length <= window:
@@ -300,8 +305,8 @@ class Predictor:
         device: auto | cpu | cuda | cuda:N. dtype: None (float32) | "bf16" | "fp16" autocast (torch on CUDA);
         channels_last: torch on CUDA only (ignored on the CPU). tile: None = the checkpoint's `infer.tile`
         (unset: resize mode), 0 = resize mode, N = tile mode with N x N windows. gate: a classifier or
-        good-parts (task anomaly) checkpoint (.pt or .onnx); images it scores below `gate_threshold` (default: the gate checkpoint's own
-        threshold) are OK without segmentation.
+        good-parts (task anomaly) checkpoint (.pt or .onnx); images it scores below `gate_threshold` (default: the
+        gate checkpoint's own threshold) are OK without segmentation.
         reference: a defect-free image for reference-mode models. threshold/min_area/connectivity/score/
         tile_overlap override the checkpoint's `infer` section. threads: ONNX Runtime intra-op threads.
         """
