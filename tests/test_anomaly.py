@@ -245,3 +245,13 @@ def test_crop_mode_fits_every_native_patch_and_predict_tiles_with_it(tmp_path):
     predictor = Predictor.from_checkpoint(res.best, device="cpu", backend="torch")
     for r, path in zip(predictor.predict_paths(good_val[:3]), good_val[:3]):
         np.testing.assert_allclose(r.prob, torch.sigmoid(native_logits(path)).numpy(), atol=1e-4)
+
+
+def test_one_good_validation_image_still_gives_a_usable_spread(tmp_path):
+    """With one good validation image its maximum is the center and the percentiles give no spread: the spread
+    is then a twentieth of the center, not a rounding-sized number that saturates every logit."""
+    data = write_dagm(tmp_path / "data", n_per_class=16, size=64, defective_fraction=0.3, seed=3, classes=1)
+    res = _fit(tmp_path, data, "one")
+    assert "calibrated on 1 good validation images" in (res.run_dir / "report.md").read_text()
+    model, _ = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(res.best))
+    assert float(model.net.spread) == pytest.approx(0.05 * float(model.net.center), rel=1e-5)

@@ -11,8 +11,8 @@ evaluation and report.md), with the training loop replaced by one fit:
    (fewer when there are fewer patches);
 3. the calibration: the maximum score of each good validation image (of the training images when the validation
    split has none, which scores them low: they are in the bank) gives center (their median) and spread (their
-   spread, from the 16th to the 84th percentile), so logit = (score - center) / spread puts a typical good image's
-   most unusual patch near probability 0.5;
+   spread, from the 16th to the 84th percentile; at least a twentieth of the center), so logit = (score - center) /
+   spread puts a typical good image's most unusual patch near probability 0.5;
 4. the threshold: by validation pixel F1 where the validation split has defective images, else by `val-frr` (at
    most infer.target_frr of the good validation images called NG), so a validation split without defects never
    picks a threshold that calls everything NG; then the test split is evaluated as predict runs it.
@@ -145,7 +145,9 @@ class AnomalyFitter(Trainer):
             for m in model(batch.to(self.device))[..., :h, :w].amax((1, 2, 3)).tolist()
         ]
         lo, mid, hi = np.percentile(maxima, [16, 50, 84])
-        return float(mid), float(max((hi - lo) / 2, 1e-6 * max(1.0, abs(mid)))), on
+        # at least a twentieth of the center: one or two calibration images give no spread, and logits of
+        # thousands would then call every image NG or OK on a difference of rounding
+        return float(mid), float(max((hi - lo) / 2, 0.05 * abs(mid), 1e-6)), on
 
     def _save(self, patches: int, size: int, seconds: float) -> None:
         """best.pt = last.pt: the fitted model, as a training would write it."""
