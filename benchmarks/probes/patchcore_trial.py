@@ -11,6 +11,9 @@ sigma 4 there, image score the map's maximum), with the feature extractor swappe
 - gray-lite: one gray stem channel with (pixel - 127) / 128 folded in (the package now).
 
     python benchmarks/probes/patchcore_trial.py [DATA_DIR] [BANK] [VARIANT ...]
+
+BANK: rows drawn at random (default 60000), or gN for a greedy coreset of N rows (`models.patchcore.greedy_coreset`,
+as the package draws its bank).
 """
 
 import json
@@ -24,10 +27,12 @@ import torch.nn.functional as F
 
 from defectseg.metrics import auroc_score
 from defectseg.models.efficientnet_lite import EfficientNetLite0
+from defectseg.models.patchcore import greedy_coreset
 
 torch.set_num_threads(2)
 root = (sys.argv[1] if len(sys.argv) > 1 else "../shared/data") + "/magnetic-tile"
-bank_size = int(sys.argv[2]) if len(sys.argv) > 2 else 60_000
+bank_arg = sys.argv[2] if len(sys.argv) > 2 else "60000"
+greedy, bank_size = bank_arg.startswith("g"), int(bank_arg.lstrip("g"))
 variants = sys.argv[3:] or ["gray-imagenet", "rgb-imagenet", "rgb-lite", "gray-lite"]
 split = json.load(open(f"{root}/split-70-15-15.json"))
 
@@ -90,7 +95,8 @@ for variant in variants:
     f_train = patches(features, [a for a in train])
     vectors = f_train.permute(0, 2, 3, 1).reshape(-1, f_train.shape[1])
     gen = torch.Generator().manual_seed(0)
-    bank = vectors[torch.randperm(len(vectors), generator=gen)[:bank_size]]
+    keep = greedy_coreset(vectors, bank_size) if greedy else torch.randperm(len(vectors), generator=gen)[:bank_size]
+    bank = vectors[keep]
     bank_sq = (bank * bank).sum(1)
     f_test = patches(features, [a for a, _ in test])
     scores, labels, pix_s, pix_l = [], [], [], []
@@ -112,7 +118,7 @@ for variant in variants:
     image = auroc_score(np.array(scores), np.array(labels))
     pixel = auroc_score(np.concatenate(pix_s), np.concatenate(pix_l))
     print(
-        f"{variant}: bank {len(bank)} random, image AUROC {image:.3f}, pixel AUROC {pixel:.3f} "
-        f"({time.time() - t0:.0f} s)",
+        f"{variant}: bank {len(bank)} {'greedy' if greedy else 'random'}, image AUROC {image:.3f}, "
+        f"pixel AUROC {pixel:.3f} ({time.time() - t0:.0f} s)",
         flush=True,
     )
