@@ -10,6 +10,9 @@ sigma 4 there, image score the map's maximum), with the feature extractor swappe
 - rgb-lite: the same, normalised by (pixel - 127) / 128 (TensorFlow's EfficientNet-Lite preprocessing);
 - gray-lite: one gray stem channel with (pixel - 127) / 128 folded in (the package now).
 
+Each 3x3 average counts the zero padding outside the map (PyTorch's default, as the trial had it); a variant
+ending in -edge averages over the inside of the window only (count_include_pad=False, as the package had it).
+
     python benchmarks/probes/patchcore_trial.py [DATA_DIR] [BANK] [VARIANT ...]
 
 BANK: rows drawn at random (default 60000), or gN for a greedy coreset of N rows (`models.patchcore.greedy_coreset`,
@@ -64,7 +67,8 @@ LITE = ((127 / 255,) * 3, (128 / 255,) * 3)
 
 def extractor(variant: str):
     gray = variant.startswith("gray")
-    mean, std = IMAGENET if variant.endswith("imagenet") else LITE
+    mean, std = IMAGENET if "imagenet" in variant else LITE
+    border_zeros = not variant.endswith("-edge")  # -edge: the 3x3 average over the window's inside only
     net = EfficientNetLite0(1 if gray else 3).eval()
     net.load_imagenet(fold_normalisation=gray, mean=mean, std=std)
     if gray:  # folded into the stem
@@ -78,7 +82,7 @@ def extractor(variant: str):
         for i, block in enumerate(net.blocks[:11]):
             y = block(y)
             if i in (4, 10):
-                maps.append(F.avg_pool2d(y, 3, 1, 1))
+                maps.append(F.avg_pool2d(y, 3, 1, 1, count_include_pad=border_zeros))
         return torch.cat([maps[0], F.interpolate(maps[1], size=maps[0].shape[2:], mode="bilinear")], 1)
 
     return features

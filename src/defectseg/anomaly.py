@@ -116,7 +116,7 @@ class AnomalyFitter(Trainer):
             image = dataset.arrays(i)[0]
             padded = pad_to_multiple(image, self.model.net.size_multiple)
             chw = padded[None] if padded.ndim == 2 else padded.transpose(2, 0, 1)
-            yield torch.from_numpy(np.ascontiguousarray(chw))[None], image.shape[:2]
+            yield torch.from_numpy(chw.copy())[None], image.shape[:2]  # a copy: cached arrays are read-only
 
     @torch.no_grad()
     def _patches(self, images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
