@@ -255,3 +255,17 @@ def test_one_good_validation_image_still_gives_a_usable_spread(tmp_path):
     assert "calibrated on 1 good validation images" in (res.run_dir / "report.md").read_text()
     model, _ = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(res.best))
     assert float(model.net.spread) == pytest.approx(0.05 * float(model.net.center), rel=1e-5)
+
+
+def test_zero_pad_changes_border_patches_only_and_is_in_the_recipe():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 64, 96)
+    inside, zeros = (create_model("patchcore-lite0", pretrained=False, zero_pad=z).eval() for z in (False, True))
+    zeros.load_state_dict(inside.state_dict())
+    with torch.no_grad():
+        a, b = inside.features(x), zeros.features(x)
+    # the stride-8 layer's average is exact inside; the stride-16 layer, resampled, spreads its border one patch in
+    torch.testing.assert_close(a[:, :, 2:-2, 2:-2], b[:, :, 2:-2, 2:-2])
+    assert not torch.allclose(a[:, :, 0], b[:, :, 0])
+    cfg = C.resolve(overrides={"train": {"task": "anomaly"}})
+    assert cfg.model.name == "patchcore-lite0" and cfg.model.options["zero_pad"] is True

@@ -129,7 +129,7 @@ def build_model(cfg: C.RunConfig, num_classes: int, pretrained: bool = True) -> 
     if not pretrained and "pretrained" in model_defaults(cfg.model.name):
         options["pretrained"] = False
     net = create_model(cfg.model.name, in_channels=input_channels(cfg), num_classes=num_classes, **options)
-    # A pretrained encoder brings its own input normalisation (ImageNet's, in its stem): data.mean/std are not its.
+    # A pretrained encoder brings its own input normalisation (its weights', in its stem): data.mean/std are not its.
     mean, std = getattr(net, "input_norm", (cfg.data.mean, cfg.data.std))
     return PixelModel(net, mean, std)
 
