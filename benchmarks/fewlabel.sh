@@ -56,6 +56,6 @@ for k in 5 10 20 50 all; do
   gate=$OUT/anomaly-patchcore/best.pt
   if [[ -f $OUT/$name/best.pt && -f $gate && ! -f $OUT/$name.gated.json ]]; then
     "$PY" -m defectseg.cli evaluate --checkpoint $OUT/$name/best.pt --gate $gate --json $OUT/$name.gated.json \
-        > $OUT/$name.gated.log 2>&1
+        > $OUT/$name.gated.log 2>&1 || echo "== $name: the gated evaluation failed ($OUT/$name.gated.log)"
   fi
 done
