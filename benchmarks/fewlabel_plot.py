@@ -96,7 +96,7 @@ def main(out_png: str = "docs/fewlabel.png") -> None:
         print("|---|" + "---|" * len(cols))
         for k, m in behind:
             print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c, _ in cols) + " |")
-    styles = ["o-", "s-", "^-", "D"]
+    styles = ["o-", "s-", "^", "D-"]  # cheapmix-m, + made defects, patchcore-lite0 (one point), unet-lite0
     fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True)
     for ax, (key, label) in zip(axes.flat, METRICS):
         for name, style in zip(series, styles):
