@@ -89,7 +89,7 @@ def classifier_probabilities(net: Net, batch: np.ndarray) -> np.ndarray:
     logit 0; a model of good parts' (`Net.scores_images`) sigmoid of its highest logit, the probability its own
     verdict compares with its threshold."""
     logits = net.logits(batch).reshape(len(batch), -1)
-    return expit((logits.max(1) if net.scores_images else logits[:, 0]).astype(np.float64))
+    return expit((logits[:, 0] if net.task == "classify" else logits.max(1)).astype(np.float64))
 
 
 def load_net(
