@@ -212,7 +212,7 @@ def test_crop_mode_fits_every_native_patch_and_predict_tiles_with_it(tmp_path):
     runs tile mode on native pixels with the same model."""
     from defectseg.data import load_dataset
     from defectseg.data.io import read_image
-    from defectseg.predictor import Predictor, pad_to_multiple
+    from defectseg.predictor import Predictor, padded_chw
 
     data = write_dagm(tmp_path / "data", n_per_class=40, size=72, defective_fraction=0.3, seed=3, classes=1)
     cfg = C.resolve(
@@ -236,7 +236,7 @@ def test_crop_mode_fits_every_native_patch_and_predict_tiles_with_it(tmp_path):
     model, _ = checkpoint.model_from_checkpoint(ck)
 
     def native_logits(path) -> torch.Tensor:
-        x = torch.from_numpy(pad_to_multiple(read_image(path, 1), 32).copy())[None, None]
+        x = torch.from_numpy(padded_chw(read_image(path, 1), 32).copy())[None]
         with torch.no_grad():
             return model(x)[0, 0, :72, :72]
 

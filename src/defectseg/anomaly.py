@@ -37,7 +37,7 @@ from .data.io import defect_pixels
 from .data.splits import select
 from .models import PixelModel
 from .models.patchcore import greedy_coreset
-from .predictor import pad_to_multiple
+from .predictor import padded_chw
 from .rundata import split_dataset
 from .trainer import RunResult, Trainer
 
@@ -114,9 +114,8 @@ class AnomalyFitter(Trainer):
             return
         for i in indices:
             image = dataset.arrays(i)[0]
-            padded = pad_to_multiple(image, self.model.net.size_multiple)
-            chw = padded[None] if padded.ndim == 2 else padded.transpose(2, 0, 1)
-            yield torch.from_numpy(chw.copy())[None], image.shape[:2]  # a copy: cached arrays are read-only
+            chw = padded_chw(image, self.model.net.size_multiple).copy()  # a copy: cached arrays are read-only
+            yield torch.from_numpy(chw)[None], image.shape[:2]
 
     @torch.no_grad()
     def _patches(self, images: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -83,9 +83,10 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def pad_to_multiple(a: np.ndarray, m: int) -> np.ndarray:
-    """(H, W[, C]) mirror-padded at the bottom/right to multiples of m: a whole image as tile mode feeds it."""
-    return _pad_to(a, _round_up(a.shape[0], m), _round_up(a.shape[1], m))
+def padded_chw(a: np.ndarray, m: int) -> np.ndarray:
+    """(H, W[, C]) -> (C, H', W'), mirror-padded at the bottom/right to multiples of m: an image (resized, or whole
+    at native size) as a network takes it."""
+    return _chw(_pad_to(a, _round_up(a.shape[0], m), _round_up(a.shape[1], m)))
 
 
 def _starts(length: int, window: int, stride: int) -> list[int]:
@@ -166,9 +167,7 @@ def model_input(net: Net, image: np.ndarray, references: References | None = Non
     if net.uses_reference:
         assert references is not None, "the Predictor checks that reference-mode nets get a reference"
         parts.append(resize_image(references.at(net.image_channels, image.shape[:2]), hw))
-    m = net.size_multiple
-    ph, pw = _round_up(hw[0], m), _round_up(hw[1], m)
-    return np.concatenate([_chw(_pad_to(p, ph, pw)) for p in parts], axis=0)
+    return np.concatenate([padded_chw(p, net.size_multiple) for p in parts], axis=0)
 
 
 class Gate:
