@@ -96,7 +96,7 @@ def patches(features, images: list[np.ndarray]) -> torch.Tensor:
 for variant in variants:
     t0 = time.time()
     features = extractor(variant)
-    f_train = patches(features, [a for a in train])
+    f_train = patches(features, train)
     vectors = f_train.permute(0, 2, 3, 1).reshape(-1, f_train.shape[1])
     gen = torch.Generator().manual_seed(0)
     keep = greedy_coreset(vectors, bank_size) if greedy else torch.randperm(len(vectors), generator=gen)[:bank_size]
