@@ -23,4 +23,5 @@ train_row $R anomaly-patchcore-native-zp "${MT_SPLIT[@]}" --task anomaly --set d
 "$PY" benchmarks/probes/patchcore_trial.py "$DATA" 60000 | tee $R/anomaly-patchcore-trial.txt
 "$PY" benchmarks/probes/patchcore_trial.py "$DATA" g16384 gray-lite | tee $R/anomaly-patchcore-trial-greedy.txt
 "$PY" benchmarks/probes/patchcore_trial.py "$DATA" g16384 gray-lite-edge | tee $R/anomaly-patchcore-trial-edge.txt
+"$PY" benchmarks/probes/patchcore_scores.py $R/anomaly-patchcore/best.pt | tee $R/anomaly-patchcore.scores.txt
 "$PY" benchmarks/probes/net_latency.py $R/anomaly-patchcore/best.pt 256 2 | tee $R/anomaly-patchcore.latency.txt
